@@ -1,0 +1,14 @@
+"""cinder-csi: a CSI driver and provisioner for OpenStack Cinder."""
+
+from importlib import metadata
+
+DEFAULT_DRIVER_NAME = "cinder.csi.openstack.org"
+TOPOLOGY_KEY = "topology.cinder.csi.openstack.org/zone"
+
+
+def version() -> str:
+    """The installed package version, or a marker when running from a bare tree."""
+    try:
+        return metadata.version("cinder-csi")
+    except metadata.PackageNotFoundError:
+        return "0.0.0+unknown"

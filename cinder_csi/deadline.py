@@ -1,0 +1,32 @@
+"""A point in monotonic time by which an operation must finish.
+
+Every wait in the project takes a Deadline, usually derived from the gRPC caller's deadline,
+so no call sleeps past the moment its caller stopped listening.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+# Used when a caller sent no deadline: long enough for a slow Cinder backend, still bounded.
+DEFAULT_TIMEOUT_S = 300.0
+
+
+@dataclass(frozen=True)
+class Deadline:
+    at: float  # time.monotonic() value
+
+    @classmethod
+    def after(cls, seconds: float | None) -> Deadline:
+        return cls(time.monotonic() + (DEFAULT_TIMEOUT_S if seconds is None else seconds))
+
+    def remaining(self) -> float:
+        return max(0.0, self.at - time.monotonic())
+
+    def expired(self) -> bool:
+        return time.monotonic() >= self.at
+
+    def shorter(self, seconds: float) -> Deadline:
+        """This deadline, or one `seconds` from now if that comes first."""
+        return Deadline(min(self.at, time.monotonic() + seconds))

@@ -1,0 +1,56 @@
+"""Poll until a condition holds: exponential backoff, bounded by a Deadline, never spinning."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from cinder_csi.deadline import Deadline
+from cinder_csi.errors import Timeout
+
+T = TypeVar("T")
+
+
+def backoff_delays(initial: float, factor: float, maximum: float) -> Callable[[], float]:
+    """A generator-like callable returning the next delay of an exponential series."""
+    state = {"next": initial}
+
+    def next_delay() -> float:
+        delay = state["next"]
+        state["next"] = min(maximum, delay * factor)
+        return delay
+
+    return next_delay
+
+
+def wait_for(
+    probe: Callable[[], T | None],
+    deadline: Deadline,
+    *,
+    what: str,
+    initial: float = 0.1,
+    factor: float = 1.5,
+    maximum: float = 3.0,
+    stop: threading.Event | None = None,
+) -> T:
+    """Call ``probe`` until it returns something other than None, and return that.
+
+    ``probe`` may raise to abort the wait (a terminal state, say). Raises Timeout naming
+    ``what`` when the deadline passes first.
+    """
+    next_delay = backoff_delays(initial, factor, maximum)
+    while True:
+        result = probe()
+        if result is not None:
+            return result
+        remaining = deadline.remaining()
+        if remaining <= 0:
+            raise Timeout(f"timed out waiting for {what}")
+        delay = min(next_delay(), remaining)
+        if stop is not None:
+            if stop.wait(delay):
+                raise Timeout(f"stopped while waiting for {what}")
+        else:
+            time.sleep(delay)
