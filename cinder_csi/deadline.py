@@ -30,3 +30,11 @@ class Deadline:
     def shorter(self, seconds: float) -> Deadline:
         """This deadline, or one `seconds` from now if that comes first."""
         return Deadline(min(self.at, time.monotonic() + seconds))
+
+
+def for_rpc(remaining: float | None) -> Deadline:
+    """The deadline of work done for an RPC: a little before the caller gives up, so the answer
+    (even a DEADLINE_EXCEEDED naming what we waited for) still reaches it."""
+    if remaining is None:
+        return Deadline.after(None)
+    return Deadline.after(max(0.0, remaining * 0.95 - 0.2))

@@ -17,7 +17,8 @@ holds code *names* so that this module, and therefore ``cloud/`` and ``host/``, 
         ├── OperationInProgress   ABORTED           another call on the same volume is running
         ├── InvalidToken          ABORTED           pagination token no longer valid (CSI spec)
         ├── QuotaExceeded         RESOURCE_EXHAUSTED  project quota or backend capacity
-        ├── CloudUnavailable      UNAVAILABLE       cloud down, 5xx, rate limited past retries
+        ├── CloudUnavailable      UNAVAILABLE       cloud down, 5xx, auth failure, no endpoint
+        │   └── RateLimited       UNAVAILABLE       429 / 413 with Retry-After, past retries
         └── Timeout               DEADLINE_EXCEEDED the caller's deadline passed while waiting
 """
 
@@ -96,6 +97,10 @@ class CloudUnavailable(TemporaryError):
     pass
 
 
+class RateLimited(CloudUnavailable):
+    """The cloud asked us to slow down (429, or 413 with Retry-After): nothing was done."""
+
+
 class Timeout(TemporaryError):
     pass
 
@@ -120,7 +125,7 @@ GRPC_CODE_NAMES: dict[type[CinderCSIError], str] = {
 def grpc_code_name(error: BaseException) -> str:
     """The gRPC status code name for an exception; INTERNAL for anything not ours."""
     for cls in type(error).__mro__:
-        name = GRPC_CODE_NAMES.get(cls)  # type: ignore[call-overload]
+        name = GRPC_CODE_NAMES.get(cls)
         if name is not None:
             return name
     return "INTERNAL"

@@ -1,0 +1,1 @@
+"""Everything that talks to OpenStack. Nothing outside this package imports openstacksdk."""

@@ -1,0 +1,138 @@
+"""The one object through which the project reaches OpenStack.
+
+Nothing here touches the network at construction: the controller must start (and report
+itself not ready) while the cloud is down, and serve Cinder-only calls when Nova is absent.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import openstack
+import openstack.config
+from keystoneauth1 import exceptions as ks_exc
+from openstack import exceptions as os_exc
+
+from cinder_csi import errors
+from cinder_csi.cloud.compute import ComputeApi
+from cinder_csi.cloud.quotas import QuotaApi
+from cinder_csi.cloud.session import ServiceSession
+from cinder_csi.cloud.snapshots import SnapshotApi
+from cinder_csi.cloud.volumes import VolumeApi
+from cinder_csi.config import AuthSettings
+from cinder_csi.deadline import Deadline
+
+log = logging.getLogger(__name__)
+
+CINDER_MICROVERSION = "3.42"
+NOVA_MICROVERSION = "2.60"
+PROBE_CACHE_S = 5.0
+# Thread pools call the cloud in parallel; requests' default of 10 pooled connections per host
+# would make most of them reconnect.
+HTTP_POOL_SIZE = 64
+
+# keystoneauth and openstacksdk log request headers and bodies at DEBUG (tokens are hashed,
+# but bodies can carry passwords); keep them quiet unless asked for.
+_NOISY_LOGGERS = ("keystoneauth", "openstack", "urllib3", "stevedore")
+
+
+def quiet_library_loggers(level: int = logging.WARNING) -> None:
+    for name in _NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(level)
+
+
+def connect(auth: AuthSettings) -> Any:
+    """An openstacksdk Connection for these settings (no network I/O yet)."""
+    try:
+        if auth.cloud:
+            config = openstack.config.OpenStackConfig(
+                config_files=[auth.clouds_file] if auth.clouds_file else None,
+                load_envvars=False,
+            )
+            region = config.get_one(cloud=auth.cloud, region_name=auth.region)
+            conn = openstack.connection.Connection(config=region)
+        else:
+            options: dict[str, Any] = dict(auth.options)
+            if "application_credential_secret" in options:
+                options["auth_type"] = "v3applicationcredential"
+            else:
+                options["auth_type"] = "password"
+            if auth.region:
+                options["region_name"] = auth.region
+            if auth.ca_file:
+                options["cacert"] = auth.ca_file
+            if auth.tls_insecure:
+                options["insecure"] = True
+            conn = openstack.connect(load_yaml_config=False, load_envvars=False, **options)
+    except (os_exc.SDKException, ks_exc.ClientException, KeyError) as exc:
+        raise errors.InvalidArgument(f"cannot configure the OpenStack connection: {exc}") from None
+    _widen_connection_pool(conn)
+    return conn
+
+
+def _widen_connection_pool(conn: Any) -> None:
+    import requests.adapters
+
+    http = conn.session.session  # the requests.Session under keystoneauth
+    for prefix in ("http://", "https://"):
+        http.mount(
+            prefix,
+            requests.adapters.HTTPAdapter(pool_connections=8, pool_maxsize=HTTP_POOL_SIZE),
+        )
+
+
+class Cloud:
+    """Cinder and Nova, each behind its own lazily built session."""
+
+    def __init__(self, auth: AuthSettings, *, connection: Any = None) -> None:
+        self.auth = auth
+        self._conn = connection
+        self._lock = threading.Lock()
+        self.block_storage = ServiceSession(
+            "block-storage", lambda: self.connection().block_storage,
+            microversion=CINDER_MICROVERSION,
+        )
+        self.compute_session = ServiceSession(
+            "compute", lambda: self.connection().compute, microversion=NOVA_MICROVERSION
+        )
+        self.volumes = VolumeApi(self.block_storage)
+        self.snapshots = SnapshotApi(self.block_storage)
+        self.quotas = QuotaApi(self.block_storage)
+        self.compute = ComputeApi(self.compute_session)
+        self._probe_at = 0.0
+        self._probe_result: str | None = None
+
+    def connection(self) -> Any:
+        with self._lock:
+            if self._conn is None:
+                self._conn = connect(self.auth)
+            return self._conn
+
+    def project_id(self, deadline: Deadline) -> str:
+        conn = self.connection()
+        try:
+            project = conn.current_project_id
+        except (ks_exc.ClientException, os_exc.SDKException) as exc:
+            raise errors.CloudUnavailable(f"cannot authenticate to the cloud: {exc}") from None
+        if not project:
+            raise errors.CloudUnavailable("the cloud token is not scoped to a project")
+        return str(project)
+
+    def probe(self) -> str | None:
+        """None when Cinder answers with our credentials, else why not. Cached briefly."""
+        now = time.monotonic()
+        if now - self._probe_at < PROBE_CACHE_S:
+            return self._probe_result
+        deadline = Deadline.after(10.0)
+        try:
+            self.block_storage.request(
+                "GET", "/volumes", what="probe", deadline=deadline, params={"limit": "1"}
+            )
+            result = None
+        except errors.CinderCSIError as exc:
+            result = f"Cinder is not reachable: {exc}"
+        self._probe_at, self._probe_result = now, result
+        return result

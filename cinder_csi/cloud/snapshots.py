@@ -1,0 +1,110 @@
+"""Cinder v3 snapshots."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from cinder_csi import errors
+from cinder_csi.cloud.models import SNAPSHOT_ERROR_STATES, Page, Snapshot
+from cinder_csi.cloud.session import ServiceSession
+from cinder_csi.deadline import Deadline
+from cinder_csi.waiting import wait_for
+
+
+class SnapshotApi:
+    def __init__(self, session: ServiceSession) -> None:
+        self._session = session
+
+    def create(
+        self,
+        *,
+        volume_id: str,
+        name: str,
+        deadline: Deadline,
+        metadata: Mapping[str, str] | None = None,
+        force: bool = True,
+    ) -> Snapshot:
+        body: dict[str, Any] = {"volume_id": volume_id, "name": name, "force": force}
+        if metadata:
+            body["metadata"] = dict(metadata)
+        resp = self._session.request(
+            "POST", "/snapshots", what=f"create snapshot {name} of volume {volume_id}",
+            deadline=deadline, json={"snapshot": body},
+        )
+        return Snapshot.from_api(resp.body["snapshot"])
+
+    def get(self, snapshot_id: str, deadline: Deadline) -> Snapshot:
+        resp = self._session.request(
+            "GET", f"/snapshots/{snapshot_id}", what=f"snapshot {snapshot_id}", deadline=deadline
+        )
+        return Snapshot.from_api(resp.body["snapshot"])
+
+    def find(self, snapshot_id: str, deadline: Deadline) -> Snapshot | None:
+        try:
+            return self.get(snapshot_id, deadline)
+        except errors.NotFound:
+            return None
+
+    def find_by_name(self, name: str, deadline: Deadline) -> list[Snapshot]:
+        page = self.list_page(deadline=deadline, limit=1000, filters={"name": name})
+        return [s for s in page.items if s.name == name]
+
+    def list_page(
+        self,
+        *,
+        deadline: Deadline,
+        limit: int | None,
+        marker: str | None = None,
+        filters: Mapping[str, str] | None = None,
+    ) -> Page[Snapshot]:
+        params: dict[str, str] = {"sort": "created_at:asc,id:asc"}
+        if limit is not None:
+            params["limit"] = str(limit)
+        if marker:
+            params["marker"] = marker
+        if filters:
+            params.update(filters)
+        resp = self._session.request(
+            "GET", "/snapshots/detail", what="snapshot list", deadline=deadline, params=params
+        )
+        items = tuple(Snapshot.from_api(s) for s in resp.body.get("snapshots", ()))
+        has_next = any(
+            link.get("rel") == "next" for link in resp.body.get("snapshots_links") or ()
+        )
+        return Page(items=items, next_marker=items[-1].id if items and has_next else None)
+
+    def delete(self, snapshot_id: str, deadline: Deadline) -> None:
+        try:
+            self._session.request(
+                "DELETE", f"/snapshots/{snapshot_id}", what=f"delete snapshot {snapshot_id}",
+                deadline=deadline,
+            )
+        except errors.NotFound:
+            return
+
+    def wait_for_status(self, snapshot_id: str, status: str, deadline: Deadline) -> Snapshot:
+        def probe() -> Snapshot | None:
+            snapshot = self.get(snapshot_id, deadline)
+            if snapshot.status == status:
+                return snapshot
+            if snapshot.status in SNAPSHOT_ERROR_STATES:
+                raise errors.FailedPrecondition(
+                    f"snapshot {snapshot_id} went to status {snapshot.status!r}"
+                )
+            return None
+
+        return wait_for(probe, deadline, what=f"snapshot {snapshot_id} to be {status}")
+
+    def wait_for_delete(self, snapshot_id: str, deadline: Deadline) -> None:
+        def probe() -> bool | None:
+            snapshot = self.find(snapshot_id, deadline)
+            if snapshot is None:
+                return True
+            if snapshot.status == "error_deleting":
+                raise errors.FailedPrecondition(
+                    f"Cinder failed to delete snapshot {snapshot_id} (status error_deleting)"
+                )
+            return None
+
+        wait_for(probe, deadline, what=f"snapshot {snapshot_id} to be deleted")

@@ -1,0 +1,84 @@
+"""Turn an OpenStack HTTP answer into the project's exception tree.
+
+Cinder and Nova wrap errors as ``{"<kind>": {"code": N, "message": "..."}}``. A 413 means
+either "over quota" or "rate limited": the two are told apart by Retry-After and the body.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import time
+from typing import Any
+
+from cinder_csi import errors
+
+_QUOTA_MARKERS = ("quota", "exceeds allowed", "exceeded for quota", "volumelimitexceeded")
+
+
+def error_message(body: bytes | str) -> str:
+    """The human message inside an OpenStack error body, else the body itself (trimmed)."""
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    try:
+        parsed: Any = json.loads(text)
+    except ValueError:
+        return text.strip()[:300]
+    if isinstance(parsed, dict):
+        for value in parsed.values():
+            if isinstance(value, dict) and "message" in value:
+                return str(value["message"])
+        if "message" in parsed:
+            return str(parsed["message"])
+    return text.strip()[:300]
+
+
+def retry_after_seconds(header: str | None, *, now: float | None = None) -> float | None:
+    """Parse Retry-After: delta-seconds or an HTTP date. None when absent or unreadable."""
+    if not header:
+        return None
+    header = header.strip()
+    if header.isdigit():
+        return float(header)
+    try:
+        when = email.utils.parsedate_to_datetime(header)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def is_rate_limit(status: int, message: str, retry_after: float | None) -> bool:
+    if status == 429:
+        return True
+    if status != 413:
+        return False
+    lowered = message.lower()
+    if any(marker in lowered for marker in _QUOTA_MARKERS):
+        return False
+    return retry_after is not None or "rate" in lowered
+
+
+def error_for_status(
+    status: int, message: str, *, what: str, request_id: str | None, retry_after: float | None
+) -> errors.CinderCSIError:
+    """The project error for a non-2xx answer about ``what`` (e.g. "volume 1234")."""
+    text = f"{what}: {message}" if message else what
+    if is_rate_limit(status, message, retry_after):
+        return errors.RateLimited(f"rate limited by the cloud: {text}", request_id=request_id)
+    if status == 413:
+        return errors.QuotaExceeded(f"over quota: {text}", request_id=request_id)
+    if status == 404:
+        return errors.NotFound(f"{what} not found: {message}", request_id=request_id)
+    if status == 409:
+        return errors.FailedPrecondition(text, request_id=request_id)
+    if status in (400, 406, 422):
+        return errors.InvalidArgument(f"the cloud refused {text}", request_id=request_id)
+    if status in (401, 403):
+        return errors.CloudUnavailable(
+            f"the cloud denied access ({status}) for {text}; check the credentials and roles",
+            request_id=request_id,
+        )
+    if status >= 500:
+        return errors.CloudUnavailable(
+            f"the cloud failed ({status}) on {text}", request_id=request_id
+        )
+    return errors.InternalError(f"unexpected answer {status} on {text}", request_id=request_id)

@@ -1,0 +1,224 @@
+"""Cinder v3 volumes and volume types: openstacksdk's proxy verbs, in our own types."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from cinder_csi import errors
+from cinder_csi.cloud.models import VOLUME_ERROR_STATES, Page, Volume, VolumeType
+from cinder_csi.cloud.session import ServiceSession
+from cinder_csi.deadline import Deadline
+from cinder_csi.waiting import wait_for
+
+# In-use extend needs 3.42; name/metadata filters need 3.34.
+EXTEND_IN_USE_MICROVERSION = "3.42"
+
+
+class VolumeApi:
+    def __init__(self, session: ServiceSession) -> None:
+        self._session = session
+
+    def create(
+        self,
+        *,
+        name: str,
+        size_gib: int,
+        deadline: Deadline,
+        volume_type: str | None = None,
+        availability_zone: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        snapshot_id: str | None = None,
+        source_volid: str | None = None,
+        description: str | None = None,
+    ) -> Volume:
+        body: dict[str, Any] = {"name": name, "size": size_gib}
+        optional = {
+            "volume_type": volume_type,
+            "availability_zone": availability_zone,
+            "snapshot_id": snapshot_id,
+            "source_volid": source_volid,
+            "description": description,
+        }
+        body.update({k: v for k, v in optional.items() if v})
+        if metadata:
+            body["metadata"] = dict(metadata)
+        resp = self._session.request(
+            "POST", "/volumes", what=f"create volume {name}", deadline=deadline,
+            json={"volume": body},
+        )
+        return Volume.from_api(resp.body["volume"])
+
+    def get(self, volume_id: str, deadline: Deadline) -> Volume:
+        resp = self._session.request(
+            "GET", f"/volumes/{volume_id}", what=f"volume {volume_id}", deadline=deadline
+        )
+        return Volume.from_api(resp.body["volume"])
+
+    def find(self, volume_id: str, deadline: Deadline) -> Volume | None:
+        try:
+            return self.get(volume_id, deadline)
+        except errors.NotFound:
+            return None
+
+    def find_by_name(self, name: str, deadline: Deadline) -> list[Volume]:
+        """Every volume with exactly this name (Cinder's filter may be a prefix match)."""
+        page = self.list_page(deadline=deadline, filters={"name": name}, limit=None)
+        return [v for v in page.items if v.name == name]
+
+    def list_page(
+        self,
+        *,
+        deadline: Deadline,
+        limit: int | None,
+        marker: str | None = None,
+        filters: Mapping[str, str] | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> Page[Volume]:
+        """One page, oldest first so markers stay stable while volumes are added."""
+        params: dict[str, str] = {"sort": "created_at:asc,id:asc"}
+        if limit is not None:
+            params["limit"] = str(limit)
+        if marker:
+            params["marker"] = marker
+        if filters:
+            params.update(filters)
+        if metadata:
+            params["metadata"] = json.dumps(dict(metadata), sort_keys=True)
+        if limit is None:
+            return self._all_pages(params, deadline)
+        resp = self._session.request(
+            "GET", "/volumes/detail", what="volume list", deadline=deadline, params=params
+        )
+        items = tuple(Volume.from_api(v) for v in resp.body.get("volumes", ()))
+        has_next = any(
+            link.get("rel") == "next" for link in resp.body.get("volumes_links") or ()
+        )
+        next_marker = items[-1].id if items and has_next else None
+        return Page(items=items, next_marker=next_marker)
+
+    def _all_pages(self, params: dict[str, str], deadline: Deadline) -> Page[Volume]:
+        collected: list[Volume] = []
+        marker: str | None = None
+        while True:
+            query = dict(params, limit="1000")
+            if marker:
+                query["marker"] = marker
+            resp = self._session.request(
+                "GET", "/volumes/detail", what="volume list", deadline=deadline, params=query
+            )
+            batch = [Volume.from_api(v) for v in resp.body.get("volumes", ())]
+            collected.extend(batch)
+            links = resp.body.get("volumes_links") or ()
+            if not batch or not any(link.get("rel") == "next" for link in links):
+                return Page(items=tuple(collected), next_marker=None)
+            marker = batch[-1].id
+
+    def delete(self, volume_id: str, deadline: Deadline) -> None:
+        """Ask Cinder to delete; a volume already gone counts as deleted."""
+        try:
+            self._session.request(
+                "DELETE", f"/volumes/{volume_id}", what=f"delete volume {volume_id}",
+                deadline=deadline,
+            )
+        except errors.NotFound:
+            return
+
+    def extend(self, volume_id: str, new_size_gib: int, deadline: Deadline) -> None:
+        self._action(volume_id, {"os-extend": {"new_size": new_size_gib}}, deadline,
+                     what=f"extend volume {volume_id} to {new_size_gib} GiB",
+                     microversion=EXTEND_IN_USE_MICROVERSION)
+
+    def retype(self, volume_id: str, new_type: str, deadline: Deadline) -> None:
+        self._action(volume_id,
+                     {"os-retype": {"new_type": new_type, "migration_policy": "on-demand"}},
+                     deadline, what=f"retype volume {volume_id} to {new_type}")
+
+    def _action(
+        self, volume_id: str, body: dict[str, Any], deadline: Deadline, *, what: str,
+        microversion: str | None = None,
+    ) -> None:
+        self._session.request(
+            "POST", f"/volumes/{volume_id}/action", what=what, deadline=deadline, json=body,
+            microversion=microversion,
+        )
+
+    def wait_for_status(
+        self,
+        volume_id: str,
+        statuses: Iterable[str],
+        deadline: Deadline,
+        *,
+        failures: Iterable[str] = VOLUME_ERROR_STATES,
+        what: str | None = None,
+    ) -> Volume:
+        """Poll with a fresh GET until the status is one of ``statuses``.
+
+        A status in ``failures`` ends the wait with FailedPrecondition; the deadline with Timeout.
+        """
+        wanted = frozenset(statuses)
+        failed = frozenset(failures)
+        last: list[Volume] = []
+
+        def probe() -> Volume | None:
+            volume = self.get(volume_id, deadline)
+            last[:] = [volume]
+            if volume.status in wanted:
+                return volume
+            if volume.status in failed:
+                raise errors.FailedPrecondition(
+                    f"volume {volume_id} went to status {volume.status!r} "
+                    f"while waiting for {'/'.join(sorted(wanted))}"
+                )
+            return None
+
+        try:
+            return wait_for(probe, deadline, what=what or f"volume {volume_id} to be "
+                            f"{'/'.join(sorted(wanted))}")
+        except errors.Timeout as exc:
+            status = last[0].status if last else "unknown"
+            raise errors.Timeout(f"{exc.message} (last status {status!r})") from None
+
+    def wait_for_delete(self, volume_id: str, deadline: Deadline) -> None:
+        def probe() -> bool | None:
+            volume = self.find(volume_id, deadline)
+            if volume is None:
+                return True
+            if volume.status == "error_deleting":
+                raise errors.FailedPrecondition(
+                    f"Cinder failed to delete volume {volume_id} (status error_deleting); "
+                    "an operator must reset its status"
+                )
+            return None
+
+        wait_for(probe, deadline, what=f"volume {volume_id} to be deleted")
+
+    def types(self, deadline: Deadline) -> list[VolumeType]:
+        resp = self._session.request("GET", "/types", what="volume types", deadline=deadline)
+        return [VolumeType.from_api(t) for t in resp.body.get("volume_types", ())]
+
+    def find_type(self, name_or_id: str, deadline: Deadline) -> VolumeType | None:
+        for volume_type in self.types(deadline):
+            if name_or_id in (volume_type.name, volume_type.id):
+                return volume_type
+        return None
+
+    def default_type(self, deadline: Deadline) -> VolumeType | None:
+        try:
+            resp = self._session.request(
+                "GET", "/types/default", what="default volume type", deadline=deadline
+            )
+        except errors.NotFound:
+            return None
+        return VolumeType.from_api(resp.body["volume_type"])
+
+    def availability_zones(self, deadline: Deadline) -> list[str]:
+        resp = self._session.request(
+            "GET", "/os-availability-zone", what="availability zones", deadline=deadline
+        )
+        return [
+            str(zone.get("zoneName"))
+            for zone in resp.body.get("availabilityZoneInfo", ())
+            if (zone.get("zoneState") or {}).get("available", True)
+        ]
