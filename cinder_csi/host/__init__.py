@@ -1,0 +1,43 @@
+"""Everything that touches the node's OS: commands, block devices, mounts, filesystems, metadata.
+
+Never imports openstack or grpc: errors are the project's own (cinder_csi.errors).
+"""
+
+from cinder_csi.host.commands import (
+    CommandFailed,
+    CommandNotFound,
+    CommandResult,
+    CommandRunner,
+    CommandTimedOut,
+)
+from cinder_csi.host.devices import DeviceFinder
+from cinder_csi.host.filesystems import (
+    SUPPORTED_FSTYPES,
+    Filesystems,
+    Probe,
+    VolumeStats,
+    stats,
+)
+from cinder_csi.host.metadata import MetadataSource, NodeMetadata, parse_search_order
+from cinder_csi.host.mounter import Mounter
+from cinder_csi.host.mountinfo import MountInfo, MountTable
+
+__all__ = [
+    "SUPPORTED_FSTYPES",
+    "CommandFailed",
+    "CommandNotFound",
+    "CommandResult",
+    "CommandRunner",
+    "CommandTimedOut",
+    "DeviceFinder",
+    "Filesystems",
+    "MetadataSource",
+    "MountInfo",
+    "MountTable",
+    "Mounter",
+    "NodeMetadata",
+    "Probe",
+    "VolumeStats",
+    "parse_search_order",
+    "stats",
+]

@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Collection, Sequence
+
+import pytest
+
+from cinder_csi.deadline import Deadline
+from cinder_csi.errors import FailedPrecondition, InternalError, Timeout
+from cinder_csi.host.commands import (
+    CommandFailed,
+    CommandNotFound,
+    CommandResult,
+    CommandRunner,
+    CommandTimedOut,
+)
+
+Handler = Callable[[tuple[str, ...]], "CommandResult | tuple[int, str, str] | None"]
+
+
+class FakeRunner(CommandRunner):
+    """Records every argv; `handler` answers (None = success, empty output)."""
+
+    def __init__(
+        self,
+        handler: Handler | None = None,
+        available: Collection[str] = ("blkid", "mount", "umount", "losetup", "udevadm"),
+    ) -> None:
+        super().__init__()
+        self.handler = handler
+        self.available = set(available)
+        self.calls: list[tuple[str, ...]] = []
+
+    def which(self, name: str) -> str | None:
+        return f"/usr/sbin/{name}" if name in self.available or "mkfs" in name else None
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        deadline: Deadline | None = None,
+        timeout: float | None = None,
+        ok_codes: Collection[int] = (0,),
+        input_text: str | None = None,
+    ) -> CommandResult:
+        args = tuple(argv)
+        self.calls.append(args)
+        answer = self.handler(args) if self.handler else None
+        if answer is None:
+            answer = (0, "", "")
+        if isinstance(answer, tuple):
+            answer = CommandResult(args, *answer)
+        if answer.returncode not in ok_codes:
+            raise CommandFailed(args, answer.returncode, answer.stdout, answer.stderr)
+        return answer
+
+    def commands(self) -> list[str]:
+        return [" ".join(c) for c in self.calls]
+
+
+def test_success_captures_output() -> None:
+    result = CommandRunner().run(["echo", "hello"])
+    assert result.returncode == 0
+    assert result.stdout == "hello\n"
+    assert result.argv == ("echo", "hello")
+
+
+def test_failure_message_names_command_exit_code_and_stderr() -> None:
+    with pytest.raises(CommandFailed) as info:
+        CommandRunner().run(["sh", "-c", "echo boom >&2; exit 3"])
+    err = info.value
+    assert isinstance(err, InternalError)
+    assert err.returncode == 3
+    assert "sh -c" in str(err) and "exit code 3" in str(err) and "boom" in str(err)
+
+
+def test_long_stderr_is_trimmed() -> None:
+    with pytest.raises(CommandFailed) as info:
+        CommandRunner().run(["sh", "-c", "head -c 5000 /dev/zero | tr '\\0' x >&2; exit 1"])
+    assert len(str(info.value)) < 800
+    assert len(info.value.stderr) == 5000  # the full text stays available to the caller
+
+
+def test_accepted_exit_codes() -> None:
+    assert CommandRunner().run(["sh", "-c", "exit 2"], ok_codes=(0, 2)).returncode == 2
+
+
+def test_arguments_are_never_shell_interpreted(tmp_path: object) -> None:
+    result = CommandRunner().run(["echo", "$(id)", ";", "rm", "-rf", "/"])
+    assert result.stdout == "$(id) ; rm -rf /\n"
+
+
+def test_missing_binary_is_a_clear_error() -> None:
+    with pytest.raises(CommandNotFound, match=r"no-such-tool-xyz.*not found on PATH") as info:
+        CommandRunner().run(["no-such-tool-xyz", "--help"])
+    assert isinstance(info.value, FailedPrecondition)
+
+
+def test_timeout_kills_the_command() -> None:
+    start = time.monotonic()
+    with pytest.raises(CommandTimedOut, match="sleep 10") as info:
+        CommandRunner().run(["sleep", "10"], timeout=0.2)
+    assert isinstance(info.value, Timeout)
+    assert time.monotonic() - start < 2
+
+
+def test_deadline_bounds_the_timeout() -> None:
+    start = time.monotonic()
+    with pytest.raises(CommandTimedOut):
+        CommandRunner().run(["sleep", "10"], timeout=60, deadline=Deadline.after(0.2))
+    assert time.monotonic() - start < 2
+
+
+def test_expired_deadline_runs_nothing() -> None:
+    with pytest.raises(CommandTimedOut, match="no time left"):
+        CommandRunner().run(["true"], deadline=Deadline.after(0))
+
+
+def test_c_locale_and_stdin_closed() -> None:
+    result = CommandRunner().run(["sh", "-c", 'echo "$LC_ALL"; cat'])
+    assert result.stdout == "C\n"  # cat got EOF at once rather than waiting on our stdin
+
+
+def test_fake_runner_raises_like_the_real_one() -> None:
+    fake = FakeRunner(lambda argv: (1, "", "nope"))
+    with pytest.raises(CommandFailed, match="nope"):
+        fake.run(["mount", "x"])
+    assert fake.commands() == ["mount x"]

@@ -1,0 +1,175 @@
+"""Mounter logic against a fake kernel: a mountinfo file that fake mount/umount commands edit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cinder_csi.deadline import Deadline
+from cinder_csi.errors import FailedPrecondition, InvalidArgument, NotFound
+from cinder_csi.host.filesystems import Filesystems
+from cinder_csi.host.mounter import Mounter
+from cinder_csi.host.mountinfo import MountTable
+from tests.unit.test_host_commands import FakeRunner
+
+
+class FakeKernel:
+    def __init__(self, root: Path) -> None:
+        self.mountinfo = root / "mountinfo"
+        self.sys = root / "sys"
+        (self.sys / "dev" / "block" / "253:16").mkdir(parents=True)  # vdb exists
+        self.lines = [f"1 0 8:1 / {root} rw - ext4 /dev/sda1 rw"]
+        # Plain files stand in for devices; being no block devices, they match by source path.
+        self.vdb = root / "vdb"
+        self.vdb.write_bytes(bytes(1024 * 1024))
+        self.busy = False
+        self.next_id = 100
+        self.fstype_on_disk: str | None = None
+        self.runner = FakeRunner(self.handle)
+        self.save()
+
+    def save(self) -> None:
+        self.mountinfo.write_text("\n".join(self.lines) + "\n")
+
+    def add(self, source: str, target: str, fstype: str, opts: str = "rw", root: str = "/") -> None:
+        self.next_id += 1
+        mm = "253:16" if source == str(self.vdb) else "253:32"
+        self.lines.append(f"{self.next_id} 1 {mm} {root} {target} {opts} - {fstype} {source} rw")
+        self.save()
+
+    def handle(self, argv: tuple[str, ...]) -> tuple[int, str, str] | None:
+        if argv[0] == "mount" and argv[1] == "-t":
+            opts = argv[4].split(",") if argv[3] == "-o" else []
+            mode = "ro" if "ro" in opts else "rw"
+            self.add(argv[-2], argv[-1], argv[2], ",".join([mode, *(o for o in opts if o != mode)]))
+        elif argv[0] == "umount":
+            if self.busy and "-l" not in argv:
+                return (32, "", f"umount: {argv[-1]}: target is busy.")
+            self.lines = [ln for ln in self.lines if f" {argv[-1]} " not in ln]
+            self.save()
+        elif argv[0] == "blkid":
+            return (0, f"TYPE={self.fstype_on_disk}\n", "") if self.fstype_on_disk else (2, "", "")
+        elif argv[0].startswith("mkfs."):
+            self.fstype_on_disk = argv[0].split(".")[1]
+        return None
+
+    def mounter(self) -> Mounter:
+        return Mounter(
+            runner=self.runner,
+            table=MountTable(self.mountinfo),
+            filesystems=Filesystems(self.runner, allow_files=True),
+            sys_root=self.sys,
+        )
+
+
+@pytest.fixture
+def kernel(tmp_path: Path) -> FakeKernel:
+    return FakeKernel(tmp_path)
+
+
+@pytest.fixture
+def target(tmp_path: Path) -> Path:
+    path = tmp_path / "target"
+    path.mkdir()
+    return path
+
+
+def test_mount_then_same_mount_is_a_no_op(kernel: FakeKernel, target: Path) -> None:
+    m = kernel.mounter()
+    m.mount(kernel.vdb, target, "ext4", ["noatime"])
+    m.mount(kernel.vdb, target, "ext4", ["noatime"])
+    assert kernel.runner.commands() == [f"mount -t ext4 -o noatime {kernel.vdb} {target}"]
+
+
+def test_other_source_at_target_is_refused(kernel: FakeKernel, target: Path) -> None:
+    kernel.add("/dev/vdc", str(target), "ext4")
+    with pytest.raises(FailedPrecondition, match="/dev/vdc"):
+        kernel.mounter().mount(kernel.vdb, target, "ext4")
+    assert kernel.runner.calls == []
+
+
+def test_same_source_other_fstype_or_mode_is_refused(kernel: FakeKernel, target: Path) -> None:
+    kernel.add(str(kernel.vdb), str(target), "ext4")
+    m = kernel.mounter()
+    with pytest.raises(FailedPrecondition, match="as ext4, not xfs"):
+        m.mount(kernel.vdb, target, "xfs")
+    with pytest.raises(FailedPrecondition, match="read-write"):
+        m.mount(kernel.vdb, target, "ext4", ["ro"])
+
+
+def test_operation_options_are_refused(kernel: FakeKernel, target: Path) -> None:
+    with pytest.raises(InvalidArgument, match="remount"):
+        kernel.mounter().mount(kernel.vdb, target, "ext4", ["remount", "rw"])
+
+
+def test_missing_mount_point(kernel: FakeKernel, tmp_path: Path) -> None:
+    with pytest.raises(NotFound, match="mount point"):
+        kernel.mounter().mount(kernel.vdb, tmp_path / "nope", "ext4")
+
+
+def test_unmount_not_mounted_is_a_no_op(kernel: FakeKernel, target: Path) -> None:
+    kernel.mounter().unmount(target)
+    kernel.mounter().unmount(target / "never-existed")
+    assert kernel.runner.calls == []
+
+
+def test_unmount_peels_stacked_mounts(kernel: FakeKernel, target: Path) -> None:
+    kernel.add(str(kernel.vdb), str(target), "ext4")
+    kernel.add(str(kernel.vdb), str(target), "ext4")
+    kernel.mounter().unmount(target)
+    assert not MountTable(kernel.mountinfo).is_mounted(target)
+
+
+def test_busy_unmount_with_device_present_is_refused_not_lazy(
+    kernel: FakeKernel, target: Path
+) -> None:
+    kernel.add(str(kernel.vdb), str(target), "ext4")
+    kernel.busy = True
+    with pytest.raises(FailedPrecondition, match="in use"):
+        kernel.mounter().unmount(target)
+    assert kernel.runner.commands() == [f"umount {target}"]
+
+
+def test_vanished_device_is_detached_lazily(
+    kernel: FakeKernel, target: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    kernel.add("/dev/vdc", str(target), "ext4")  # 253:32: no /sys/dev/block entry
+    kernel.busy = True
+    kernel.mounter().unmount(target)
+    assert kernel.runner.commands() == [f"umount {target}", f"umount -l {target}"]
+    assert "lazily" in caplog.text
+
+
+def test_format_and_mount_formats_a_blank_device(kernel: FakeKernel, target: Path) -> None:
+    dev = kernel.vdb
+    kernel.mounter().format_and_mount(dev, target, "xfs", [], Deadline.after(5))
+    cmds = kernel.runner.commands()
+    assert [c for c in cmds if c.startswith("mkfs")] == [f"mkfs.xfs -K -q {kernel.vdb}"]
+    assert cmds[-1] == f"mount -t xfs {kernel.vdb} {target}"
+
+
+def test_format_and_mount_never_reformats(kernel: FakeKernel, target: Path) -> None:
+    kernel.fstype_on_disk = "ext4"
+    with pytest.raises(FailedPrecondition, match="ext4 filesystem, but xfs was requested"):
+        kernel.mounter().format_and_mount(kernel.vdb, target, "xfs", [], Deadline.after(5))
+    assert [c for c in kernel.runner.calls if c[0] != "blkid"] == []
+
+
+def test_format_and_mount_existing_same_type_just_mounts(kernel: FakeKernel, target: Path) -> None:
+    kernel.fstype_on_disk = "ext4"
+    kernel.mounter().format_and_mount(kernel.vdb, target, "ext4", [], Deadline.after(5))
+    assert not any(c.startswith("mkfs") for c in kernel.runner.commands())
+
+
+def test_format_and_mount_when_already_mounted_probes_nothing(
+    kernel: FakeKernel, target: Path
+) -> None:
+    kernel.add(str(kernel.vdb), str(target), "ext4")
+    kernel.mounter().format_and_mount(kernel.vdb, target, "ext4", [], Deadline.after(5))
+    assert kernel.runner.calls == []
+
+
+def test_format_and_mount_unsupported_type(kernel: FakeKernel, target: Path) -> None:
+    with pytest.raises(InvalidArgument):
+        kernel.mounter().format_and_mount(kernel.vdb, target, "zfs", [], Deadline.after(5))
