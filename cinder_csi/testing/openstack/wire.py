@@ -1,0 +1,94 @@
+"""Requests, responses and a small path router shared by every service."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ApiError, bad_request, not_found
+
+
+@dataclass
+class Auth:
+    """Who a validated token speaks for."""
+
+    token: str
+    user_id: str
+    user_name: str
+    project_id: str | None
+    project_name: str | None
+    roles: tuple[str, ...]
+
+    @property
+    def is_admin(self) -> bool:
+        return "admin" in self.roles
+
+
+@dataclass
+class Request:
+    method: str
+    path: str  # relative to the service root, e.g. "/volumes/detail"
+    query: dict[str, list[str]]
+    headers: dict[str, str]  # lower-case names
+    body: Any
+    base_url: str  # scheme://host:port
+    service_url: str  # absolute URL of the service root, for links
+    request_id: str
+    params: dict[str, str] = field(default_factory=dict)
+    microversion: tuple[int, int] = (0, 0)
+    auth: Auth | None = None
+    project_id: str | None = None  # project named in the URL (Cinder)
+
+    def arg(self, name: str) -> str | None:
+        values = self.query.get(name)
+        return values[-1] if values else None
+
+    def json_object(self, key: str | None = None) -> dict[str, Any]:
+        """The body (or body[key]) as a dict, else 400 like the services' schema checks."""
+        body = self.body
+        if key is not None:
+            body = body.get(key) if isinstance(body, dict) else None
+        if not isinstance(body, dict):
+            raise bad_request(f"Missing required element '{key or 'body'}' in request body.")
+        return body
+
+    def at_least(self, major: int, minor: int) -> bool:
+        return self.microversion >= (major, minor)
+
+
+@dataclass
+class Response:
+    status: int
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+Handler = Callable[[Request], Response]
+
+
+class Router:
+    """Maps (method, path template) to handlers; first match wins, so order specific first."""
+
+    def __init__(self) -> None:
+        self._routes: list[tuple[str, re.Pattern[str], Handler]] = []
+
+    def add(self, method: str, template: str, handler: Handler) -> None:
+        pattern = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", template.rstrip("/"))
+        self._routes.append((method, re.compile(f"^{pattern}/?$"), handler))
+
+    def dispatch(self, request: Request) -> Response:
+        path_matched = False
+        for method, pattern, handler in self._routes:
+            match = pattern.match(request.path)
+            if match is None:
+                continue
+            path_matched = True
+            if method != request.method:
+                continue
+            request.params = match.groupdict()
+            return handler(request)
+        if path_matched:
+            raise ApiError(405, f"The method {request.method} is not allowed for this resource.")
+        raise not_found("The resource could not be found.")
