@@ -54,8 +54,14 @@ class Attacher:
             self._set_readonly_mark(volume_id, server_id, deadline)
         try:
             self.cloud.compute.attach(server_id, volume_id, deadline)
-        except errors.FailedPrecondition:
-            # Nova answers 409 while an attach of this volume is already running; join it.
+        except (errors.FailedPrecondition, errors.InvalidArgument) as exc:
+            # Nova refuses (409, or 400 "invalid volume") when an attach is already under way
+            # or another caller won the race; Cinder's view decides which.
+            current = self.cloud.volumes.get(volume_id, deadline)
+            if server_id not in current.attached_servers and current.status != "attaching":
+                raise errors.FailedPrecondition(
+                    f"Nova refused to attach volume {volume_id} to {server_id}: {exc.message}"
+                ) from None
             log.info("attach of %s to %s already under way", volume_id, server_id)
         return self._context(self._until_attached(volume_id, server_id, deadline), server_id)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import stat
 import time
 from pathlib import Path
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 
 # virtio-blk serials hold at most 20 bytes, so Nova truncates the volume ID to that.
 VIRTIO_SERIAL_LEN = 20
+_UUID_IN_TEXT = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 # udevadm must not eat the caller's whole deadline; a trigger that takes longer is stuck.
 UDEV_TRIGGER_TIMEOUT_S = 5.0
 # Report NotFound a little before the caller's deadline, so it gets our message, not a timeout.
@@ -174,6 +176,7 @@ class DeviceFinder:
                 raise FailedPrecondition(
                     f"device {real} is not volume {volume_id}: {link} points to {target}"
                 )
+        self._check_loop_backing(volume_id, real)
         serial = _read_text(self.sys_root / "block" / real.name / "serial")
         if serial:
             if serial not in (volume_id[:VIRTIO_SERIAL_LEN], volume_id):
@@ -186,6 +189,19 @@ class DeviceFinder:
             raise FailedPrecondition(
                 f"cannot prove device {real} is volume {volume_id}: it has no serial and no "
                 f"link in {self.by_id_dir} names the volume; refusing to touch it"
+            )
+
+    def _check_loop_backing(self, volume_id: str, real: Path) -> None:
+        """A loop device's identity is its backing file: one named after another volume ID is
+        the wrong device, whatever the by-id links say (links are only as good as udev)."""
+        backing = _read_text(self.sys_root / "block" / real.name / "loop" / "backing_file")
+        if not backing:
+            return
+        named = set(_UUID_IN_TEXT.findall(Path(backing).name.lower()))
+        if named and volume_id.lower() not in named:
+            raise FailedPrecondition(
+                f"device {real} is backed by {backing}, which names another volume than "
+                f"{volume_id}; refusing to touch it"
             )
 
     # ---- size and rescan -----------------------------------------------------------------
