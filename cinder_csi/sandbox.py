@@ -132,7 +132,8 @@ class Sandbox:
 def _probe(socket: Path) -> bool:
     with grpc.insecure_channel(f"unix://{socket}") as channel:
         try:
-            csi_pb2_grpc.IdentityStub(channel).Probe(csi_pb2.ProbeRequest(), timeout=2)
+            stub = csi_pb2_grpc.IdentityStub(channel)  # type: ignore[no-untyped-call]
+            stub.Probe(csi_pb2.ProbeRequest(), timeout=2)
         except grpc.RpcError:
             return False
     return True
