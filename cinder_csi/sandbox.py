@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -23,16 +24,23 @@ import grpc
 import yaml
 
 from cinder_csi.csi import csi_pb2, csi_pb2_grpc
+from cinder_csi.errors import CinderCSIError
+from cinder_csi.host import Mounter, MountTable
 from cinder_csi.testing.openstack_api import OpenStackStandIn
 
 ZONES = ("az-a", "az-b")
 START_TIMEOUT_S = 60.0
+SANDBOX_USER = "cinder-csi"
+SANDBOX_PROJECT = "demo"
 
 
 @dataclass
 class Sandbox:
     state_dir: Path
     nodes: int = 2
+    log_level: str = "INFO"
+    # A fresh secret per run, so a test can prove it never reaches a log line.
+    password: str = field(default_factory=lambda: secrets.token_urlsafe(18))
     openstack: OpenStackStandIn | None = None
     children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     server_ids: list[str] = field(default_factory=list)
@@ -53,6 +61,7 @@ class Sandbox:
         (self.state_dir / "logs").mkdir(exist_ok=True)
         self.openstack = OpenStackStandIn(self.state_dir / "openstack", availability_zones=ZONES)
         self.openstack.start()
+        self.openstack.add_user(SANDBOX_USER, self.password, SANDBOX_PROJECT)
         real_devices = os.geteuid() == 0
         for index in range(self.nodes):
             by_id = self.state_dir / "nodes" / f"node-{index}" / "by-id"
@@ -81,15 +90,29 @@ class Sandbox:
     def _write_configs(self) -> None:
         assert self.openstack is not None
         conf = self.state_dir / "cloud.conf"
-        conf.write_text(self.openstack.cloud_conf())
+        conf.write_text(
+            "[Global]\n"
+            f"auth-url = {self.openstack.auth_url}\n"
+            f"username = {SANDBOX_USER}\n"
+            f"password = {self.password}\n"
+            f"tenant-name = {SANDBOX_PROJECT}\n"
+            "domain-name = Default\n"
+            f"region = {self.openstack.region}\n"
+        )
         conf.chmod(0o600)
         clouds = self.state_dir / "clouds.yaml"
-        clouds.write_text(yaml.safe_dump(self.openstack.clouds_yaml("sandbox")))
+        cloud = {"auth": {
+            "auth_url": self.openstack.auth_url, "username": SANDBOX_USER,
+            "password": self.password, "project_name": SANDBOX_PROJECT,
+            "user_domain_name": "Default", "project_domain_name": "Default",
+        }, "region_name": self.openstack.region, "identity_api_version": 3}
+        clouds.write_text(yaml.safe_dump({"clouds": {"sandbox": cloud}}))
         clouds.chmod(0o600)
 
     def _spawn(self, name: str, args: list[str]) -> None:
         log_file = self.state_dir / "logs" / f"{name}.log"
-        command = [sys.executable, "-m", "cinder_csi.cli", *args, "--log-file", str(log_file)]
+        command = [sys.executable, "-m", "cinder_csi.cli", *args, "--log-file", str(log_file),
+                   "--log-level", self.log_level]
         self.children[name] = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=open(self.state_dir / "logs" / f"{name}.stderr", "wb"),  # noqa: SIM115
@@ -124,9 +147,23 @@ class Sandbox:
                 process.kill()
                 process.wait()
         self.children.clear()
+        self._unmount_leftovers()
         if self.openstack is not None:
             self.openstack.stop()
             self.openstack = None
+
+
+    def _unmount_leftovers(self) -> None:
+        """What pods left mounted under the state directory comes off before the loop devices
+        go, as a node's shutdown would do; newest mount first so stacks unwind."""
+        prefix = str(self.state_dir) + "/"
+        mounter = Mounter()
+        for mount in reversed(MountTable().all()):
+            if mount.mount_point.startswith(prefix):
+                try:
+                    mounter.unmount(Path(mount.mount_point))
+                except CinderCSIError as exc:
+                    print(f"could not unmount {mount.mount_point}: {exc}", file=sys.stderr)
 
 
 def _probe(socket: Path) -> bool:
@@ -141,7 +178,7 @@ def _probe(socket: Path) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     state_dir = args.state_dir or Path(tempfile.mkdtemp(prefix="cinder-csi-sandbox-"))
-    sandbox = Sandbox(state_dir.resolve(), nodes=args.nodes)
+    sandbox = Sandbox(state_dir.resolve(), nodes=args.nodes, log_level=args.log_level)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())

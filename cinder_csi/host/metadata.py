@@ -94,7 +94,11 @@ class MetadataSource:
         self.search_order = parse_search_order(search_order)
         self.node_id = node_id or None
         self.availability_zone = availability_zone or None
-        self.metadata_url = metadata_url
+        # A service root ("http://169.254.169.254") gets the standard document path appended.
+        self.metadata_url = (
+            metadata_url if metadata_url.endswith(".json")
+            else metadata_url.rstrip("/") + "/" + META_DATA_PATH.as_posix()
+        )
         self.request_timeout = request_timeout
         # A directory holding the config drive's files; when set, no device is searched.
         self.config_drive_dir = config_drive_dir

@@ -170,3 +170,45 @@ def test_expired_token_is_renewed(csi: ControllerHandle, openstack: OpenStackSta
     openstack.expire_tokens()
     create(csi, "pvc-tok-2")
     assert len(named(openstack, "pvc-tok-2")) == 1
+
+
+@pytest.mark.parametrize("fault", ["lose_answer", "error_after"])
+def test_create_carried_out_but_answer_lost_is_adopted_not_orphaned(
+    csi: ControllerHandle, openstack: OpenStackStandIn, fault: str
+) -> None:
+    name = f"pvc-lost-{fault}"
+    if fault == "lose_answer":
+        openstack.faults.lose_answer(count=1, method="POST", path="/volumes$")
+    else:
+        openstack.faults.error(500, count=1, method="POST", path="/volumes$", after=True)
+    volume = create(csi, name)  # the same call finds what Cinder made and adopts it
+    stored = named(openstack, name)
+    assert [v["id"] for v in stored] == [volume.volume_id]
+    assert create(csi, name).volume_id == volume.volume_id
+    assert len(named(openstack, name)) == 1
+
+
+def test_snapshot_carried_out_but_answer_lost_is_found_on_retry(
+    csi: ControllerHandle, openstack: OpenStackStandIn
+) -> None:
+    source = create(csi, "pvc-snap-src")
+    openstack.faults.error(500, count=1, method="POST", path="/snapshots$", after=True)
+    request = csi_pb2.CreateSnapshotRequest(name="snap-lost", source_volume_id=source.volume_id)
+    expect_code(C.UNAVAILABLE, lambda: csi.controller.CreateSnapshot(request, timeout=30))
+    snapshot = csi.controller.CreateSnapshot(request, timeout=30).snapshot
+    assert [s["id"] for s in openstack.snapshots() if s["name"] == "snap-lost"] == [
+        snapshot.snapshot_id]
+
+
+def test_attach_carried_out_but_answer_lost_completes_on_retry(
+    csi: ControllerHandle, openstack: OpenStackStandIn
+) -> None:
+    server = openstack.add_server("node-0", "az-a")
+    volume = create(csi, "pvc-att-lost")
+    openstack.faults.lose_answer(count=1, method="POST", path="os-volume_attachments")
+    request = csi_pb2.ControllerPublishVolumeRequest(
+        volume_id=volume.volume_id, node_id=server, volume_capability=mount_cap())
+    expect_code(C.UNAVAILABLE, lambda: csi.controller.ControllerPublishVolume(request, timeout=30))
+    csi.controller.ControllerPublishVolume(request, timeout=30)
+    attachments = [a for a in openstack.attachments() if a.get("volume_id") == volume.volume_id]
+    assert len(attachments) == 1

@@ -59,7 +59,9 @@ class RequestFaults:
     delay: float = 0.0
     hang: float = 0.0
     disconnect: bool = False
+    lose_answer: bool = False  # carry the request out, then drop the connection
     status: int = 0
+    status_after: bool = False  # carry the request out, then answer `status` anyway
     message: str = ""
     headers: dict[str, str] = field(default_factory=dict)
 
@@ -87,11 +89,20 @@ class Faults:
 
     def error(self, status: int = 500, *, count: int | None = 1, service: str | None = None,
               method: str | None = None, path: str | None = None,
-              message: str | None = None) -> Rule:
-        """Fail the next `count` matching requests with `status` (5xx usually)."""
+              message: str | None = None, after: bool = False) -> Rule:
+        """Fail the next `count` matching requests with `status` (5xx usually).
+
+        With ``after`` the request is carried out first, as when a proxy times out on a
+        backend that went on working: the client sees an error for a change that happened.
+        """
         text = message or _DEFAULT_MESSAGES.get(status, "Injected fault.")
-        return self._add(Rule("error", self, count, service, method, _rx(path),
-                              status=status, message=text))
+        return self._add(Rule("error_after" if after else "error", self, count, service, method,
+                              _rx(path), status=status, message=text))
+
+    def lose_answer(self, *, count: int | None = 1, service: str | None = None,
+                    method: str | None = None, path: str | None = None) -> Rule:
+        """Carry out the next `count` matching requests, then drop the connection unanswered."""
+        return self._add(Rule("lose_answer", self, count, service, method, _rx(path)))
 
     def rate_limit(self, *, status: int = 429, retry_after: int = 1, count: int | None = 1,
                    service: str | None = None, method: str | None = None,
@@ -156,11 +167,12 @@ class Faults:
         out = RequestFaults()
         with self._lock:
             for rule in list(self._rules):
-                if rule.kind not in ("delay", "hang", "disconnect", "error"):
+                if rule.kind not in ("delay", "hang", "disconnect", "error", "error_after",
+                                     "lose_answer"):
                     continue
                 if not rule.matches_request(service, method, path):
                     continue
-                if rule.kind == "error" and out.status:
+                if rule.kind in ("error", "error_after") and out.status:
                     continue  # one error answer per request; later rules keep their count
                 self._use(rule)
                 if rule.kind == "delay":
@@ -169,7 +181,10 @@ class Faults:
                     out.hang = max(out.hang, rule.seconds)
                 elif rule.kind == "disconnect":
                     out.disconnect = True
+                elif rule.kind == "lose_answer":
+                    out.lose_answer = True
                 else:
+                    out.status_after = rule.kind == "error_after"
                     out.status, out.message = rule.status, rule.message
                     if rule.retry_after:
                         out.headers["Retry-After"] = str(rule.retry_after)

@@ -112,7 +112,7 @@ class _Handler(BaseHTTPRequestHandler):
         if faults.delay:
             self.server.faults.sleep(faults.delay)
         try:
-            if faults.status:
+            if faults.status and not faults.status_after:
                 raise ApiError(faults.status, faults.message, headers=faults.headers)
             if mount is None:
                 raise not_found("The resource could not be found.")
@@ -127,8 +127,13 @@ class _Handler(BaseHTTPRequestHandler):
                 request_id=request_id,
             )
             response = mount.handler(request)
+            if faults.status:  # carried out, answered with an error all the same
+                raise ApiError(faults.status, faults.message, headers=faults.headers)
         except ApiError as error:
             response = Response(error.status, error.body(service), error.headers)
+        if faults.lose_answer:
+            self._drop(path, url.query, request_id)
+            return
         # Logged before answering, so a client that saw the answer also sees the entry.
         self.server.record(LoggedRequest(self.command, path, url.query, response.status,
                                          request_id))
