@@ -24,7 +24,7 @@ from cinder_csi.cloud.models import VOLUME_ERROR_STATES, Snapshot, Volume
 from cinder_csi.csi import csi_pb2, csi_pb2_grpc
 from cinder_csi.deadline import Deadline, for_rpc
 from cinder_csi.locks import OperationLocks
-from cinder_csi.provisioning import Provisioner, VolumeSpec
+from cinder_csi.provisioning import CLUSTER_METADATA_KEY, Provisioner, VolumeSpec
 from cinder_csi.waiting import wait_for
 
 log = logging.getLogger(__name__)
@@ -366,7 +366,13 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         return csi_pb2.ListVolumesResponse(entries=entries, next_token=page.next_marker or "")
 
     def _listed_volume(self, volume: Volume) -> csi_pb2.Volume:
-        result = csi_pb2.Volume(volume_id=volume.id, capacity_bytes=volume.size_gib * v.GIB)
+        # The cluster tag and Cinder name let a CO-side sweep find volumes it made but lost.
+        context = {"name": volume.name} if volume.name else {}
+        if CLUSTER_METADATA_KEY in volume.metadata:
+            context[CLUSTER_METADATA_KEY] = volume.metadata[CLUSTER_METADATA_KEY]
+        result = csi_pb2.Volume(
+            volume_id=volume.id, capacity_bytes=volume.size_gib * v.GIB, volume_context=context
+        )
         if self.options.with_topology and volume.availability_zone:
             result.accessible_topology.append(
                 csi_pb2.Topology(segments={TOPOLOGY_KEY: volume.availability_zone})

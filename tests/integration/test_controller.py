@@ -247,6 +247,9 @@ def test_list_volumes_pages_with_tokens(csi: ControllerHandle) -> None:
             break
     assert created <= set(seen)
     assert len(seen) == len(set(seen))
+    first = csi.controller.ListVolumes(csi_pb2.ListVolumesRequest(max_entries=1), timeout=30)
+    context = first.entries[0].volume.volume_context
+    assert context[CLUSTER_METADATA_KEY] == CLUSTER and context["name"].startswith("pvc-list-")
     expect_code(C.ABORTED, lambda: csi.controller.ListVolumes(
         csi_pb2.ListVolumesRequest(starting_token="garbage"), timeout=30))
 
