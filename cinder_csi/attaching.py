@@ -25,8 +25,11 @@ _ATTACHABLE = frozenset({"available", "in-use", "attaching", "reserved"})
 
 
 class Attacher:
-    def __init__(self, cloud: Cloud) -> None:
+    def __init__(self, cloud: Cloud, *, attach_limit: int | None = None) -> None:
         self.cloud = cloud
+        # [BlockStorage] node-volume-attach-limit: the node reports it to the scheduler, and we
+        # enforce it too, for COs (and races) that do not count.
+        self.attach_limit = attach_limit
 
     def attach(
         self, volume_id: str, server_id: str, *, readonly: bool, deadline: Deadline
@@ -50,6 +53,7 @@ class Attacher:
             raise errors.FailedPrecondition(
                 f"volume {volume_id} cannot be attached while its status is {volume.status!r}"
             )
+        self._check_attach_limit(server_id, deadline)
         if readonly:
             self._set_readonly_mark(volume_id, server_id, deadline)
         try:
@@ -64,6 +68,16 @@ class Attacher:
                 ) from None
             log.info("attach of %s to %s already under way", volume_id, server_id)
         return self._context(self._until_attached(volume_id, server_id, deadline), server_id)
+
+    def _check_attach_limit(self, server_id: str, deadline: Deadline) -> None:
+        if not self.attach_limit:
+            return
+        attached = self.cloud.compute.attachments(server_id, deadline)
+        if len(attached) >= self.attach_limit:
+            raise errors.QuotaExceeded(
+                f"node {server_id} already has {len(attached)} volumes attached, the limit "
+                f"(node-volume-attach-limit) is {self.attach_limit}; schedule the pod elsewhere"
+            )
 
     def detach(self, volume_id: str, server_id: str, deadline: Deadline) -> None:
         volume = self.cloud.volumes.find(volume_id, deadline)

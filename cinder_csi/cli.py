@@ -130,6 +130,7 @@ def run_controller(args: argparse.Namespace) -> int:
         cluster_id=args.cluster,
         with_topology=args.with_topology,
         ignore_volume_az=config.block_storage.ignore_volume_az,
+        node_volume_attach_limit=config.block_storage.node_volume_attach_limit,
     )
     identity = IdentityService(args.driver_name, has_controller=True, probe=cloud.probe)
     metrics = Metrics(args.driver_name)

@@ -24,6 +24,7 @@ from cinder_csi.cloud.models import VOLUME_ERROR_STATES, Snapshot, Volume
 from cinder_csi.csi import csi_pb2, csi_pb2_grpc
 from cinder_csi.deadline import Deadline, for_rpc
 from cinder_csi.locks import OperationLocks
+from cinder_csi.paging import Token, resume_after
 from cinder_csi.provisioning import CLUSTER_METADATA_KEY, Provisioner, VolumeSpec
 from cinder_csi.waiting import wait_for
 
@@ -63,6 +64,7 @@ class ControllerOptions:
     cluster_id: str = "kubernetes"
     with_topology: bool = True
     ignore_volume_az: bool = False
+    node_volume_attach_limit: int | None = None
 
 
 def _deadline(context: grpc.ServicerContext) -> Deadline:
@@ -104,7 +106,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         self.options = options or ControllerOptions()
         self.locks = locks or OperationLocks()
         self.provisioner = Provisioner(cloud, self.options.cluster_id)
-        self.attacher = Attacher(cloud)
+        self.attacher = Attacher(cloud, attach_limit=self.options.node_volume_attach_limit)
 
     # -- capabilities -------------------------------------------------------------------------
 
@@ -129,6 +131,10 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         v.check_capabilities(request.volume_capabilities)
         params = dict(request.parameters)
         _unknown(params, VOLUME_PARAMS, "StorageClass")
+        mutable = dict(request.mutable_parameters)
+        _unknown(mutable, MUTABLE_PARAMS, "mutable (VolumeAttributesClass)")
+        if mutable.get(PARAM_TYPE):
+            params[PARAM_TYPE] = mutable[PARAM_TYPE]  # the attributes class wins over the class
         size = v.size_gib(request.capacity_range if request.HasField("capacity_range") else None)
         deadline = _deadline(context)
         source_keys: list[str] = []
@@ -338,21 +344,24 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
     ) -> csi_pb2.ListVolumesResponse:
         if request.max_entries < 0:
             raise errors.InvalidArgument("max_entries must not be negative")
-        token = request.starting_token
-        if token and not v.is_uuid(token):
-            raise errors.InvalidToken(f"starting_token {token!r} is not one this driver issued")
+        token = Token.decode(request.starting_token) if request.starting_token else None
+        limit = request.max_entries or 1000
         deadline = _deadline(context)
         try:
             page = self.cloud.volumes.list_page(
-                deadline=deadline, limit=request.max_entries or 1000, marker=token or None
+                deadline=deadline, limit=limit, marker=token.volume_id if token else None
             )
+            volumes = list(page.items)
+            next_token = Token.after(volumes[-1]) if page.next_marker and volumes else None
         except (errors.InvalidArgument, errors.NotFound):
-            if token:
-                raise errors.InvalidToken(
-                    f"starting_token {token} is no longer valid (the volume is gone); "
-                    "restart the listing"
-                ) from None
-            raise
+            if token is None:
+                raise
+            # The marker volume was deleted since the last page: resume after its sort key.
+            volumes, next_token = resume_after(
+                token, limit,
+                lambda marker: self.cloud.volumes.list_page(
+                    deadline=deadline, limit=1000, marker=marker),
+            )
         entries = [
             csi_pb2.ListVolumesResponse.Entry(
                 volume=self._listed_volume(volume),
@@ -361,9 +370,11 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
                     volume_condition=_volume_condition(volume),
                 ),
             )
-            for volume in page.items
+            for volume in volumes
         ]
-        return csi_pb2.ListVolumesResponse(entries=entries, next_token=page.next_marker or "")
+        return csi_pb2.ListVolumesResponse(
+            entries=entries, next_token=next_token.encode() if next_token else ""
+        )
 
     def _listed_volume(self, volume: Volume) -> csi_pb2.Volume:
         # The cluster tag and Cinder name let a CO-side sweep find volumes it made but lost.
@@ -445,14 +456,14 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
     ) -> csi_pb2.ControllerModifyVolumeResponse:
         v.require(request.volume_id, "volume_id")
         params = dict(request.mutable_parameters)
-        if not params:
-            raise errors.InvalidArgument("mutable_parameters is required")
         _unknown(params, MUTABLE_PARAMS, "mutable")
         volume_id = v.require_id(request.volume_id, "volume_id", "volume")
         deadline = _deadline(context)
-        new_type = params[PARAM_TYPE]
         with self.locks.hold([volume_id], "ControllerModifyVolume"):
             volume = self.cloud.volumes.get(volume_id, deadline)
+            new_type = params.get(PARAM_TYPE)
+            if not new_type:
+                return csi_pb2.ControllerModifyVolumeResponse()  # nothing asked: nothing to do
             target = self.cloud.volumes.find_type(new_type, deadline)
             if target is None:
                 raise errors.InvalidArgument(f"type={new_type!r}: no such Cinder volume type")

@@ -79,6 +79,17 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             )
         return Path(resolved)
 
+    def _existing_volume_path(self, value: str) -> Path:
+        """For read-only calls (stats, expand): any path that is not a volume of ours below the
+        kubelet root is simply not found; nothing is mounted on it."""
+        v.require(value, "volume_path")
+        if not os.path.isabs(value) or "\0" in value:
+            raise errors.NotFound(f"no volume at {value!r} (not an absolute path)")
+        path = self._checked_path(value, "volume_path")
+        if not path.exists():
+            raise errors.NotFound(f"volume path {path} does not exist")
+        return path
+
     @staticmethod
     def _volume_id(value: str) -> str:
         v.require(value, "volume_id")
@@ -161,13 +172,29 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                     target.touch(mode=0o600)
                 self.mounter.bind_mount(device, target, readonly=readonly, deadline=deadline)
             else:
-                if not self.mounter.table.is_mounted(staging):
+                staged = self.mounter.table.mounts_at(staging)
+                if not staged:
                     raise errors.FailedPrecondition(
                         f"volume {volume_id} is not staged at {staging}; NodeStageVolume first"
                     )
+                if cap.access_mode.mode == v.Mode.SINGLE_NODE_SINGLE_WRITER:
+                    self._refuse_second_publication(volume_id, staged[-1].source, staging, target)
                 target.mkdir(parents=True, exist_ok=True)
                 self.mounter.bind_mount(staging, target, readonly=readonly, deadline=deadline)
         return csi_pb2.NodePublishVolumeResponse()
+
+    def _refuse_second_publication(
+        self, volume_id: str, device: str, staging: Path, target: Path
+    ) -> None:
+        """SINGLE_NODE_SINGLE_WRITER: one workload at a time, so one publish target."""
+        for mount in self.mounter.table.find_by_source(device):
+            where = Path(mount.mount_point)
+            if where in (staging, target) or not mount.mount_point.startswith(self._root + "/"):
+                continue
+            raise errors.FailedPrecondition(
+                f"volume {volume_id} is SINGLE_NODE_SINGLE_WRITER and already published at "
+                f"{where}; unpublish it there first"
+            )
 
     def NodeUnpublishVolume(
         self, request: csi_pb2.NodeUnpublishVolumeRequest, context: grpc.ServicerContext
@@ -200,9 +227,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         self, request: csi_pb2.NodeExpandVolumeRequest, context: grpc.ServicerContext
     ) -> csi_pb2.NodeExpandVolumeResponse:
         volume_id = self._volume_id(request.volume_id)
-        path = self._checked_path(request.volume_path, "volume_path")
-        if not path.exists():
-            raise errors.NotFound(f"volume path {path} does not exist")
+        path = self._existing_volume_path(request.volume_path)
         deadline = _deadline(context)
         with self.locks.hold([volume_id], "NodeExpandVolume"):
             device = self._device(volume_id, deadline)
@@ -230,9 +255,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         self, request: csi_pb2.NodeGetVolumeStatsRequest, context: grpc.ServicerContext
     ) -> csi_pb2.NodeGetVolumeStatsResponse:
         self._volume_id(request.volume_id)
-        path = self._checked_path(request.volume_path, "volume_path")
-        if not path.exists():
-            raise errors.NotFound(f"volume path {path} does not exist")
+        path = self._existing_volume_path(request.volume_path)
         mounts = self.mounter.table.mounts_at(path)
         if not mounts:
             raise errors.NotFound(f"volume {request.volume_id} is not mounted at {path}")

@@ -43,11 +43,18 @@ def build_node_service(args: argparse.Namespace) -> NodeService:
     )
 
 
+def node_identity(driver_name: str, node: NodeService) -> IdentityService:
+    # The plugin as a whole has a controller service (in another pod); upstream's node plugin
+    # says so too, and csi-sanity asks the node socket to decide whether to run its
+    # controller-backed node specs.
+    return IdentityService(driver_name, has_controller=True, probe=node.probe)
+
+
 def run(args: argparse.Namespace) -> int:
     node = build_node_service(args)
     log.info("starting node plugin %s %s, kubelet root %s", args.driver_name, version(),
              args.kubelet_root)
-    identity = IdentityService(args.driver_name, has_controller=False, probe=node.probe)
+    identity = node_identity(args.driver_name, node)
     metrics = Metrics(args.driver_name)
     server = CSIServer(args.endpoint, identity=identity, node=node, metrics=metrics)
     http = None

@@ -51,7 +51,10 @@ def start_controller(
 ) -> tuple[CSIServer, ControllerHandle]:
     config = load_cloud_config([cloud_conf])
     cloud = Cloud(config.auth)
-    service = ControllerService(cloud, ControllerOptions(cluster_id=cluster))
+    service = ControllerService(cloud, ControllerOptions(
+        cluster_id=cluster,
+        node_volume_attach_limit=config.block_storage.node_volume_attach_limit,
+    ))
     identity = IdentityService("cinder.csi.openstack.org", has_controller=True, probe=cloud.probe)
     server = CSIServer(f"unix://{socket}", identity=identity, controller=service, grace_seconds=2)
     server.start()

@@ -14,8 +14,8 @@ import grpc
 
 from cinder_csi.csi import csi_pb2, csi_pb2_grpc
 from cinder_csi.host import DeviceFinder, MetadataSource, Mounter, MountTable
-from cinder_csi.identity import IdentityService
 from cinder_csi.node import NodeOptions, NodeService
+from cinder_csi.node_main import node_identity
 from cinder_csi.server import CSIServer
 from cinder_csi.testing.openstack_api import OpenStackStandIn
 from tests.integration.conftest import ControllerHandle, start_controller
@@ -131,8 +131,7 @@ def node_env(tmp_path: Path, *, zone: str = "az-a") -> Iterator[NodeEnv]:
             mounter=Mounter(),
             options=NodeOptions(kubelet_root=kubelet),
         )
-        identity = IdentityService("cinder.csi.openstack.org", has_controller=False,
-                                   probe=node.probe)
+        identity = node_identity("cinder.csi.openstack.org", node)
         node_server = CSIServer(f"unix://{tmp_path / 'node.sock'}", identity=identity, node=node,
                                 grace_seconds=2)
         node_server.start()

@@ -391,3 +391,25 @@ def test_concurrent_duplicate_creates_make_one_volume(
     assert codes.count(C.OK) >= 1
     create(csi, "pvc-race")
     assert len(volumes_named(openstack, "pvc-race")) == 1
+
+
+def test_attach_limit_is_enforced(
+    openstack: OpenStackStandIn, cloud_conf: Any, tmp_path: Any
+) -> None:
+    from tests.integration.conftest import start_controller
+
+    limited = tmp_path / "limited.conf"
+    limited.write_text(cloud_conf.read_text() + "\n[BlockStorage]\nnode-volume-attach-limit = 2\n")
+    server, handle = start_controller(limited, tmp_path / "limited.sock")
+    try:
+        node = openstack.add_server("node-l", "az-a")
+        volumes = [create(handle, f"pvc-limit-{i}") for i in range(3)]
+        publish(handle, volumes[0].volume_id, node)
+        publish(handle, volumes[1].volume_id, node)
+        publish(handle, volumes[1].volume_id, node)  # already attached: not counted again
+        error = expect_code(C.RESOURCE_EXHAUSTED,
+                            lambda: publish(handle, volumes[2].volume_id, node))
+        assert "node-volume-attach-limit" in error.details()
+    finally:
+        handle.channel.close()
+        server.stop(0)

@@ -127,12 +127,6 @@ class TestListVolumes:
         assert len(list_volumes(sc).entries) == total + 1
         r.delete_volume(csi_pb2.DeleteVolumeRequest(volume_id=volume.volume.volume_id))
         assert len(list_volumes(sc).entries) == total
-
-    @pytest.mark.xfail(strict=True, reason=(
-        "bug: ListVolumes answers ABORTED to the next_token of a page whose last volume was "
-        "deleted (the token is a Cinder marker, which Cinder no longer finds). csi-sanity v5.4 "
-        "has this spec disabled (XIt)."
-    ))
     def test_pagination_should_detect_volumes_added_between_pages_and_accept_tokens_when_the_last_volume_from_a_page_is_deleted(  # noqa: E501
         self, sc: SanityContext, r: Resources
     ) -> None:
@@ -285,11 +279,6 @@ class TestCreateVolume:
         request = make_create_volume_req(unique("sanity-controller-vol-with-mutable-parameters"))
         request.mutable_parameters.update(TEST_VOLUME_MUTABLE_PARAMETERS)
         r.create_volume(request)
-
-    @pytest.mark.xfail(strict=True, reason=(
-        "bug: CreateVolume ignores mutable_parameters, so an unknown key "
-        "(XXX_FakeKey) creates the volume instead of failing INVALID_ARGUMENT"
-    ))
     def test_should_not_create_volume_with_an_invalid_volume_attribute_class(
         self, sc: SanityContext, r: Resources
     ) -> None:
@@ -661,8 +650,6 @@ class TestModifyVolume:
     def test_should_fail_if_no_volume_id_is_given(self, sc: SanityContext, rc: Resources) -> None:
         expect_error(Code.INVALID_ARGUMENT,
                      lambda: sc.controller.ControllerModifyVolume(make_modify_volume_req("")))
-
-    @pytest.mark.xfail(strict=True, reason=MUTABLE_PARAMETERS_BUG + " (expected NOT_FOUND)")
     def test_should_fail_if_volume_does_not_exist(self, sc: SanityContext, rc: Resources) -> None:
         expect_error(Code.NOT_FOUND, lambda: sc.controller.ControllerModifyVolume(
             make_modify_volume_req("non-existing-volume-id")))
@@ -675,8 +662,6 @@ class TestModifyVolume:
             csi_pb2.ControllerModifyVolumeRequest(
                 volume_id=volume.volume.volume_id,
                 mutable_parameters={"XXX_FakeKey": "XXX_FakeValue"})))
-
-    @pytest.mark.xfail(strict=True, reason=MUTABLE_PARAMETERS_BUG + " (expected OK)")
     def test_should_modify_a_volume_created_without_a_volume_attribute_class(
         self, sc: SanityContext, rc: Resources
     ) -> None:
@@ -684,8 +669,6 @@ class TestModifyVolume:
         response = sc.controller.ControllerModifyVolume(
             make_modify_volume_req(volume.volume.volume_id))
         assert response is not None
-
-    @pytest.mark.xfail(strict=True, reason=MUTABLE_PARAMETERS_BUG + " (expected OK)")
     def test_should_modify_a_volume_created_with_a_volume_attribute_class(
         self, sc: SanityContext, rc: Resources
     ) -> None:

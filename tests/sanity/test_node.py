@@ -161,16 +161,6 @@ def node_flow(r: Resources, caps: NodeCaps, count: int) -> None:
 
 
 # --- the node endpoint's Identity, as csi-sanity's Node Service BeforeEach reads it -----------
-
-
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: the node plugin's Identity does not advertise CONTROLLER_SERVICE. csi-sanity "
-    "(--csi.endpoint=node socket, --csi.controllerendpoint=controller socket) decides from "
-    "that Identity whether a controller exists: it then skips 'should work' and 'should be "
-    "idempotent' and never ControllerPublishes in the node specs, so NodeStageVolume finds no "
-    "device and 4 node specs fail (should remove target path, stats on a wrong path, "
-    "node-expand after node-publish, single node single writer)"
-))
 def test_node_identity_provides_controller_service(sc: SanityContext) -> None:
     assert plugin_supports(sc.identity, PluginService.CONTROLLER_SERVICE)
 
@@ -214,10 +204,6 @@ class TestNodePublishVolume:
 
     # Describe "with single node multi writer capability"
     @ROOT
-    @pytest.mark.xfail(strict=True, reason=(
-        "bug: NodePublishVolume of a SINGLE_NODE_SINGLE_WRITER volume already published at "
-        "<mount>/target succeeds at <mount>/other_target instead of FAILED_PRECONDITION"
-    ))
     def test_should_fail_when_volume_with_single_node_single_writer_access_mode_is_already_mounted_at_a_different_target_path(  # noqa: E501
         self, r: Resources, node_caps: NodeCaps
     ) -> None:
@@ -321,15 +307,12 @@ class TestNodeGetVolumeStats:
     def test_should_fail_when_no_volume_path_is_provided(self, sc: SanityContext) -> None:
         expect_error(Code.INVALID_ARGUMENT, lambda: sc.node.NodeGetVolumeStats(
             csi_pb2.NodeGetVolumeStatsRequest(volume_id=valid_volume_id())))
-
-    @pytest.mark.xfail(strict=True, reason=RELATIVE_PATH_BUG.format(rpc="NodeGetVolumeStats"))
     def test_should_fail_when_volume_is_not_found(self, sc: SanityContext) -> None:
         expect_error(Code.NOT_FOUND, lambda: sc.node.NodeGetVolumeStats(
             csi_pb2.NodeGetVolumeStatsRequest(volume_id=valid_volume_id(),
                                               volume_path="some/path")))
 
     @ROOT
-    @pytest.mark.xfail(strict=True, reason=RELATIVE_PATH_BUG.format(rpc="NodeGetVolumeStats"))
     def test_should_fail_when_volume_does_not_exist_on_the_specified_path(
         self, r: Resources, node_caps: NodeCaps
     ) -> None:
@@ -355,8 +338,6 @@ class TestNodeExpandVolume:
         expect_error(Code.INVALID_ARGUMENT, lambda: r.sc.node.NodeExpandVolume(
             csi_pb2.NodeExpandVolumeRequest(volume_id=volume.volume.volume_id,
                                             volume_capability=capability())))
-
-    @pytest.mark.xfail(strict=True, reason=RELATIVE_PATH_BUG.format(rpc="NodeExpandVolume"))
     def test_should_fail_when_volume_is_not_found(self, sc: SanityContext) -> None:
         expect_error(Code.NOT_FOUND, lambda: sc.node.NodeExpandVolume(
             csi_pb2.NodeExpandVolumeRequest(volume_id=valid_volume_id(),
