@@ -5,11 +5,22 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cinder_csi import DEFAULT_DRIVER_NAME, errors, version
+from cinder_csi.loop import ALL_DUTIES, LoopOptions
+
+if TYPE_CHECKING:
+    from cinder_csi.cloud.connection import Cloud
+    from cinder_csi.metrics import Metrics
+    from cinder_csi.registry import RegistrySpec
+    from cinder_csi.server import CSIServer
 
 log = logging.getLogger("cinder_csi")
 
@@ -57,7 +68,71 @@ def _add_controller(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--with-topology", type=go_bool, nargs="?", const=True, default=True)
     parser.add_argument("--max-workers", type=int, default=64,
                         help="gRPC worker threads (a CreateVolume may hold one for minutes)")
+    parser.add_argument("--with-provisioner", type=go_bool, nargs="?", const=True,
+                        default=False,
+                        help="also run the watch loop (provisioner, attacher, resizer) in-process")
+    _add_loop(parser)
+    _add_registry(parser, prefix="--registry-")
+    parser.add_argument("--registry", type=go_bool, nargs="?", const=True, default=False,
+                        help="keep the image registry's claim true (with --with-provisioner)")
     parser.set_defaults(run=run_controller)
+
+
+def _add_loop(parser: argparse.ArgumentParser) -> None:
+    """The watch loop's flags, named as the upstream sidecars name them."""
+    parser.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"),
+                        help="kubeconfig path (in-cluster config when empty)")
+    parser.add_argument("--worker-threads", type=int, default=100)
+    parser.add_argument("--kube-api-qps", type=float, default=50.0)
+    parser.add_argument("--kube-api-burst", type=int, default=100)
+    parser.add_argument("--leader-election", type=go_bool, nargs="?", const=True, default=False)
+    parser.add_argument("--leader-election-namespace", default=None)
+    parser.add_argument("--resync-period", type=float, default=600.0, help="seconds")
+    parser.add_argument("--timeout", type=float, default=180.0,
+                        help="seconds a CSI call of the loop may take")
+    parser.add_argument("--duties", default=",".join(ALL_DUTIES),
+                        help="which duties to run (claims,volumes,attachments,resizer,orphans)")
+    parser.add_argument("--orphan-sweep-interval", type=float, default=600.0, help="seconds")
+    parser.add_argument("--orphan-grace", type=float, default=3600.0,
+                        help="seconds a volume must look orphaned before it counts")
+    parser.add_argument("--delete-orphans", type=go_bool, nargs="?", const=True, default=False,
+                        help="delete orphaned volumes after the grace period (default: report)")
+
+
+def _add_registry(parser: argparse.ArgumentParser, prefix: str = "--") -> None:
+    parser.add_argument(f"{prefix}namespace", dest="registry_namespace",
+                        default="openshift-image-registry")
+    parser.add_argument(f"{prefix}claim", dest="registry_claim", default="image-registry-storage")
+    parser.add_argument(f"{prefix}size", dest="registry_size", default="100Gi")
+    parser.add_argument(f"{prefix}storage-class", dest="registry_storage_class", default=None,
+                        help="default: the cluster's default StorageClass")
+    parser.add_argument(f"{prefix}volume-id", dest="registry_volume_id", default=None,
+                        help="adopt this pre-created Cinder volume")
+    parser.add_argument(f"{prefix}fstype", dest="registry_fstype", default="xfs")
+
+
+def _add_provisioner(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser("provisioner",
+                            help="run the watch loop against any CSI controller socket")
+    parser.add_argument("--csi-address", required=True, help="the CSI controller's socket")
+    parser.add_argument("--http-endpoint", default="")
+    parser.add_argument("--cluster", default="kubernetes")
+    parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))
+    parser.add_argument("--log-file", type=Path, default=None)
+    _add_loop(parser)
+    parser.set_defaults(run=run_provisioner)
+
+
+def _add_registry_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser("registry", help="ensure or show the image registry's volume")
+    parser.add_argument("action", choices=("ensure", "status"))
+    parser.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"))
+    parser.add_argument("--cloud-config", action="append", type=Path, default=[])
+    parser.add_argument("--driver-name", default=DEFAULT_DRIVER_NAME)
+    parser.add_argument("--log-level", default="WARNING")
+    parser.add_argument("--log-file", type=Path, default=None)
+    _add_registry(parser)
+    parser.set_defaults(run=run_registry)
 
 
 def _add_node(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -83,6 +158,10 @@ def _add_sandbox(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     parser.add_argument("--state-dir", type=Path, default=None,
                         help="where sockets, logs and config go (default: a new temp dir)")
     parser.add_argument("--nodes", type=int, default=2)
+    parser.add_argument("--no-loop", action="store_true",
+                        help="run everything but our watch loop (to try other provisioners)")
+    parser.add_argument("--demo", action="store_true",
+                        help="walk a PVC and a pod through the whole flow, then stop")
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--log-file", type=Path, default=None)
     parser.set_defaults(run=run_sandbox)
@@ -93,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_controller(sub)
     _add_node(sub)
+    _add_provisioner(sub)
+    _add_registry_command(sub)
     _add_sandbox(sub)
     version_parser = sub.add_parser("version", help="print the version")
     version_parser.set_defaults(run=lambda _args: print(version()) or 0)
@@ -113,6 +194,29 @@ def setup_logging(level: str, log_file: Path | None) -> None:
     from cinder_csi.cloud.connection import quiet_library_loggers
 
     quiet_library_loggers()
+
+
+def loop_options(args: argparse.Namespace, csi_address: str) -> LoopOptions:
+    return LoopOptions(
+        csi_address=csi_address, kubeconfig=args.kubeconfig, workers=args.worker_threads,
+        kube_qps=args.kube_api_qps, kube_burst=args.kube_api_burst,
+        resync_period=args.resync_period, csi_timeout=args.timeout,
+        leader_election=args.leader_election,
+        leader_election_namespace=args.leader_election_namespace,
+        duties=tuple(d.strip() for d in args.duties.split(",") if d.strip()),
+        cluster=args.cluster, orphan_interval=args.orphan_sweep_interval,
+        orphan_grace=args.orphan_grace, delete_orphans=args.delete_orphans,
+    )
+
+
+def registry_spec(args: argparse.Namespace) -> RegistrySpec:
+    from cinder_csi.registry import RegistrySpec
+
+    return RegistrySpec(
+        namespace=args.registry_namespace, claim=args.registry_claim, size=args.registry_size,
+        storage_class=args.registry_storage_class, volume_id=args.registry_volume_id,
+        fstype=args.registry_fstype, driver=args.driver_name,
+    )
 
 
 def run_controller(args: argparse.Namespace) -> int:
@@ -138,15 +242,81 @@ def run_controller(args: argparse.Namespace) -> int:
         args.endpoint, identity=identity, controller=ControllerService(cloud, options),
         max_workers=args.max_workers, metrics=metrics,
     )
-    http = None
-    if args.http_endpoint:
-        http = serve_http(args.http_endpoint, metrics, healthz=lambda: cloud.probe() is None)
+    loop_thread = None
+    loop_stop = threading.Event()
+    loop_result: list[int] = []
+    healthy = lambda: cloud.probe() is None  # noqa: E731
+    if args.with_provisioner:
+        loop_thread, healthy = _start_loop(args, server, metrics, cloud, loop_stop, loop_result)
+    http = serve_http(args.http_endpoint, metrics, healthz=healthy) if args.http_endpoint else None
     try:
         server.run_until_signal()
     finally:
+        loop_stop.set()
+        if loop_thread is not None:
+            loop_thread.join(timeout=30)
         if http is not None:
             http.stop()
-    return 0
+    return loop_result[0] if loop_result else 0
+
+
+def _start_loop(
+    args: argparse.Namespace, server: CSIServer, metrics: Metrics, cloud: Cloud,
+    stop: threading.Event, result: list[int],
+) -> tuple[threading.Thread, Callable[[], bool]]:
+    """The watch loop beside our controller: it calls us through our own socket, as the
+    sidecars would, and losing the leader lease stops the whole process."""
+    from cinder_csi.loop import WatchLoop
+    from cinder_csi.registry import RegistryDuty
+
+    options = loop_options(args, args.endpoint)
+    if args.registry:
+        spec = registry_spec(args)
+        options = replace(options, extra=(lambda ctx: RegistryDuty(ctx, spec, cloud=cloud),))
+    loop = WatchLoop(options, registry=metrics.registry)
+    server.start()
+
+    def run() -> None:
+        code = loop.run(stop)
+        result.append(code)
+        if code != 0:
+            os.kill(os.getpid(), signal.SIGTERM)  # lease lost: exit, and let the pod restart
+
+    thread = threading.Thread(target=run, name="watch-loop", daemon=True)
+    thread.start()
+    return thread, lambda: not loop.lost_lease
+
+
+def run_provisioner(args: argparse.Namespace) -> int:
+    from cinder_csi.loop import WatchLoop
+
+    options = replace(loop_options(args, args.csi_address), http_endpoint=args.http_endpoint)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    return WatchLoop(options).run(stop)
+
+
+def run_registry(args: argparse.Namespace) -> int:
+    from cinder_csi.cloud.connection import Cloud
+    from cinder_csi.config import load_cloud_config
+    from cinder_csi.provisioner.events import EventRecorder
+    from cinder_csi.provisioner.kube import KubeOptions, build_clients
+    from cinder_csi.registry import RegistryVolume
+
+    spec = registry_spec(args)
+    cloud = None
+    if args.cloud_config:
+        cloud = Cloud(load_cloud_config(args.cloud_config).auth)
+    clients = build_clients(KubeOptions(kubeconfig=args.kubeconfig))
+    try:
+        recorder = EventRecorder(clients.rest(), "cinder-csi-registry")
+        volume = RegistryVolume(clients.rest(), spec, cloud=cloud, recorder=recorder)
+        status = volume.ensure() if args.action == "ensure" else volume.status()
+        print(status.render())
+        return 0 if status.ready or (args.action == "ensure" and not status.problems) else 1
+    finally:
+        clients.close()
 
 
 def run_node(args: argparse.Namespace) -> int:

@@ -15,7 +15,8 @@ returns a status that ``cinder-csi registry status`` prints.
 from __future__ import annotations
 
 import logging
-import re
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,8 +27,11 @@ from cinder_csi import DEFAULT_DRIVER_NAME, TOPOLOGY_KEY
 from cinder_csi.cloud.connection import Cloud
 from cinder_csi.deadline import Deadline
 from cinder_csi.errors import CinderCSIError
+from cinder_csi.provisioner.context import LoopContext
 from cinder_csi.provisioner.events import EventRecorder
+from cinder_csi.provisioner.informer import Handlers
 from cinder_csi.provisioner.kube import KubeRest
+from cinder_csi.provisioner.quantity import QuantityError, parse_bytes
 
 log = logging.getLogger(__name__)
 
@@ -37,18 +41,6 @@ DEFAULT_CLAIM = "image-registry-storage"
 DEFAULT_SIZE = "100Gi"
 DEFAULT_FSTYPE = "xfs"  # the OpenShift 3.x registry default
 DEFAULT_CLASS_ANNOTATION = "storageclass.kubernetes.io/is-default-class"
-_QUANTITY = re.compile(r"^([0-9]+)(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$")
-_FACTORS = {None: 1, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50,
-            "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15}
-GIB = 2**30
-
-
-def quantity_bytes(text: str) -> int:
-    match = _QUANTITY.match(text.strip())
-    if not match:
-        raise ValueError(f"{text!r} is not a size like 100Gi")
-    return int(match.group(1)) * _FACTORS[match.group(2)]
-
 
 @dataclass(frozen=True)
 class RegistrySpec:
@@ -169,6 +161,10 @@ class RegistryVolume:
     def _ensure_dynamic(self, status: RegistryStatus) -> None:
         if self._get(self._claim_path) is not None:
             return
+        try:
+            parse_bytes(self.spec.size)
+        except QuantityError:
+            raise RegistryInvalid(f"size {self.spec.size!r} is not a quantity like 100Gi") from None
         storage_class = self.spec.storage_class or self._default_class()
         self._create_claim(storage_class=storage_class, volume_name=None)
         status.steps.append(f"created claim {self.spec.claim} ({self.spec.size}, "
@@ -327,3 +323,56 @@ class RegistryVolume:
         target = claim or {"apiVersion": "v1", "kind": "Namespace",
                            "metadata": {"name": self.spec.namespace}}
         self.recorder.event(target, type_, reason, message)
+
+
+class RegistryDuty:
+    """The watch loop's registry duty: re-ensure on any event touching the claim or its PV,
+    and every ``interval`` seconds, so a deleted claim or PV comes back."""
+
+    name = "registry"
+
+    def __init__(self, ctx: LoopContext, spec: RegistrySpec, *, cloud: Cloud | None,
+                 interval: float = 60.0) -> None:
+        self.ctx = ctx
+        self.spec = spec
+        self.volume = RegistryVolume(ctx.rest, spec, cloud=cloud, recorder=ctx.recorder)
+        self.interval = interval
+        self._kick = threading.Event()
+
+    def register(self) -> None:
+        handlers = Handlers(on_add_func=self._maybe_kick,
+                            on_update_func=lambda _old, new: self._maybe_kick(new),
+                            on_delete_func=self._maybe_kick)
+        self.ctx.informers.claims.add_handler(handlers)
+        self.ctx.informers.volumes.add_handler(handlers)
+
+    def _maybe_kick(self, obj: dict[str, Any]) -> None:
+        meta = obj.get("metadata") or {}
+        ref = (obj.get("spec") or {}).get("claimRef") or {}
+        ours = (meta.get("namespace"), meta.get("name")) == (self.spec.namespace, self.spec.claim)
+        bound = (ref.get("namespace"), ref.get("name")) == (self.spec.namespace, self.spec.claim)
+        if ours or bound:
+            self._kick.set()
+
+    def run(self) -> None:
+        while not self.ctx.stop.is_set():
+            self._kick.clear()
+            try:
+                status = self.volume.ensure()
+                if status.problems:
+                    log.warning("registry volume: %s", "; ".join(status.problems))
+            except (ApiException, CinderCSIError, OSError) as exc:
+                log.warning("registry volume: ensure failed, retrying: %s", exc)
+            if self._wait():
+                return
+
+    def _wait(self) -> bool:
+        """Sleep until kicked, the interval passes, or the loop stops (True)."""
+        deadline = time.monotonic() + self.interval
+        while time.monotonic() < deadline:
+            if self.ctx.stop.wait(0.2):
+                return True
+            if self._kick.is_set():
+                time.sleep(0.2)  # let a burst of related events settle
+                return False
+        return False

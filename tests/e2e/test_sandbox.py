@@ -11,6 +11,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -49,19 +50,27 @@ def start_sandbox(state_dir: Path, *extra: str) -> RunningSandbox:
             break
         output.append(line.rstrip("\n"))
         if line.strip() == "ready":
+            # Keep reading, or a chatty sandbox would block on a full pipe.
+            threading.Thread(target=_drain, args=(process, output), daemon=True).start()
             return RunningSandbox(process, state_dir, output)
     process.kill()
     raise AssertionError("sandbox did not print ready:\n" + "\n".join(output))
 
 
+def _drain(process: subprocess.Popen[str], output: list[str]) -> None:
+    assert process.stdout is not None
+    for line in process.stdout:
+        output.append(line.rstrip("\n"))
+
+
 def stop_sandbox(sandbox: RunningSandbox) -> int:
     sandbox.process.send_signal(signal.SIGTERM)
     try:
-        rest, _ = sandbox.process.communicate(timeout=60)
+        sandbox.process.wait(timeout=60)
     except subprocess.TimeoutExpired:
         sandbox.process.kill()
-        rest, _ = sandbox.process.communicate()
-    sandbox.output.extend(rest.splitlines())
+        sandbox.process.wait()
+    time.sleep(0.2)  # the drain thread reads the last lines
     return sandbox.process.returncode
 
 

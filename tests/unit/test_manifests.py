@@ -60,9 +60,6 @@ NODE_ARGS = [
     "--kubelet-root=/var/lib/kubelet",
     "--http-endpoint=:8081",
 ]
-# Flags the manifests pass that cinder_csi.cli does not know yet (work in progress elsewhere).
-# A test parses the manifests' args with the real parser; these are tolerated as an xfail.
-PENDING_CLI_FLAGS = {"--with-provisioner", "--leader-election"}
 
 # (apiGroup, resource) -> verbs. The controller component's ClusterRole, exactly.
 CONTROLLER_GRANTS: dict[tuple[str, str], set[str]] = {
@@ -394,10 +391,7 @@ def test_manifest_args_parse_with_the_cli(base: list[Obj]) -> None:
         args = [a.replace("$(CLUSTER_NAME)", "kubernetes") for a in c["args"]]
         _, rest = parser.parse_known_args(args)
         unknown += rest
-    flags = {u.partition("=")[0] for u in unknown}
-    assert flags <= PENDING_CLI_FLAGS, f"the CLI rejects manifest flags: {unknown}"
-    if flags:
-        pytest.xfail(f"cinder_csi.cli does not parse {sorted(flags)} yet")
+    assert unknown == [], f"the CLI rejects manifest flags: {unknown}"
 
 
 def test_controller_rbac(base: list[Obj]) -> None:

@@ -47,6 +47,9 @@ class ApiServer(ThreadingHTTPServer):
     daemon_threads = False
     block_on_close = True  # server_close() joins every handler thread
     allow_reuse_address = True
+    # A real API server accepts bursts; the default backlog of 5 resets connections when a
+    # hundred workers start at once.
+    request_queue_size = 1024
 
     def __init__(
         self, address: tuple[str, int], store: Store, faults: Faults, *, bookmark_interval: float

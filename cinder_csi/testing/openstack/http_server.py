@@ -45,6 +45,9 @@ class LoggedRequest:
 class ApiHttpServer(ThreadingHTTPServer):
     daemon_threads = True  # a request held by a hang fault must not block shutdown
     allow_reuse_address = True
+    # A real API server accepts bursts; the default backlog of 5 resets connections when a
+    # hundred workers start at once.
+    request_queue_size = 1024
 
     def __init__(self, address: tuple[str, int], mounts: list[Mount], faults: Faults) -> None:
         super().__init__(address, _Handler)
