@@ -319,9 +319,12 @@ class RegistryVolume:
         log.info("registry: %s: %s", reason, message)
         if self.recorder is None:
             return
+        # The claim, even before it exists: the Event then lands in the registry's namespace,
+        # where an admin looks (`kubectl get events -n openshift-image-registry`).
         claim = self._get(self._claim_path)
-        target = claim or {"apiVersion": "v1", "kind": "Namespace",
-                           "metadata": {"name": self.spec.namespace}}
+        target = claim or {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                           "metadata": {"name": self.spec.claim,
+                                        "namespace": self.spec.namespace}}
         self.recorder.event(target, type_, reason, message)
 
 

@@ -36,7 +36,11 @@ from cinder_csi.host import Mounter, MountTable
 from cinder_csi.testing.kube_api import KubeStandIn
 from cinder_csi.testing.openstack_api import OpenStackStandIn
 
-ZONES = ("az-a", "az-b")
+ZONES = ("az-a", "az-b")  # where the nodes are
+# Cinder also has a zone without nodes, and Nova a server that is no Kubernetes node (a
+# bastion), as real projects do: volumes there are what the registry must refuse to adopt.
+STORAGE_ONLY_ZONE = "az-c"
+BASTION = "bastion"
 START_TIMEOUT_S = 60.0
 SANDBOX_USER = "cinder-csi"
 SANDBOX_PROJECT = "demo"
@@ -105,7 +109,8 @@ class Sandbox:
     def start(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         (self.state_dir / "logs").mkdir(exist_ok=True)
-        self.openstack = OpenStackStandIn(self.state_dir / "openstack", availability_zones=ZONES)
+        self.openstack = OpenStackStandIn(self.state_dir / "openstack",
+                                          availability_zones=(*ZONES, STORAGE_ONLY_ZONE))
         self.openstack.start()
         self.openstack.add_user(SANDBOX_USER, self.password, SANDBOX_PROJECT)
         self._say(f"OpenStack stand-in up at {self.openstack.auth_url}")
@@ -119,6 +124,7 @@ class Sandbox:
                     by_id_dir=by_id if real_devices else None,
                 )
             )
+        self.openstack.add_server(BASTION, ZONES[0])
         self._write_configs()
         self.kube = KubeStandIn(event_window=50000).start()
         self.kube.write_kubeconfig(self.kubeconfig)
