@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cinder_csi import DEFAULT_DRIVER_NAME, errors, version
-from cinder_csi.loop import ALL_DUTIES, LoopOptions
 
 if TYPE_CHECKING:
     from cinder_csi.cloud.connection import Cloud
+    from cinder_csi.loop import LoopOptions
     from cinder_csi.metrics import Metrics
     from cinder_csi.registry import RegistrySpec
     from cinder_csi.server import CSIServer
@@ -90,8 +90,9 @@ def _add_loop(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resync-period", type=float, default=600.0, help="seconds")
     parser.add_argument("--timeout", type=float, default=180.0,
                         help="seconds a CSI call of the loop may take")
-    parser.add_argument("--duties", default=",".join(ALL_DUTIES),
-                        help="which duties to run (claims,volumes,attachments,resizer,orphans)")
+    parser.add_argument("--duties", default=None,
+                        help="which duties to run, comma-separated (default all: claims,"
+                             "volumes,attachments,resizer,orphans)")
     parser.add_argument("--orphan-sweep-interval", type=float, default=600.0, help="seconds")
     parser.add_argument("--orphan-grace", type=float, default=3600.0,
                         help="seconds a volume must look orphaned before it counts")
@@ -197,13 +198,18 @@ def setup_logging(level: str, log_file: Path | None) -> None:
 
 
 def loop_options(args: argparse.Namespace, csi_address: str) -> LoopOptions:
+    # Imported here: `cinder-csi node` must not load the Kubernetes client.
+    from cinder_csi.loop import ALL_DUTIES, LoopOptions
+
+    duties = ALL_DUTIES if args.duties is None else tuple(
+        d.strip() for d in args.duties.split(",") if d.strip())
     return LoopOptions(
         csi_address=csi_address, kubeconfig=args.kubeconfig, workers=args.worker_threads,
         kube_qps=args.kube_api_qps, kube_burst=args.kube_api_burst,
         resync_period=args.resync_period, csi_timeout=args.timeout,
         leader_election=args.leader_election,
         leader_election_namespace=args.leader_election_namespace,
-        duties=tuple(d.strip() for d in args.duties.split(",") if d.strip()),
+        duties=duties,
         cluster=args.cluster, orphan_interval=args.orphan_sweep_interval,
         orphan_grace=args.orphan_grace, delete_orphans=args.delete_orphans,
     )

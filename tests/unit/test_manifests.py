@@ -52,6 +52,7 @@ CONTROLLER_ARGS = [
     "--with-provisioner",
     "--leader-election",
     "--http-endpoint=:8080",
+    "--registry",
 ]
 NODE_ARGS = [
     "node",
@@ -63,15 +64,19 @@ NODE_ARGS = [
 
 # (apiGroup, resource) -> verbs. The controller component's ClusterRole, exactly.
 CONTROLLER_GRANTS: dict[tuple[str, str], set[str]] = {
-    ("", "persistentvolumes"): {"get", "list", "watch", "create", "update", "patch", "delete"},
-    ("", "persistentvolumeclaims"): {"get", "list", "watch", "update", "patch", "create"},
-    ("", "persistentvolumeclaims/status"): {"update", "patch"},
-    ("storage.k8s.io", "storageclasses"): {"get", "list", "watch"},
-    ("storage.k8s.io", "volumeattachments"): {"get", "list", "watch", "update", "patch"},
-    ("storage.k8s.io", "volumeattachments/status"): {"update", "patch"},
-    ("storage.k8s.io", "csinodes"): {"get", "list", "watch"},
+    ("", "persistentvolumes"): {"get", "list", "watch", "create", "patch", "delete"},
+    ("", "persistentvolumeclaims"): {"get", "list", "watch", "patch", "create"},
+    ("", "persistentvolumeclaims/status"): {"patch"},
+    ("storage.k8s.io", "storageclasses"): {"list", "watch"},
+    ("storage.k8s.io", "volumeattachments"): {"list", "watch", "patch"},
+    ("storage.k8s.io", "volumeattachments/status"): {"patch"},
+    ("storage.k8s.io", "csinodes"): {"list", "watch"},
     ("", "nodes"): {"get", "list", "watch"},
     ("", "events"): {"create", "patch"},
+    ("", "namespaces"): {"get"},
+    ("", "secrets"): {"get"},
+    ("snapshot.storage.k8s.io", "volumesnapshots"): {"get"},
+    ("snapshot.storage.k8s.io", "volumesnapshotcontents"): {"get"},
 }
 LEASE_GRANTS = {("coordination.k8s.io", "leases"): {"get", "create", "update"}}
 # What the overlay changes: the sidecars' additions, and the registry duty's grant removed.
@@ -83,6 +88,14 @@ SIDECAR_EXTRA_GRANTS: dict[tuple[str, str], set[str]] = {
     ("snapshot.storage.k8s.io", "volumesnapshotcontents/status"): {"update", "patch"},
     ("snapshot.storage.k8s.io", "volumesnapshotclasses"): {"get", "list", "watch"},
     ("storage.k8s.io", "volumeattributesclasses"): {"get", "list", "watch"},
+    # The sidecars Update where our loop patches, and Get single objects where it lists.
+    ("", "persistentvolumes"): {"update"},
+    ("", "persistentvolumeclaims"): {"update"},
+    ("", "persistentvolumeclaims/status"): {"update"},
+    ("storage.k8s.io", "volumeattachments"): {"get", "update"},
+    ("storage.k8s.io", "volumeattachments/status"): {"update"},
+    ("storage.k8s.io", "storageclasses"): {"get"},
+    ("storage.k8s.io", "csinodes"): {"get"},
 }
 
 Obj = dict[str, Any]
@@ -541,8 +554,10 @@ def test_overlay_rbac(overlay: list[Obj]) -> None:
     roles = [o for o in overlay if o["kind"] == "ClusterRole"]
     assert [r["metadata"]["name"] for r in roles] == ["cinder-csi-controller"]
     expected = {k: set(v) for k, v in CONTROLLER_GRANTS.items()}
-    expected[("", "persistentvolumeclaims")].discard("create")  # no registry duty
-    expected.update(SIDECAR_EXTRA_GRANTS)
+    expected[("", "persistentvolumeclaims")].discard("create")  # no registry duty...
+    del expected[("", "namespaces")]  # ...nor its namespace check
+    for key, verbs in SIDECAR_EXTRA_GRANTS.items():
+        expected.setdefault(key, set()).update(verbs)
     assert grants(roles[0]) == expected
     assert grants(find(overlay, "Role", "cinder-csi-controller-leader-election")) == LEASE_GRANTS
 
