@@ -235,15 +235,18 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         result = csi_pb2.Volume(volume_id=volume.id, capacity_bytes=volume.size_gib * v.GIB)
         if request.HasField("volume_content_source"):
             result.content_source.CopyFrom(request.volume_content_source)
-        if (
-            self.options.with_topology
-            and not self.options.ignore_volume_az
-            and volume.availability_zone
-        ):
-            result.accessible_topology.append(
-                csi_pb2.Topology(segments={TOPOLOGY_KEY: volume.availability_zone})
-            )
+        result.accessible_topology.extend(self._topology(volume))
         return result
+
+    def _topology(self, volume: Volume) -> list[csi_pb2.Topology]:
+        """Where the volume can be used: its zone, unless topology is off or ignored."""
+        if (
+            not self.options.with_topology
+            or self.options.ignore_volume_az
+            or not volume.availability_zone
+        ):
+            return []
+        return [csi_pb2.Topology(segments={TOPOLOGY_KEY: volume.availability_zone})]
 
     def DeleteVolume(
         self, request: csi_pb2.DeleteVolumeRequest, context: grpc.ServicerContext
@@ -384,10 +387,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         result = csi_pb2.Volume(
             volume_id=volume.id, capacity_bytes=volume.size_gib * v.GIB, volume_context=context
         )
-        if self.options.with_topology and volume.availability_zone:
-            result.accessible_topology.append(
-                csi_pb2.Topology(segments={TOPOLOGY_KEY: volume.availability_zone})
-            )
+        result.accessible_topology.extend(self._topology(volume))
         return result
 
     def ControllerGetVolume(

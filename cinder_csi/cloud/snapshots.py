@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from cinder_csi import errors
+from cinder_csi.cloud.listing import has_next, page_params
 from cinder_csi.cloud.models import SNAPSHOT_ERROR_STATES, Page, Snapshot
 from cinder_csi.cloud.session import ServiceSession
 from cinder_csi.deadline import Deadline
@@ -58,21 +59,13 @@ class SnapshotApi:
         marker: str | None = None,
         filters: Mapping[str, str] | None = None,
     ) -> Page[Snapshot]:
-        params: dict[str, str] = {"sort": "created_at:asc,id:asc"}
-        if limit is not None:
-            params["limit"] = str(limit)
-        if marker:
-            params["marker"] = marker
-        if filters:
-            params.update(filters)
         resp = self._session.request(
-            "GET", "/snapshots/detail", what="snapshot list", deadline=deadline, params=params
+            "GET", "/snapshots/detail", what="snapshot list", deadline=deadline,
+            params=page_params(limit, marker, filters),
         )
         items = tuple(Snapshot.from_api(s) for s in resp.body.get("snapshots", ()))
-        has_next = any(
-            link.get("rel") == "next" for link in resp.body.get("snapshots_links") or ()
-        )
-        return Page(items=items, next_marker=items[-1].id if items and has_next else None)
+        more = has_next(resp.body, "snapshots_links")
+        return Page(items=items, next_marker=items[-1].id if items and more else None)
 
     def delete(self, snapshot_id: str, deadline: Deadline) -> None:
         try:

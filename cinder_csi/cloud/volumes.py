@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from cinder_csi import errors
+from cinder_csi.cloud.listing import has_next, page_params
 from cinder_csi.cloud.models import VOLUME_ERROR_STATES, Page, Volume, VolumeType
 from cinder_csi.cloud.session import ServiceSession
 from cinder_csi.deadline import Deadline
@@ -77,13 +78,7 @@ class VolumeApi:
         metadata: Mapping[str, str] | None = None,
     ) -> Page[Volume]:
         """One page, oldest first so markers stay stable while volumes are added."""
-        params: dict[str, str] = {"sort": "created_at:asc,id:asc"}
-        if limit is not None:
-            params["limit"] = str(limit)
-        if marker:
-            params["marker"] = marker
-        if filters:
-            params.update(filters)
+        params = page_params(limit, marker, filters)
         if metadata:
             params["metadata"] = json.dumps(dict(metadata), sort_keys=True)
         if limit is None:
@@ -92,11 +87,8 @@ class VolumeApi:
             "GET", "/volumes/detail", what="volume list", deadline=deadline, params=params
         )
         items = tuple(Volume.from_api(v) for v in resp.body.get("volumes", ()))
-        has_next = any(
-            link.get("rel") == "next" for link in resp.body.get("volumes_links") or ()
-        )
-        next_marker = items[-1].id if items and has_next else None
-        return Page(items=items, next_marker=next_marker)
+        more = has_next(resp.body, "volumes_links")
+        return Page(items=items, next_marker=items[-1].id if items and more else None)
 
     def _all_pages(self, params: dict[str, str], deadline: Deadline) -> Page[Volume]:
         collected: list[Volume] = []
@@ -110,8 +102,7 @@ class VolumeApi:
             )
             batch = [Volume.from_api(v) for v in resp.body.get("volumes", ())]
             collected.extend(batch)
-            links = resp.body.get("volumes_links") or ()
-            if not batch or not any(link.get("rel") == "next" for link in links):
+            if not batch or not has_next(resp.body, "volumes_links"):
                 return Page(items=tuple(collected), next_marker=None)
             marker = batch[-1].id
 

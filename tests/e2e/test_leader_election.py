@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,37 +17,21 @@ import pytest
 from kubernetes import client as k8s
 
 from cinder_csi.testing.kube.client import api_client
-from tests.e2e.test_sandbox import RunningSandbox, start_sandbox, stop_sandbox
-from tests.integration.node_env import unmount_below
+from tests.e2e.sandbox_helpers import RunningSandbox, running_sandbox, until
 
 T = TypeVar("T")
 
 
 @pytest.fixture
 def sandbox(tmp_path: Path) -> Iterator[RunningSandbox]:
-    running = start_sandbox(tmp_path / "state", "--no-loop")
-    try:
+    with running_sandbox(tmp_path, "--no-loop") as running:
         yield running
-    finally:
-        if running.process.poll() is None:
-            stop_sandbox(running)
-        unmount_below(tmp_path)
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def until(probe: Callable[[], T | None], what: str, timeout: float = 60) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = probe()
-        if found is not None:
-            return found
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def start(state: Path, log: Path, port: int) -> subprocess.Popen[bytes]:

@@ -26,8 +26,7 @@ import pytest
 from kubernetes import client as k8s
 
 from cinder_csi.testing.kube.client import api_client
-from tests.e2e.test_sandbox import RunningSandbox, start_sandbox, stop_sandbox
-from tests.integration.node_env import unmount_below
+from tests.e2e.sandbox_helpers import RunningSandbox, running_sandbox
 
 CLAIMS = 200
 KILLS = 4
@@ -35,13 +34,8 @@ KILLS = 4
 
 @pytest.fixture
 def sandbox(tmp_path: Path) -> Iterator[RunningSandbox]:
-    running = start_sandbox(tmp_path / "state", "--no-loop")
-    try:
+    with running_sandbox(tmp_path, "--no-loop") as running:
         yield running
-    finally:
-        if running.process.poll() is None:
-            stop_sandbox(running)
-        unmount_below(tmp_path)
 
 
 def provisioner(state: Path, log: Path) -> subprocess.Popen[bytes]:

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,8 +21,7 @@ from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
 from cinder_csi.testing.kube.client import api_client
-from tests.e2e.test_sandbox import RunningSandbox, start_sandbox, stop_sandbox
-from tests.integration.node_env import unmount_below
+from tests.e2e.sandbox_helpers import RunningSandbox, running_sandbox, until
 
 T = TypeVar("T")
 REGISTRY_NS = "openshift-image-registry"
@@ -33,24 +31,8 @@ PUBLISH = "sandbox.cinder-csi/publish-path-"
 
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSandbox]:
-    root = tmp_path_factory.mktemp("registry")
-    running = start_sandbox(root / "state")
-    try:
+    with running_sandbox(tmp_path_factory.mktemp("registry")) as running:
         yield running
-    finally:
-        if running.process.poll() is None:
-            stop_sandbox(running)
-        unmount_below(root)
-
-
-def until(probe: Callable[[], T | None], what: str, timeout: float = 60) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = probe()
-        if found is not None:
-            return found
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def core(sandbox: RunningSandbox) -> Any:

@@ -8,82 +8,23 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import subprocess
-import sys
-import threading
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import pytest
 
 from cinder_csi.csi import csi_pb2, csi_pb2_grpc
+from tests.e2e.sandbox_helpers import RunningSandbox, running_sandbox, stop_sandbox
 from tests.integration.csi_helpers import create_request, mount_cap
-from tests.integration.node_env import loop_devices_backed_by, unmount_below
-
-
-@dataclass
-class RunningSandbox:
-    process: subprocess.Popen[str]
-    state_dir: Path
-    output: list[str]
-
-    def channel(self, name: str) -> grpc.Channel:
-        return grpc.insecure_channel(f"unix://{self.state_dir / name}")
-
-
-def start_sandbox(state_dir: Path, *extra: str) -> RunningSandbox:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cinder_csi.cli", "sandbox", "--state-dir", str(state_dir),
-         "--log-level", "DEBUG", *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    output: list[str] = []
-    deadline = time.monotonic() + 90
-    assert process.stdout is not None
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line:
-            break
-        output.append(line.rstrip("\n"))
-        if line.strip() == "ready":
-            # Keep reading, or a chatty sandbox would block on a full pipe.
-            threading.Thread(target=_drain, args=(process, output), daemon=True).start()
-            return RunningSandbox(process, state_dir, output)
-    process.kill()
-    raise AssertionError("sandbox did not print ready:\n" + "\n".join(output))
-
-
-def _drain(process: subprocess.Popen[str], output: list[str]) -> None:
-    assert process.stdout is not None
-    for line in process.stdout:
-        output.append(line.rstrip("\n"))
-
-
-def stop_sandbox(sandbox: RunningSandbox) -> int:
-    sandbox.process.send_signal(signal.SIGTERM)
-    try:
-        sandbox.process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        sandbox.process.kill()
-        sandbox.process.wait()
-    time.sleep(0.2)  # the drain thread reads the last lines
-    return sandbox.process.returncode
+from tests.integration.node_env import loop_devices_backed_by
 
 
 @pytest.fixture
 def sandbox(tmp_path: Path) -> Iterator[RunningSandbox]:
-    state = tmp_path / "state"
-    running = start_sandbox(state)
-    try:
+    with running_sandbox(tmp_path) as running:
         yield running
-    finally:
-        if running.process.poll() is None:
-            stop_sandbox(running)
-        unmount_below(tmp_path)
+
 
 
 def test_sandbox_prints_its_endpoints_and_ready(sandbox: RunningSandbox) -> None:
