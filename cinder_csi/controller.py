@@ -150,12 +150,16 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
 
         with self.locks.hold([name, *source_keys], "CreateVolume"):
             volume_type = params.get(PARAM_TYPE) or None
-            multiattach = self._type_is_multiattach(volume_type, deadline)
-            reason = v.unsupported_multi_node_reason(
-                request.volume_capabilities, multiattach=multiattach, volume=f"volume {name}"
-            )
-            if reason:
-                raise errors.InvalidArgument(reason)
+            if volume_type or v.multi_node(request.volume_capabilities):
+                # Only then is the type worth a lookup: to name an unknown one clearly, and to
+                # know whether several nodes may share the volume.
+                multiattach = self._type_is_multiattach(volume_type, deadline)
+                reason = v.unsupported_multi_node_reason(
+                    request.volume_capabilities, multiattach=multiattach,
+                    volume=f"volume {name}",
+                )
+                if reason:
+                    raise errors.InvalidArgument(reason)
             zone = self._zone(request, params)
             if snapshot_id:
                 size, zone = self._from_snapshot(snapshot_id, request, size, zone, deadline)
