@@ -15,6 +15,10 @@ For each VolumeAttachment whose ``spec.attacher`` is our driver:
 
 Attach and detach have their own queues and worker pools, so a burst of detaches cannot
 delay attaches (kubernetes-csi/external-attacher#761).
+
+This module holds the informer handlers, the queues and the attach/detach/PV-finalizer steps.
+What a VA resolves to is in ``attach_targets``, our patches in ``attach_writes``, how an attempt
+is reported and retried in ``attach_outcomes``, the ListVolumes pass in ``attach_reconcile``.
 """
 
 from __future__ import annotations
@@ -22,81 +26,47 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
 
 import grpc
-import urllib3
 from kubernetes.client.exceptions import ApiException
-from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from cinder_csi.csi import csi_pb2
-from cinder_csi.metrics import OPERATION_BUCKETS, go_code_name
+from cinder_csi.provisioner.attach_common import (
+    ATTACH,
+    DETACH,
+    PV_PATH,
+    VA_PATH,
+    AttachMetrics,
+    AttemptFailed,
+    attached_by,
+    deleting,
+    finalizers_of,
+    meta_of,
+    name_of,
+    rpc_code,
+    rpc_message,
+)
+from cinder_csi.provisioner.attach_outcomes import AttachOutcomes
+from cinder_csi.provisioner.attach_reconcile import AttachReconciler
+from cinder_csi.provisioner.attach_targets import AttachTargets
+from cinder_csi.provisioner.attach_writes import AttachWrites
 from cinder_csi.provisioner.capability import (
     RPC,
     CapabilityError,
     DriverCapabilities,
     publish_readonly,
-    read_secret,
-    secret_ref,
     volume_capability,
 )
 from cinder_csi.provisioner.context import LoopContext
-from cinder_csi.provisioner.csi_client import IN_PROGRESS_CODES
 from cinder_csi.provisioner.informer import Handlers, Informer, Obj
 from cinder_csi.provisioner.informers import BY_NODE, BY_PV
-from cinder_csi.provisioner.kube import MERGE_PATCH, STRATEGIC_MERGE_PATCH
-from cinder_csi.provisioner.protocol import ANN_VA_NODE_ID, attacher_finalizer
-from cinder_csi.provisioner.workqueue import PermanentError, RetryAfter, WorkQueue
+from cinder_csi.provisioner.kube import STRATEGIC_MERGE_PATCH
+from cinder_csi.provisioner.protocol import attacher_finalizer
+from cinder_csi.provisioner.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
-
-VA_PATH = "/apis/storage.k8s.io/v1/volumeattachments"
-PV_PATH = "/api/v1/persistentvolumes"
-REASON_FAILED_ATTACH = "FailedAttachVolume"
-REASON_FAILED_DETACH = "FailedDetachVolume"
-ATTACH, DETACH = "attach", "detach"
-
-# Errors of the API itself: the object may simply be retried later.
-API_ERRORS = (ApiException, urllib3.exceptions.HTTPError, OSError)
-
-
-class AttachMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.total = {
-            op: Counter(f"cinder_csi_{op}_total", f"VolumeAttachment {op} operations by result.",
-                        ["result"], registry=registry)
-            for op in (ATTACH, DETACH)
-        }
-        self.duration = {
-            op: Histogram(f"cinder_csi_{op}_duration_seconds",
-                          f"Time to {op} a volume for a VolumeAttachment, by result.",
-                          ["result"], buckets=OPERATION_BUCKETS, registry=registry)
-            for op in (ATTACH, DETACH)
-        }
-        self.lost = Counter(
-            "cinder_csi_attach_lost_total",
-            "Attached VolumeAttachments the driver no longer reported published (reconcile).",
-            registry=registry)
-
-    def observe(self, op: str, ok: bool, seconds: float) -> None:
-        result = "success" if ok else "failure"
-        self.total[op].labels(result).inc()
-        self.duration[op].labels(result).observe(seconds)
-
-
-class _Failed(Exception):
-    """One attach/detach attempt failed; ``message`` is what the VA status and Event say."""
-
-    def __init__(self, message: str, *, code: grpc.StatusCode | None = None,
-                 final: bool = False, record: bool = True) -> None:
-        super().__init__(message)
-        self.message = message
-        self.code = code
-        self.final = final  # retrying cannot help until someone changes an object
-        self.record = record  # False: transient, not worth an attachError (a 409, say)
 
 
 @dataclass(frozen=True)
@@ -111,45 +81,9 @@ class AttachOptions:
     shutdown_timeout: float = 30.0
 
 
-def _meta(obj: Mapping[str, Any]) -> dict[str, Any]:
-    return dict(obj.get("metadata") or {})
-
-
-def _name(obj: Mapping[str, Any]) -> str:
-    return str(_meta(obj).get("name", ""))
-
-
-def _deleting(obj: Mapping[str, Any]) -> bool:
-    return bool(_meta(obj).get("deletionTimestamp"))
-
-
-def _finalizers(obj: Mapping[str, Any]) -> list[str]:
-    return [str(f) for f in _meta(obj).get("finalizers") or []]
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _rpc_message(exc: grpc.RpcError) -> str:
-    code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
-    details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
-    return f"rpc error: code = {go_code_name(code.name)} desc = {details}"
-
-
-def _rpc_code(exc: grpc.RpcError) -> grpc.StatusCode:
-    return exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
-
-
-def _api_message(exc: BaseException) -> str:
-    if isinstance(exc, ApiException):
-        return f"{exc.status} {exc.reason}"
-    return str(exc) or type(exc).__name__
-
-
 def _comparable(va: Obj) -> Obj:
     """A VA without the fields our own error writes change, to skip reacting to them."""
-    meta = {k: v for k, v in _meta(va).items() if k not in ("resourceVersion", "managedFields")}
+    meta = {k: v for k, v in meta_of(va).items() if k not in ("resourceVersion", "managedFields")}
     status = {k: v for k, v in (va.get("status") or {}).items()
               if k not in ("attachError", "detachError")}
     return {**va, "metadata": meta, "status": status}
@@ -167,14 +101,21 @@ class AttachmentController:
         self.attach_queue = WorkQueue("va-attach", metrics=ctx.queue_metrics)
         self.detach_queue = WorkQueue("va-detach", metrics=ctx.queue_metrics)
         self.pv_queue = WorkQueue("va-pv", metrics=ctx.queue_metrics)
+        self.targets = AttachTargets(ctx, self.capabilities)
+        self.writes = AttachWrites(ctx, self.finalizer)
+        self.outcomes = AttachOutcomes(
+            ctx, self.metrics, in_progress_retry_cap=self.options.in_progress_retry_cap)
+        self.reconciler = AttachReconciler(
+            ctx, period=self.options.reconcile_period, page_size=self.options.list_page_size,
+            targets=self.targets, writes=self.writes, metrics=self.metrics,
+            force=self._force_attach, attach_queue=self.attach_queue)
         self._lock = threading.Lock()
         self._force: set[str] = set()  # VAs the reconcile wants attached again
-        self._last_error: dict[tuple[str, str], str] = {}  # (op, VA) -> last Event message
         # VA -> resourceVersions we saw before our own last write to it. The informer lags
         # behind our writes: a cache copy at one of these versions is older than what we
         # wrote, so acting on it would repeat the operation (its watch event brings us back).
         self._superseded: dict[str, set[str]] = {}
-        self._reconciler: threading.Thread | None = None
+        self._reconcile_thread: threading.Thread | None = None
 
     # ---- informers
 
@@ -192,11 +133,11 @@ class AttachmentController:
             self._csinode_changed, lambda old, new: self._csinode_changed(new)))
 
     def _ours(self, va: Obj) -> bool:
-        return (va.get("spec") or {}).get("attacher") == self.ctx.driver
+        return attached_by(va, self.ctx.driver)
 
     def _route(self, va: Obj) -> None:
-        name = _name(va)
-        if _deleting(va):
+        name = name_of(va)
+        if deleting(va):
             self.detach_queue.add(name)
         else:
             self.attach_queue.add(name)
@@ -208,44 +149,43 @@ class AttachmentController:
     def _va_updated(self, old: Obj, new: Obj) -> None:
         if not self._ours(new):
             return
-        resync = _meta(old).get("resourceVersion") == _meta(new).get("resourceVersion")
+        resync = meta_of(old).get("resourceVersion") == meta_of(new).get("resourceVersion")
         if resync or _comparable(old) != _comparable(new):
             self._route(new)
 
     def _va_deleted(self, va: Obj) -> None:
-        name = _name(va)
+        name = name_of(va)
         with self._lock:
             self._force.discard(name)
             self._superseded.pop(name, None)
-            self._last_error.pop((ATTACH, name), None)
-            self._last_error.pop((DETACH, name), None)
-        pv_name = self._pv_name(va)
+        self.outcomes.forget(name)
+        pv_name = self.targets.pv_name(va)
         if pv_name:
             self.pv_queue.add(pv_name)
 
     def _pv_changed(self, pv: Obj) -> None:
-        name = _name(pv)
+        name = name_of(pv)
         vas = self._vas.cache.by_index(BY_PV, name)
-        if self.finalizer in _finalizers(pv):
+        if self.finalizer in finalizers_of(pv):
             if not vas:
                 self.pv_queue.add(name)
             return
         # A PV of ours without the finalizer while we attach it: put it back (the finalizer
         # may have been removed just as a new attachment appeared).
         for va in vas:
-            if self._ours(va) and not _deleting(va):
-                self.attach_queue.add(_name(va))
+            if self._ours(va) and not deleting(va):
+                self.attach_queue.add(name_of(va))
 
     def _csinode_changed(self, csinode: Obj) -> None:
         # A node plugin (re)registered: attachments waiting for its node ID can go on.
-        for va in self._vas.cache.by_index(BY_NODE, _name(csinode)):
+        for va in self._vas.cache.by_index(BY_NODE, name_of(csinode)):
             if not self._ours(va):
                 continue
-            if _deleting(va):
-                if self.finalizer in _finalizers(va):
-                    self.detach_queue.add(_name(va))
+            if deleting(va):
+                if self.finalizer in finalizers_of(va):
+                    self.detach_queue.add(name_of(va))
             elif (va.get("status") or {}).get("attached") is not True:
-                self.attach_queue.add(_name(va))
+                self.attach_queue.add(name_of(va))
 
     # ---- running
 
@@ -257,9 +197,7 @@ class AttachmentController:
         self.detach_queue.start(opts.detach_workers or self.ctx.workers, self.sync_detach)
         self.pv_queue.start(max(1, opts.pv_workers), self.sync_pv)
         if opts.reconcile_period > 0:
-            self._reconciler = threading.Thread(target=self._reconcile_loop,
-                                                name="va-reconcile", daemon=True)
-            self._reconciler.start()
+            self._reconcile_thread = self.reconciler.start()
         self.ctx.stop.wait()
         queues = (self.attach_queue, self.detach_queue, self.pv_queue)
         for queue in queues:
@@ -267,8 +205,8 @@ class AttachmentController:
         deadline = time.monotonic() + opts.shutdown_timeout
         for queue in queues:
             queue.join(max(0.0, deadline - time.monotonic()))
-        if self._reconciler is not None:
-            self._reconciler.join(max(0.0, deadline - time.monotonic()))
+        if self._reconcile_thread is not None:
+            self._reconcile_thread.join(max(0.0, deadline - time.monotonic()))
 
     def _wait_for_sync(self) -> bool:
         # Workers must see every VA before deciding a PV needs no finalizer.
@@ -279,26 +217,34 @@ class AttachmentController:
                 return True
         return False
 
+    def reconcile(self) -> int:
+        """One ListVolumes pass (see ``attach_reconcile``); how many VAs were found lost."""
+        return self.reconciler.reconcile()
+
+    def _force_attach(self, name: str) -> None:
+        with self._lock:
+            self._force.add(name)
+
     # ---- attach
 
     def sync_attach(self, name: str) -> None:
         va = self._vas.cache.get(name)
         if va is None or not self._ours(va) or self._stale(va):
             return
-        if _deleting(va):
+        if deleting(va):
             self.detach_queue.add(name)
             return
         started = time.monotonic()
         try:
             if not self._attach(va):
                 return
-        except _Failed as exc:
-            self._failed(ATTACH, va, exc, started)
-            raise self._retry(self.attach_queue, name, exc) from None
-        self._succeeded(ATTACH, name, started)
+        except AttemptFailed as exc:
+            self.outcomes.failed(ATTACH, va, exc, started)
+            raise self.outcomes.retry(self.attach_queue, name, exc) from None
+        self.outcomes.succeeded(ATTACH, name, started)
 
     def _stale(self, va: Obj) -> bool:
-        name, rv = _name(va), str(_meta(va).get("resourceVersion") or "")
+        name, rv = name_of(va), str(meta_of(va).get("resourceVersion") or "")
         with self._lock:
             seen = self._superseded.get(name)
             if seen is None:
@@ -310,38 +256,38 @@ class AttachmentController:
 
     def _wrote(self, *versions: Obj) -> None:
         """Remember the versions of a VA that our last write to it superseded."""
-        rvs = {str(_meta(v).get("resourceVersion") or "") for v in versions}
+        rvs = {str(meta_of(v).get("resourceVersion") or "") for v in versions}
         with self._lock:
-            self._superseded[_name(versions[0])] = rvs - {""}
+            self._superseded[name_of(versions[0])] = rvs - {""}
 
     def _attach(self, va: Obj) -> bool:
         """Attach; False when there was nothing to do."""
-        name = _name(va)
+        name = name_of(va)
         with self._lock:
             forced = name in self._force
             self._force.discard(name)
-        pv_name = self._source_pv(va)
+        pv_name = self.targets.source_pv(va)
         if (va.get("status") or {}).get("attached") is True and not forced:
             current = self.ctx.informers.volumes.cache.get(pv_name)
-            if current is not None and not _deleting(current):
-                self._ensure_pv_finalizer(current)  # heals a finalizer lost to a race
+            if current is not None and not deleting(current):
+                self.writes.ensure_pv_finalizer(current)  # heals a finalizer lost to a race
             return False
-        pv = self._pv(pv_name)
-        if _deleting(pv):
-            raise _Failed(f'PersistentVolume "{pv_name}" is marked for deletion')
-        pv = self._ensure_pv_finalizer(pv)
-        caps = self._capabilities()
+        pv = self.targets.pv(pv_name)
+        if deleting(pv):
+            raise AttemptFailed(f'PersistentVolume "{pv_name}" is marked for deletion')
+        pv = self.writes.ensure_pv_finalizer(pv)
+        caps = self.targets.driver_capabilities()
         try:
             capability = volume_capability(
                 pv, single_node_multi_writer=RPC.SINGLE_NODE_MULTI_WRITER in caps,
                 default_fs_type=self.options.default_fs_type)
         except CapabilityError as exc:
-            raise _Failed(str(exc), final=True) from None
-        handle = self._handle(pv)
-        secrets = self._secrets(pv)
-        node_id = self._node_id(va, fallback=False)
+            raise AttemptFailed(str(exc), final=True) from None
+        handle = self.targets.handle(pv)
+        secrets = self.targets.secrets(pv)
+        node_id = self.targets.node_id(va, fallback=False)
         before = va
-        va = self._ensure_va_marks(va, node_id)
+        va = self.writes.ensure_va_marks(va, node_id)
         csi = (pv.get("spec") or {}).get("csi") or {}
         request = csi_pb2.ControllerPublishVolumeRequest(
             volume_id=handle, node_id=node_id, volume_capability=capability,
@@ -355,21 +301,13 @@ class AttachmentController:
         try:
             response = self.ctx.csi.publish(request)
         except grpc.RpcError as exc:
-            raise _Failed(self._redact(_rpc_message(exc), secrets.values()),
-                          code=_rpc_code(exc)) from None
-        self._mark_attached(va, {str(k): str(v) for k, v in response.publish_context.items()})
+            raise AttemptFailed(self._redact(rpc_message(exc), secrets.values()),
+                                code=rpc_code(exc)) from None
+        self.writes.mark_attached(
+            va, {str(k): str(v) for k, v in response.publish_context.items()})
         self._wrote(before, va)
         log.info("attached volume %s to node %s for VolumeAttachment %s", handle, node_id, name)
         return True
-
-    def _mark_attached(self, va: Obj, metadata: dict[str, str]) -> None:
-        old = (va.get("status") or {}).get("attachmentMetadata") or {}
-        merged: dict[str, Any] = {k: None for k in old if k not in metadata}
-        merged.update(metadata)
-        status: dict[str, Any] = {"attached": True, "attachError": None}
-        if merged:
-            status["attachmentMetadata"] = merged
-        self._patch_va_status(va, status, "mark attached")
 
     # ---- detach
 
@@ -377,33 +315,33 @@ class AttachmentController:
         va = self._vas.cache.get(name)
         if va is None or not self._ours(va) or self._stale(va):
             return
-        if not _deleting(va):
+        if not deleting(va):
             self.attach_queue.add(name)
             return
         with self._lock:
             forced = name in self._force
             self._force.discard(name)
-        if self.finalizer not in _finalizers(va) and not forced:
+        if self.finalizer not in finalizers_of(va) and not forced:
             return  # never attached by us, or already detached
         started = time.monotonic()
         try:
             self._detach(va)
-        except _Failed as exc:
-            self._failed(DETACH, va, exc, started)
-            raise self._retry(self.detach_queue, name, exc) from None
-        self._succeeded(DETACH, name, started)
-        pv_name = self._pv_name(va)
+        except AttemptFailed as exc:
+            self.outcomes.failed(DETACH, va, exc, started)
+            raise self.outcomes.retry(self.detach_queue, name, exc) from None
+        self.outcomes.succeeded(DETACH, name, started)
+        pv_name = self.targets.pv_name(va)
         if pv_name:
             self.pv_queue.add(pv_name)
 
     def _detach(self, va: Obj) -> None:
-        name = _name(va)
+        name = name_of(va)
         before = va
-        if self._pv_name(va):
-            pv = self._pv(self._source_pv(va))
-            handle = self._handle(pv)
-            secrets = self._secrets(pv)
-            node_id = self._node_id(va, fallback=True)
+        if self.targets.pv_name(va):
+            pv = self.targets.pv(self.targets.source_pv(va))
+            handle = self.targets.handle(pv)
+            secrets = self.targets.secrets(pv)
+            node_id = self.targets.node_id(va, fallback=True)
             log.info("detaching volume %s from node %s (%s) for VolumeAttachment %s", handle,
                      (va.get("spec") or {}).get("nodeName"), node_id, name)
             request = csi_pb2.ControllerUnpublishVolumeRequest(
@@ -411,33 +349,33 @@ class AttachmentController:
             try:
                 self.ctx.csi.unpublish(request)
             except grpc.RpcError as exc:
-                if _rpc_code(exc) != grpc.StatusCode.NOT_FOUND:  # NOT_FOUND: nothing attached
-                    raise _Failed(self._redact(_rpc_message(exc), secrets.values()),
-                                  code=_rpc_code(exc)) from None
+                if rpc_code(exc) != grpc.StatusCode.NOT_FOUND:  # NOT_FOUND: nothing attached
+                    raise AttemptFailed(self._redact(rpc_message(exc), secrets.values()),
+                                        code=rpc_code(exc)) from None
             log.info("detached volume %s from node %s for VolumeAttachment %s", handle,
                      node_id, name)
         # else: an inline volume, which we never attached: just let the VA go.
         status = va.get("status") or {}
         if status.get("attached") or status.get("attachmentMetadata") or status.get(
                 "detachError"):
-            va = self._patch_va_status(
+            va = self.writes.patch_va_status(
                 va, {"attached": False, "attachmentMetadata": None, "detachError": None},
                 "mark detached")
         # The status first, the finalizer last: the VA must not vanish before it says detached.
-        self._patch(f"{VA_PATH}/{name}",
-                    {"metadata": {"$deleteFromPrimitiveList/finalizers": [self.finalizer]}},
-                    "remove the VolumeAttachment finalizer", missing_ok=True)
+        self.writes.patch(f"{VA_PATH}/{name}",
+                          {"metadata": {"$deleteFromPrimitiveList/finalizers": [self.finalizer]}},
+                          "remove the VolumeAttachment finalizer", missing_ok=True)
         self._wrote(before, va)
 
     # ---- PV finalizer
 
     def sync_pv(self, name: str) -> None:
         pv = self.ctx.informers.volumes.cache.get(name)
-        if pv is None or self.finalizer not in _finalizers(pv):
+        if pv is None or self.finalizer not in finalizers_of(pv):
             return
         if self._vas.cache.by_index(BY_PV, name):
             return  # still attached somewhere (or being detached)
-        rv = _meta(pv).get("resourceVersion")
+        rv = meta_of(pv).get("resourceVersion")
         try:
             # The resourceVersion guards against a VA that appeared since our cache looked:
             # a 409 brings us back to look again.
@@ -452,210 +390,5 @@ class AttachmentController:
             raise
         log.info("removed finalizer %s from PersistentVolume %s", self.finalizer, name)
 
-    # ---- reconcile with the driver
-
-    def _reconcile_loop(self) -> None:
-        while not self.ctx.stop.wait(self.options.reconcile_period):
-            try:
-                self.reconcile()
-            except grpc.RpcError as exc:
-                log.warning("attachment reconcile: ListVolumes failed: %s", _rpc_message(exc))
-
-    def reconcile(self) -> int:
-        """One pass; returns how many attached VAs were found detached behind our back."""
-        caps = self.capabilities.get()
-        if RPC.LIST_VOLUMES not in caps or RPC.LIST_VOLUMES_PUBLISHED_NODES not in caps:
-            return 0
-        # The snapshot comes first: a VA attached while ListVolumes runs may be missing from
-        # its answer, and is skipped below because its resourceVersion moved.
-        snapshot = [va for va in self._vas.cache.objects()
-                    if self._ours(va) and not _deleting(va)
-                    and (va.get("status") or {}).get("attached") is True]
-        if not snapshot:
-            return 0
-        published = self._published()
-        lost = 0
-        for va in snapshot:
-            name = _name(va)
-            current = self._vas.cache.get(name)
-            if current is None or _meta(current).get("resourceVersion") != _meta(va).get(
-                    "resourceVersion"):
-                continue
-            try:
-                handle = self._handle(self._pv(self._source_pv(va)))
-                node_id = self._node_id(va, fallback=True)
-            except _Failed:
-                continue
-            if node_id in published.get(handle, ()):
-                continue
-            lost += 1
-            self.metrics.lost.inc()
-            log.warning("volume %s is no longer published to node %s according to the driver; "
-                        "attaching VolumeAttachment %s again", handle, node_id, name)
-            with self._lock:
-                self._force.add(name)
-            try:
-                self._patch_va_status(va, {"attached": False}, "mark lost attachment")
-            except _Failed as exc:
-                log.warning("VolumeAttachment %s: %s", name, exc.message)
-            self.attach_queue.add(name)
-        return lost
-
-    def _published(self) -> dict[str, set[str]]:
-        out: dict[str, set[str]] = {}
-        token = ""
-        while True:
-            response = self.ctx.csi.list_volumes(csi_pb2.ListVolumesRequest(
-                max_entries=self.options.list_page_size, starting_token=token))
-            for entry in response.entries:
-                out.setdefault(entry.volume.volume_id, set()).update(
-                    entry.status.published_node_ids)
-            token = response.next_token
-            if not token or self.ctx.stop.is_set():
-                return out
-
-    # ---- pieces
-
-    def _pv_name(self, va: Obj) -> str:
-        source = (va.get("spec") or {}).get("source") or {}
-        return str(source.get("persistentVolumeName") or "")
-
-    def _source_pv(self, va: Obj) -> str:
-        source = (va.get("spec") or {}).get("source") or {}
-        pv_name = source.get("persistentVolumeName")
-        inline = source.get("inlineVolumeSpec")
-        if pv_name and inline is not None:
-            raise _Failed("both inlineVolumeSpec and persistentVolumeName are set in the "
-                          "VolumeAttachment source", final=True)
-        if inline is not None:
-            raise _Failed("inline volumes are not supported", final=True)
-        if not pv_name:
-            raise _Failed("neither inlineVolumeSpec nor persistentVolumeName is set in the "
-                          "VolumeAttachment source", final=True)
-        return str(pv_name)
-
-    def _pv(self, pv_name: str) -> Obj:
-        pv = self.ctx.informers.volumes.cache.get(pv_name)
-        if pv is None:
-            raise _Failed(f'PersistentVolume "{pv_name}" not found')
-        return pv
-
-    def _handle(self, pv: Obj) -> str:
-        csi = (pv.get("spec") or {}).get("csi") or {}
-        if csi.get("driver") != self.ctx.driver or not csi.get("volumeHandle"):
-            raise _Failed(f"PersistentVolume {_name(pv)} is not a CSI volume of driver "
-                          f"{self.ctx.driver}", final=True)
-        return str(csi["volumeHandle"])
-
-    def _capabilities(self) -> frozenset[int]:
-        try:
-            return self.capabilities.get()
-        except grpc.RpcError as exc:
-            raise _Failed(_rpc_message(exc), code=_rpc_code(exc)) from None
-
-    def _secrets(self, pv: Obj) -> dict[str, str]:
-        ref = secret_ref(pv, "controllerPublishSecretRef")
-        if ref is None:
-            return {}
-        try:
-            values = read_secret(self.ctx.rest, *ref)
-        except API_ERRORS as exc:
-            raise _Failed(f'failed to load secret "{ref[0]}/{ref[1]}": '
-                          f"{_api_message(exc)}") from None
-        self.ctx.recorder.add_secrets(values.values())
-        return values
-
-    def _node_id(self, va: Obj, *, fallback: bool) -> str:
-        """The driver's node ID from the CSINode; for detach, else from the VA annotation.
-
-        Attach does not fall back, as the external-attacher: a node recreated under the same
-        name but on another server must not get the old server's ID.
-        """
-        node = str((va.get("spec") or {}).get("nodeName") or "")
-        csinode = self.ctx.informers.csi_nodes.cache.get(node)
-        if csinode is not None:
-            for driver in (csinode.get("spec") or {}).get("drivers") or []:
-                if driver.get("name") == self.ctx.driver and driver.get("nodeID"):
-                    return str(driver["nodeID"])
-            why = f"CSINode {node} does not contain driver {self.ctx.driver}"
-        else:
-            why = f"CSINode {node} not found"
-        if fallback:
-            annotated = (_meta(va).get("annotations") or {}).get(ANN_VA_NODE_ID)
-            if annotated:
-                return str(annotated)
-        raise _Failed(f"cannot find the node ID of node {node!r}: {why}")
-
-    def _ensure_pv_finalizer(self, pv: Obj) -> Obj:
-        if self.finalizer in _finalizers(pv):
-            return pv
-        return self._patch(f"{PV_PATH}/{_name(pv)}",
-                           {"metadata": {"finalizers": [self.finalizer]}},
-                           "could not add PersistentVolume finalizer") or pv
-
-    def _ensure_va_marks(self, va: Obj, node_id: str) -> Obj:
-        meta: dict[str, Any] = {}
-        if self.finalizer not in _finalizers(va):
-            meta["finalizers"] = [self.finalizer]
-        if (_meta(va).get("annotations") or {}).get(ANN_VA_NODE_ID) != node_id:
-            meta["annotations"] = {ANN_VA_NODE_ID: node_id}
-        if not meta:
-            return va
-        return self._patch(f"{VA_PATH}/{_name(va)}", {"metadata": meta},
-                           "could not save VolumeAttachment") or va
-
-    def _patch(self, path: str, body: Obj, what: str, *, missing_ok: bool = False,
-               content_type: str = STRATEGIC_MERGE_PATCH) -> Obj | None:
-        try:
-            return self.ctx.rest.patch(path, body, content_type=content_type)
-        except ApiException as exc:
-            if exc.status == 404 and missing_ok:
-                return None
-            raise _Failed(f"{what}: {_api_message(exc)}", record=exc.status != 409) from None
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise _Failed(f"{what}: {_api_message(exc)}") from None
-
-    def _patch_va_status(self, va: Obj, status: Obj, what: str) -> Obj:
-        return self._patch(f"{VA_PATH}/{_name(va)}/status", {"status": status}, what,
-                           content_type=MERGE_PATCH) or va
-
     def _redact(self, message: str, extra: Iterable[str] = ()) -> str:
         return self.ctx.recorder.redact(message, extra)
-
-    # ---- outcomes
-
-    def _succeeded(self, op: str, name: str, started: float) -> None:
-        self.metrics.observe(op, True, time.monotonic() - started)
-        with self._lock:
-            self._last_error.pop((op, name), None)
-
-    def _failed(self, op: str, va: Obj, exc: _Failed, started: float) -> None:
-        name = _name(va)
-        self.metrics.observe(op, False, time.monotonic() - started)
-        message = self._redact(exc.message)
-        log.warning("VolumeAttachment %s: %s failed: %s", name, op, message)
-        if not exc.record:
-            return
-        field = "attachError" if op == ATTACH else "detachError"
-        try:
-            self.ctx.rest.patch(f"{VA_PATH}/{name}/status",
-                                {"status": {field: {"message": message, "time": _now()}}},
-                                content_type=MERGE_PATCH)
-        except API_ERRORS as err:
-            log.info("VolumeAttachment %s: could not save %s: %s", name, field,
-                     _api_message(err))
-        with self._lock:
-            repeated = self._last_error.get((op, name)) == message
-            self._last_error[(op, name)] = message
-        if not repeated:
-            reason = REASON_FAILED_ATTACH if op == ATTACH else REASON_FAILED_DETACH
-            self.ctx.recorder.warning(va, reason, message)
-
-    def _retry(self, queue: WorkQueue, name: str, exc: _Failed) -> Exception:
-        """What the worker raises so the queue brings ``name`` back at the right time."""
-        if exc.final:
-            return PermanentError(exc.message)
-        delay = queue.backoff.when(name)
-        if exc.code in IN_PROGRESS_CODES or not exc.record:
-            delay = min(delay, self.options.in_progress_retry_cap)
-        return RetryAfter(delay, exc.message)

@@ -14,6 +14,10 @@ name; RESOURCE_EXHAUSTED with a selected node reschedules (removes ``selected-no
 INVALID_ARGUMENT and bad parameters retry only at the maximum backoff; anything else is final
 and retried with backoff. Each failure is a Warning Event on the claim naming the volume and
 what the driver said.
+
+This module holds the handlers, the sync and the provisioning steps. The claim predicates are
+in ``claim_predicates``, data sources (clones, snapshots, source protection) in
+``datasources``, failure classification, Events and hold-off in ``claim_failures``.
 """
 
 from __future__ import annotations
@@ -33,102 +37,43 @@ from cinder_csi.provisioner import informers as inf
 from cinder_csi.provisioner import protocol as p
 from cinder_csi.provisioner import pvspec, topology
 from cinder_csi.provisioner.capability import read_secret
+from cinder_csi.provisioner.claim_failures import (
+    ClaimFailures,
+    ProvisionFailed,
+    Reschedule,
+    Skip,
+    SourceError,
+)
+from cinder_csi.provisioner.claim_predicates import (
+    in_flight,
+    provisioner_of,
+    strip_own,
+    terminating,
+    wants,
+)
 from cinder_csi.provisioner.context import LoopContext
-from cinder_csi.provisioner.csi_client import IN_PROGRESS_CODES
+from cinder_csi.provisioner.datasources import (
+    SOURCE_PREFIX,
+    DataSources,
+    clone_source_key,
+    clone_source_name,
+    data_source,
+)
 from cinder_csi.provisioner.informer import Handlers, Obj, object_key
-from cinder_csi.provisioner.ratelimit import ItemBackoff
 from cinder_csi.provisioner.volumes import (
     annotations_of,
-    claim_path,
     edit_metadata,
     finalizers_of,
     pv_path,
 )
-from cinder_csi.provisioner.workqueue import PermanentError, RetryAfter, WorkQueue
+from cinder_csi.provisioner.workqueue import RetryAfter, WorkQueue
 
 log = logging.getLogger(__name__)
 
-WAIT_FOR_FIRST_CONSUMER = "WaitForFirstConsumer"
-SNAPSHOT_GROUP = "snapshot.storage.k8s.io"
-SNAPSHOT_API = f"/apis/{SNAPSHOT_GROUP}/v1"
-# Work-queue keys for a clone source's protection check; "|" never occurs in a name.
-_SOURCE_PREFIX = "clone-source|"
 _PROVISIONED_MEMORY = 600.0  # how long a made PV is remembered while binding is pending
 _DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 Cap = csi_pb2.ControllerServiceCapability.RPC.Type
-
-
-class ProvisionFailed(Exception):
-    """A failed attempt already reported as an Event; the queue retries it with backoff."""
-
-
-class _Skip(Exception):
-    """Not ours to act on (yet); no Event."""
-
-
-class _SourceError(Exception):
-    """The data source cannot be used (yet): final, retried with backoff."""
-
-
-class _Reschedule(Exception):
-    """The selected node cannot take the volume: hand the claim back to the scheduler."""
-
-
-# ---------------------------------------------------------------- claim predicates
-
-
-def _strip_own(claim: Mapping[str, Any]) -> dict[str, Any]:
-    """The claim without what only we (or the API server) write during provisioning."""
-    meta = dict(claim.get("metadata") or {})
-    for field in ("resourceVersion", "managedFields", "generation"):
-        meta.pop(field, None)
-    meta["annotations"] = {k: v for k, v in annotations_of(claim).items()
-                           if k != p.ANN_PROVISIONING}
-    meta["finalizers"] = [f for f in finalizers_of(claim) if f != p.FINALIZER_PROVISIONING]
-    return {**claim, "metadata": meta}
-
-
-def provisioner_of(claim: Mapping[str, Any]) -> str | None:
-    ann = annotations_of(claim)
-    return ann.get(p.ANN_STORAGE_PROVISIONER) or ann.get(p.ANN_BETA_STORAGE_PROVISIONER)
-
-
-def in_flight(claim: Mapping[str, Any]) -> bool:
-    """The claim carries our intent: provisioning started and is not yet cleaned up."""
-    return (p.ANN_PROVISIONING in annotations_of(claim)
-            or p.FINALIZER_PROVISIONING in finalizers_of(claim))
-
-
-def terminating(obj: Mapping[str, Any]) -> bool:
-    return bool((obj.get("metadata") or {}).get("deletionTimestamp"))
-
-
-def data_source(claim: Mapping[str, Any]) -> dict[str, str] | None:
-    spec = claim.get("spec") or {}
-    source = spec.get("dataSource") or spec.get("dataSourceRef")
-    if not source:
-        return None
-    return {k: str(source.get(k) or "") for k in ("apiGroup", "kind", "name", "namespace")}
-
-
-def clone_source_name(claim: Mapping[str, Any]) -> str | None:
-    source = data_source(claim)
-    if source and source["kind"] == "PersistentVolumeClaim" and not source["apiGroup"]:
-        return source["name"]
-    return None
-
-
-def wants(claim: Mapping[str, Any], driver: str,
-          storage_class: Mapping[str, Any] | None) -> bool:
-    """external-provisioner's shouldProvision, for a claim without our intent."""
-    if terminating(claim) or (claim.get("spec") or {}).get("volumeName"):
-        return False
-    if provisioner_of(claim) != driver:
-        return False
-    delayed = (storage_class is not None
-               and storage_class.get("volumeBindingMode") == WAIT_FOR_FIRST_CONSUMER)
-    return not delayed or bool(annotations_of(claim).get(p.ANN_SELECTED_NODE))
 
 
 class ProvisionMetrics:
@@ -155,17 +100,18 @@ class ClaimController:
         self.default_fstype = default_fstype
         self.queue = WorkQueue("claims", metrics=ctx.queue_metrics)
         self.metrics = ProvisionMetrics(ctx)
+        self.failures = ClaimFailures(ctx, self.metrics.failed, self._clear_intent)
+        self.sources = DataSources(ctx)
         self._lock = threading.Lock()
         # Claims whose PV we made and whose binding we have not seen yet (uid -> when), so a
         # sync racing the PV informer does not provision again.
         self._provisioned: dict[str, float] = {}
-        # Per-claim backoff that claim updates cannot bypass: a failed claim is not tried
-        # again before its time even when it changes meanwhile (a reschedule removes and
-        # re-adds selected-node at once; retrying on each would be a hot loop).
-        self._holdoff = ItemBackoff(1.0, 300.0)
-        self._not_before: dict[str, float] = {}
         self._multi_writer: bool | None = None
-        self._snapshot_api = False
+
+    @property
+    def _not_before(self) -> dict[str, float]:
+        """When each failed claim may be tried again (kept by ``self.failures``)."""
+        return self.failures.not_before
 
     def register(self) -> None:
         self.ctx.informers.claims.add_handler(Handlers(
@@ -185,17 +131,17 @@ class ClaimController:
     def _on_claim(self, claim: Obj) -> None:
         source = clone_source_name(claim)
         if source and (claim.get("spec") or {}).get("volumeName"):
-            self.queue.add(_SOURCE_PREFIX + f"{claim['metadata']['namespace']}/{source}")
+            self.queue.add(clone_source_key(claim["metadata"]["namespace"], source))
         if in_flight(claim) or (
             not (claim.get("spec") or {}).get("volumeName")
             and provisioner_of(claim) == self.ctx.driver
         ):
             self.queue.add(object_key(claim))
         elif p.FINALIZER_CLONE_SOURCE in finalizers_of(claim):
-            self.queue.add(_SOURCE_PREFIX + object_key(claim))
+            self.queue.add(SOURCE_PREFIX + object_key(claim))
 
     def _on_claim_update(self, old: Obj, new: Obj) -> None:
-        if old is not new and _strip_own(old) == _strip_own(new):
+        if old is not new and strip_own(old) == strip_own(new):
             return  # only our own intent changed: the worker that wrote it carries on
         self._on_claim(new)
 
@@ -203,17 +149,16 @@ class ClaimController:
         uid = str(claim["metadata"].get("uid"))
         with self._lock:
             self._provisioned.pop(uid, None)
-            self._not_before.pop(uid, None)
-        self._holdoff.forget(uid)
+        self.failures.forget(uid)
         source = clone_source_name(claim)
         if source:
-            self.queue.add(_SOURCE_PREFIX + f"{claim['metadata']['namespace']}/{source}")
+            self.queue.add(clone_source_key(claim["metadata"]["namespace"], source))
 
     # ---- reconcile
 
     def sync(self, key: str) -> None:
-        if key.startswith(_SOURCE_PREFIX):
-            self._sync_clone_source(key[len(_SOURCE_PREFIX):])
+        if key.startswith(SOURCE_PREFIX):
+            self.sources.sync_clone_source(key[len(SOURCE_PREFIX):])
             return
         claim = self.ctx.informers.claims.cache.get(key)
         if claim is None:
@@ -242,14 +187,11 @@ class ClaimController:
                 self._clear_intent(claim)
             return
         if not terminating(claim):  # a deleted claim is finished at once, never held off
-            with self._lock:
-                wait = self._not_before.get(uid, 0.0) - time.monotonic()
+            wait = self.failures.hold_remaining(uid)
             if wait > 0:
                 raise RetryAfter(wait, f"claim {key} failed recently")
         self._provision(claim, pv_name)
-        self._holdoff.forget(uid)
-        with self._lock:
-            self._not_before.pop(uid, None)
+        self.failures.forget(uid)
 
     def _recently_provisioned(self, uid: str) -> bool:
         now = time.monotonic()
@@ -285,20 +227,21 @@ class ClaimController:
                 raise pvspec.ParameterError(
                     f'storageclass.storage.k8s.io "{class_name}" not found')
             if storage_class.get("provisioner") != self.ctx.driver:
-                raise _Skip()
+                raise Skip()
             request, params, clone_source = self._request(claim, storage_class, pv_name)
-        except _Skip:
+        except Skip:
             return
         except pvspec.ParameterError as exc:
-            self._failed(claim, labels, f"failed to provision volume {pv_name}: {exc}",
-                         final=True, permanent=True)
+            self.failures.failed(claim, labels, f"failed to provision volume {pv_name}: {exc}",
+                                 final=True, permanent=True)
             return
-        except (_SourceError, topology.TopologyError) as exc:
-            self._failed(claim, labels, f"failed to provision volume {pv_name}: {exc}",
-                         final=isinstance(exc, _SourceError))
+        except (SourceError, topology.TopologyError) as exc:
+            self.failures.failed(claim, labels, f"failed to provision volume {pv_name}: {exc}",
+                                 final=isinstance(exc, SourceError))
             return
-        except _Reschedule as exc:
-            self._reschedule(claim, labels, f"failed to provision volume {pv_name}: {exc}")
+        except Reschedule as exc:
+            self.failures.reschedule(claim, labels,
+                                     f"failed to provision volume {pv_name}: {exc}")
             return
 
         fresh = self._record_intent(claim, pv_name, clone_source)
@@ -311,7 +254,7 @@ class ClaimController:
         try:
             response = self.ctx.csi.create_volume(request)
         except grpc.RpcError as exc:
-            self._create_failed(claim, labels, pv_name, class_name, exc)
+            self.failures.create_failed(claim, labels, pv_name, class_name, exc)
             return
         volume = pvspec.CreatedVolume.from_csi(response.volume)
         pv = pvspec.build_pv(
@@ -338,7 +281,7 @@ class ClaimController:
                                          default_fstype=self.default_fstype)
         secrets = self._provisioner_secrets(params)
         requirement = self._topology(claim, storage_class)
-        content, clone_source = self._content_source(claim, storage_class)
+        content, clone_source = self.sources.content_source(claim, storage_class)
         request = csi_pb2.CreateVolumeRequest(
             name=pv_name,
             capacity_range=pvspec.capacity_range(claim),
@@ -358,14 +301,14 @@ class ClaimController:
         selected = annotations_of(claim).get(p.ANN_SELECTED_NODE)
         try:
             if selected and self._node(selected) is None:
-                raise _Reschedule(f'the selected node "{selected}" no longer exists')
+                raise Reschedule(f'the selected node "{selected}" no longer exists')
             return topology.requirement(
                 self.ctx.driver, claim, storage_class, selected_node=selected,
                 csi_node_lookup=self.ctx.informers.csi_nodes.cache.get,
                 csi_nodes=self.ctx.informers.csi_nodes.cache.objects,
                 node_lookup=self.ctx.informers.nodes.cache.get,
             )
-        except (_Reschedule, topology.TopologyError):
+        except (Reschedule, topology.TopologyError):
             if terminating(claim):
                 # Only finishing what was started: a volume made earlier is found by name
                 # whatever the topology; a new one is deleted right after anyway.
@@ -397,99 +340,13 @@ class ClaimController:
             values = read_secret(self.ctx.rest, ref.namespace, ref.name)
         except ApiException as exc:
             if exc.status == 404:
-                raise _SourceError(f'provisioner secret "{ref.namespace}/{ref.name}" named by '
-                                   "the StorageClass does not exist; create it or fix the "
-                                   "class's csi.storage.k8s.io/provisioner-secret-* "
-                                   "parameters") from None
+                raise SourceError(f'provisioner secret "{ref.namespace}/{ref.name}" named by '
+                                  "the StorageClass does not exist; create it or fix the "
+                                  "class's csi.storage.k8s.io/provisioner-secret-* "
+                                  "parameters") from None
             raise
         self.ctx.recorder.add_secrets(values.values())
         return values
-
-    # ---- data sources
-
-    def _content_source(self, claim: Obj, storage_class: Mapping[str, Any]
-                        ) -> tuple[csi_pb2.VolumeContentSource | None, Obj | None]:
-        source = data_source(claim)
-        if source is None:
-            return None, None
-        if source["kind"] == "PersistentVolumeClaim" and not source["apiGroup"]:
-            return self._clone_source(claim, storage_class, source)
-        if source["kind"] == "VolumeSnapshot" and source["apiGroup"] == SNAPSHOT_GROUP:
-            return self._snapshot_source(claim, source), None
-        raise _Skip()  # a volume populator's kind: it provisions, not us
-
-    def _clone_source(self, claim: Obj, storage_class: Mapping[str, Any],
-                      source: Mapping[str, str]) -> tuple[csi_pb2.VolumeContentSource, Obj]:
-        ns = str(claim["metadata"]["namespace"])
-        if source["namespace"] and source["namespace"] != ns:
-            raise pvspec.ParameterError("cloning from a claim in another namespace is not "
-                                        "supported")
-        src = self.ctx.informers.claims.cache.get(f"{ns}/{source['name']}")
-        if src is None:
-            raise _SourceError(f'source claim "{ns}/{source["name"]}" not found')
-        if terminating(src):
-            raise _SourceError(f'source claim "{ns}/{source["name"]}" is being deleted')
-        src_spec = src.get("spec") or {}
-        volume_name = src_spec.get("volumeName")
-        if (src.get("status") or {}).get("phase") != "Bound" or not volume_name:
-            raise _SourceError(f'source claim "{ns}/{source["name"]}" is not Bound yet')
-        class_name = str((storage_class.get("metadata") or {}).get("name", ""))
-        if inf.claim_class_name(src) != class_name:
-            raise pvspec.ParameterError(
-                f'source claim "{source["name"]}" has StorageClass '
-                f'"{inf.claim_class_name(src)}"; a clone must use the same class '
-                f'("{class_name}")')
-        src_size = ((src.get("status") or {}).get("capacity") or {}).get("storage") or (
-            (src_spec.get("resources") or {}).get("requests") or {}).get("storage")
-        wanted = pvspec.capacity_range(claim).required_bytes
-        if src_size is not None and wanted < pvspec.parse_quantity(src_size):
-            raise pvspec.ParameterError(
-                f"requested size {wanted} bytes is smaller than the source claim "
-                f'"{source["name"]}" ({src_size}); ask for at least {src_size}')
-        pv = self.ctx.informers.volumes.cache.get(str(volume_name))
-        csi = (pv or {}).get("spec", {}).get("csi") or {}
-        if pv is None or csi.get("driver") != self.ctx.driver or not csi.get("volumeHandle"):
-            raise _SourceError(f'the volume of source claim "{source["name"]}" is not a '
-                               f"{self.ctx.driver} volume")
-        content = csi_pb2.VolumeContentSource(
-            volume=csi_pb2.VolumeContentSource.VolumeSource(volume_id=str(csi["volumeHandle"])))
-        return content, src
-
-    def _snapshot_source(self, claim: Obj, source: Mapping[str, str]
-                         ) -> csi_pb2.VolumeContentSource:
-        if not self._has_snapshot_api():
-            raise _SourceError(f"the claim restores VolumeSnapshot {source['name']!r}, but the "
-                               f"{SNAPSHOT_GROUP}/v1 API is not installed in this cluster "
-                               "(install the snapshot CRDs and snapshot-controller)")
-        ns = str(claim["metadata"]["namespace"])
-        snapshot = self._get_or_none(f"{SNAPSHOT_API}/namespaces/{ns}/volumesnapshots/"
-                                     f"{source['name']}")
-        if snapshot is None:
-            raise _SourceError(f'VolumeSnapshot "{ns}/{source["name"]}" not found')
-        status = snapshot.get("status") or {}
-        content_name = status.get("boundVolumeSnapshotContentName")
-        if not content_name or status.get("readyToUse") is False:
-            raise _SourceError(f'VolumeSnapshot "{ns}/{source["name"]}" is not ready to use yet')
-        content = self._get_or_none(f"{SNAPSHOT_API}/volumesnapshotcontents/{content_name}")
-        handle = ((content or {}).get("status") or {}).get("snapshotHandle")
-        if not handle:
-            raise _SourceError(f'VolumeSnapshotContent "{content_name}" has no snapshotHandle '
-                               "yet")
-        return csi_pb2.VolumeContentSource(
-            snapshot=csi_pb2.VolumeContentSource.SnapshotSource(snapshot_id=str(handle)))
-
-    def _has_snapshot_api(self) -> bool:
-        if not self._snapshot_api:  # only a positive answer is kept: CRDs may appear later
-            self._snapshot_api = self._get_or_none(SNAPSHOT_API) is not None
-        return self._snapshot_api
-
-    def _get_or_none(self, path: str) -> Obj | None:
-        try:
-            return self.ctx.rest.get(path)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
 
     # ---- intent
 
@@ -507,7 +364,7 @@ class ClaimController:
                       annotations={p.ANN_PROVISIONING: None})
         source = clone_source_name(claim)
         if source:
-            self.queue.add(_SOURCE_PREFIX + f"{claim['metadata']['namespace']}/{source}")
+            self.queue.add(clone_source_key(claim["metadata"]["namespace"], source))
 
     def _create_pv(self, claim: Obj, pv: Obj) -> None:
         name = str(pv["metadata"]["name"])
@@ -526,60 +383,3 @@ class ClaimController:
                        f"({ref.get('namespace')}/{ref.get('name')}, {handle})")
             self.ctx.recorder.warning(claim, "ProvisioningFailed", message)
             raise ProvisionFailed(message)
-
-    # ---- failures
-
-    def _failed(self, claim: Obj, labels: tuple[str, str], message: str, *, final: bool,
-                permanent: bool = False) -> None:
-        """Report a failed attempt; raise so the queue retries it, unless nothing is left to
-        do (a terminating claim with a final error: no volume can exist)."""
-        self.metrics.failed.labels(*labels).inc()
-        self.ctx.recorder.warning(claim, "ProvisioningFailed", message)
-        if final and terminating(claim):
-            if in_flight(claim):
-                self._clear_intent(claim)
-            return
-        uid = str(claim["metadata"]["uid"])
-        delay = self._holdoff.cap if permanent else self._holdoff.when(uid)
-        with self._lock:
-            self._not_before[uid] = time.monotonic() + delay
-        if permanent:
-            raise PermanentError(message)
-        raise ProvisionFailed(message)
-
-    def _create_failed(self, claim: Obj, labels: tuple[str, str], pv_name: str,
-                       class_name: str, exc: grpc.RpcError) -> None:
-        code = exc.code()
-        detail = (f'failed to provision volume {pv_name} with StorageClass "{class_name}": '
-                  f"rpc error: code = {code.name} desc = {exc.details()}")
-        if code in IN_PROGRESS_CODES:
-            # The driver may still be creating it: same name next time, intent kept.
-            self._failed(claim, labels, detail, final=False)
-        elif (code == grpc.StatusCode.RESOURCE_EXHAUSTED
-              and annotations_of(claim).get(p.ANN_SELECTED_NODE)):
-            self._reschedule(claim, labels, detail)
-        else:
-            self._failed(claim, labels, detail, final=True,
-                         permanent=code == grpc.StatusCode.INVALID_ARGUMENT)
-
-    def _reschedule(self, claim: Obj, labels: tuple[str, str], message: str) -> None:
-        if not terminating(claim):
-            edit_metadata(self.ctx.rest, claim, annotations={p.ANN_SELECTED_NODE: None})
-        self._failed(claim, labels, message + "; the claim goes back to the scheduler to pick "
-                     "another node", final=True)
-
-    # ---- clone sources
-
-    def _sync_clone_source(self, key: str) -> None:
-        source = self.ctx.informers.claims.cache.get(key)
-        if source is None or p.FINALIZER_CLONE_SOURCE not in finalizers_of(source):
-            return
-        ns, name = str(source["metadata"]["namespace"]), str(source["metadata"]["name"])
-        for claim in self.ctx.informers.claims.cache.objects():
-            if (claim["metadata"].get("namespace") == ns and clone_source_name(claim) == name
-                    and not (claim.get("spec") or {}).get("volumeName")
-                    and (in_flight(claim) or not terminating(claim))):
-                return  # a clone of it may still be in the making
-        # No retry on conflict: a clone may have just started; re-check from the cache.
-        edit_metadata(self.ctx.rest, source, remove_finalizers=[p.FINALIZER_CLONE_SOURCE],
-                      path=claim_path(ns, name), retry_conflicts=False)

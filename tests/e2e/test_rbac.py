@@ -64,11 +64,11 @@ Key = tuple[str, str, str]  # (apiGroup, resource[/subresource], verb)
 # Granted, needed by a code path of ours that this scenario cannot reach. Each entry names it.
 UNREACHED: dict[Key, str] = {
     ("snapshot.storage.k8s.io", "volumesnapshots", "get"):
-        "claims.py ClaimController._snapshot_source: a claim restoring a VolumeSnapshot reads "
+        "datasources.py DataSources._snapshot_source: a claim restoring a VolumeSnapshot reads "
         "it; the stand-in serves no snapshot.storage.k8s.io API, so the loop stops at the "
         "discovery check (observed here as GET /apis/snapshot.storage.k8s.io/v1)",
     ("snapshot.storage.k8s.io", "volumesnapshotcontents", "get"):
-        "claims.py ClaimController._snapshot_source: the snapshot's bound content, for its "
+        "datasources.py DataSources._snapshot_source: the snapshot's bound content, for its "
         "snapshotHandle (same reason as above)",
 }
 

@@ -15,7 +15,8 @@ from prometheus_client import CollectorRegistry
 from cinder_csi.csi import csi_pb2
 from cinder_csi.provisioner import informers as inf
 from cinder_csi.provisioner import protocol as p
-from cinder_csi.provisioner.claims import ClaimController, ProvisionFailed
+from cinder_csi.provisioner.claim_failures import ProvisionFailed
+from cinder_csi.provisioner.claims import ClaimController
 from cinder_csi.provisioner.context import LoopContext
 from cinder_csi.provisioner.informer import Cache
 from cinder_csi.provisioner.workqueue import PermanentError, RetryAfter, WorkQueueMetrics
