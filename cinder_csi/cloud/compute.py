@@ -52,15 +52,3 @@ class ComputeApi:
             what=f"volume attachments of server {server_id}", deadline=deadline,
         )
         return [ServerAttachment.from_api(a) for a in resp.body.get("volumeAttachments", ())]
-
-    def find_attachment(
-        self, server_id: str, volume_id: str, deadline: Deadline
-    ) -> ServerAttachment | None:
-        try:
-            resp = self._session.request(
-                "GET", f"/servers/{server_id}/os-volume_attachments/{volume_id}",
-                what=f"attachment of volume {volume_id} to server {server_id}", deadline=deadline,
-            )
-        except errors.NotFound:
-            return None
-        return ServerAttachment.from_api(resp.body["volumeAttachment"])

@@ -6,8 +6,6 @@ objects made by the upstream sidecars are handled here and the other way round.
 
 from __future__ import annotations
 
-import re
-
 # PVC annotations set by the PV controller / scheduler.
 ANN_STORAGE_PROVISIONER = "volume.kubernetes.io/storage-provisioner"
 ANN_BETA_STORAGE_PROVISIONER = "volume.beta.kubernetes.io/storage-provisioner"
@@ -54,11 +52,6 @@ EXTRA_METADATA_PV_NAME = CSI_PARAMETER_PREFIX + "pv/name"
 def attacher_finalizer(driver: str) -> str:
     """``external-attacher/<driver with . and / replaced by ->``."""
     return "external-attacher/" + driver.replace(".", "-").replace("/", "-")
-
-
-def sanitized_driver_name(driver: str) -> str:
-    """Lease names and the like: every character outside [a-zA-Z0-9-] becomes '-'."""
-    return re.sub(r"[^a-zA-Z0-9-]", "-", driver)
 
 
 def pv_name_for(pvc_uid: str, prefix: str = "pvc") -> str:

@@ -151,17 +151,3 @@ def lookup(group: str, version: str, plural: str) -> ResourceType | None:
         if rt.group == group and rt.version == version and rt.plural == plural:
             return rt
     return None
-
-
-def by_kind(kind: str) -> ResourceType:
-    for rt in RESOURCES:
-        if rt.kind == kind:
-            return rt
-    raise KeyError(kind)
-
-
-def by_plural(plural: str) -> ResourceType:
-    for rt in RESOURCES:
-        if rt.plural == plural:
-            return rt
-    raise KeyError(plural)

@@ -137,11 +137,6 @@ class Store:
         with self._lock:
             return self._rv
 
-    @property
-    def compacted(self) -> int:
-        with self._lock:
-            return self._compacted
-
     def now(self) -> str:
         return rfc3339(self._clock())
 

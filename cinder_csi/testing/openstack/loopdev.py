@@ -49,11 +49,6 @@ class LoopDevices:
             self._made[(volume_id, server_id)] = LoopDevice(device, link, backing)
         return device
 
-    def device_for(self, volume_id: str, server_id: str) -> str | None:
-        with self._lock:
-            made = self._made.get((volume_id, server_id))
-        return made.device if made else None
-
     def refresh(self, volume_id: str) -> None:
         """Let the kernel see a grown backing file."""
         with self._lock:
