@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 from cinder_csi.deadline import Deadline
@@ -13,16 +13,12 @@ from cinder_csi.errors import Timeout
 T = TypeVar("T")
 
 
-def backoff_delays(initial: float, factor: float, maximum: float) -> Callable[[], float]:
-    """A generator-like callable returning the next delay of an exponential series."""
-    state = {"next": initial}
-
-    def next_delay() -> float:
-        delay = state["next"]
-        state["next"] = min(maximum, delay * factor)
-        return delay
-
-    return next_delay
+def backoff_delays(initial: float, factor: float, maximum: float) -> Iterator[float]:
+    """The delays of an exponential series, capped at ``maximum``, without end."""
+    delay = initial
+    while True:
+        yield delay
+        delay = min(maximum, delay * factor)
 
 
 def wait_for(
@@ -40,7 +36,7 @@ def wait_for(
     ``probe`` may raise to abort the wait (a terminal state, say). Raises Timeout naming
     ``what`` when the deadline passes first.
     """
-    next_delay = backoff_delays(initial, factor, maximum)
+    delays = backoff_delays(initial, factor, maximum)
     while True:
         result = probe()
         if result is not None:
@@ -48,7 +44,7 @@ def wait_for(
         remaining = deadline.remaining()
         if remaining <= 0:
             raise Timeout(f"timed out waiting for {what}")
-        delay = min(next_delay(), remaining)
+        delay = min(next(delays), remaining)
         if stop is not None:
             if stop.wait(delay):
                 raise Timeout(f"stopped while waiting for {what}")

@@ -55,13 +55,7 @@ class BlockStorageApi:
         request.project_id = auth.project_id
         request.service_url = f"{request.base_url}{layout.VOLUME_V3}/{auth.project_id}"
         request.path = "/" + "/".join(segments)
-        try:
-            response = self.router.dispatch(request)
-        except ApiError as error:
-            error.headers.update(headers)
-            raise
-        response.headers.update(headers)
-        return response
+        return self.router.dispatch_with_headers(request, headers)
 
     def _routes(self) -> Router:
         r = Router()

@@ -8,7 +8,7 @@ from typing import Any
 
 from . import layout, timefmt
 from .block_store import BlockStore
-from .errors import ApiError, bad_request, not_found
+from .errors import bad_request, not_found
 from .identity import Identity
 from .microversion import NOVA
 from .models import Attachment
@@ -46,13 +46,7 @@ class ComputeApi:
         request.project_id = auth.project_id
         request.service_url = f"{request.base_url}{layout.COMPUTE_V21}"
         request.path = "/" + "/".join(segments)
-        try:
-            response = self.router.dispatch(request)
-        except ApiError as error:
-            error.headers.update(headers)
-            raise
-        response.headers.update(headers)
-        return response
+        return self.router.dispatch_with_headers(request, headers)
 
     def _routes(self) -> Router:
         r = Router()

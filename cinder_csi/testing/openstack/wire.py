@@ -78,6 +78,16 @@ class Router:
         pattern = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", template.rstrip("/"))
         self._routes.append((method, re.compile(f"^{pattern}/?$"), handler))
 
+    def dispatch_with_headers(self, request: Request, headers: dict[str, str]) -> Response:
+        """Dispatch, with ``headers`` (microversion echoes) on the answer and on an error."""
+        try:
+            response = self.dispatch(request)
+        except ApiError as error:
+            error.headers.update(headers)
+            raise
+        response.headers.update(headers)
+        return response
+
     def dispatch(self, request: Request) -> Response:
         path_matched = False
         for method, pattern, handler in self._routes:
