@@ -21,7 +21,7 @@ from typing import Any
 
 from kubernetes import client as k8s
 
-from cinder_csi.loop import LoopOptions, WatchLoop
+from cinder_csi.loop.runner import LoopOptions, WatchLoop
 from tests.integration.cluster_env import cluster_env
 
 PROFILES = {

@@ -17,10 +17,10 @@ from cinder_csi import DEFAULT_DRIVER_NAME, errors, version
 
 if TYPE_CHECKING:
     from cinder_csi.cloud.connection import Cloud
-    from cinder_csi.loop import LoopOptions
+    from cinder_csi.csi.server import CSIServer
+    from cinder_csi.loop.registry import RegistrySpec
+    from cinder_csi.loop.runner import LoopOptions
     from cinder_csi.metrics import Metrics
-    from cinder_csi.registry import RegistrySpec
-    from cinder_csi.server import CSIServer
 
 log = logging.getLogger("cinder_csi")
 
@@ -199,7 +199,7 @@ def setup_logging(level: str, log_file: Path | None) -> None:
 
 def loop_options(args: argparse.Namespace, csi_address: str) -> LoopOptions:
     # Imported here: `cinder-csi node` must not load the Kubernetes client.
-    from cinder_csi.loop import ALL_DUTIES, LoopOptions
+    from cinder_csi.loop.runner import ALL_DUTIES, LoopOptions
 
     duties = ALL_DUTIES if args.duties is None else tuple(
         d.strip() for d in args.duties.split(",") if d.strip())
@@ -216,7 +216,7 @@ def loop_options(args: argparse.Namespace, csi_address: str) -> LoopOptions:
 
 
 def registry_spec(args: argparse.Namespace) -> RegistrySpec:
-    from cinder_csi.registry import RegistrySpec
+    from cinder_csi.loop.registry import RegistrySpec
 
     return RegistrySpec(
         namespace=args.registry_namespace, claim=args.registry_claim, size=args.registry_size,
@@ -228,10 +228,10 @@ def registry_spec(args: argparse.Namespace) -> RegistrySpec:
 def run_controller(args: argparse.Namespace) -> int:
     from cinder_csi.cloud.connection import Cloud
     from cinder_csi.config import load_cloud_config
-    from cinder_csi.controller import ControllerOptions, ControllerService
-    from cinder_csi.identity import IdentityService
+    from cinder_csi.controller.service import ControllerOptions, ControllerService
+    from cinder_csi.csi.identity import IdentityService
+    from cinder_csi.csi.server import CSIServer
     from cinder_csi.metrics import Metrics, serve_http
-    from cinder_csi.server import CSIServer
 
     config = load_cloud_config(args.cloud_config, cloud=args.cloud, clouds_file=args.clouds_file)
     log.info("starting controller %s %s, cloud %r", args.driver_name, version(), config.auth)
@@ -272,8 +272,8 @@ def _start_loop(
 ) -> tuple[threading.Thread, Callable[[], bool]]:
     """The watch loop beside our controller: it calls us through our own socket, as the
     sidecars would, and losing the leader lease stops the whole process."""
-    from cinder_csi.loop import WatchLoop
-    from cinder_csi.registry import RegistryDuty
+    from cinder_csi.loop.registry import RegistryDuty
+    from cinder_csi.loop.runner import WatchLoop
 
     options = loop_options(args, args.endpoint)
     if args.registry:
@@ -294,7 +294,7 @@ def _start_loop(
 
 
 def run_provisioner(args: argparse.Namespace) -> int:
-    from cinder_csi.loop import WatchLoop
+    from cinder_csi.loop.runner import WatchLoop
 
     options = replace(loop_options(args, args.csi_address), http_endpoint=args.http_endpoint)
     stop = threading.Event()
@@ -306,9 +306,9 @@ def run_provisioner(args: argparse.Namespace) -> int:
 def run_registry(args: argparse.Namespace) -> int:
     from cinder_csi.cloud.connection import Cloud
     from cinder_csi.config import load_cloud_config
-    from cinder_csi.provisioner.events import EventRecorder
-    from cinder_csi.provisioner.kube import KubeOptions, build_clients
-    from cinder_csi.registry import RegistryVolume
+    from cinder_csi.loop.kube.client import KubeOptions, build_clients
+    from cinder_csi.loop.kube.events import EventRecorder
+    from cinder_csi.loop.registry import RegistryVolume
 
     spec = registry_spec(args)
     cloud = None
@@ -326,13 +326,13 @@ def run_registry(args: argparse.Namespace) -> int:
 
 
 def run_node(args: argparse.Namespace) -> int:
-    from cinder_csi.node_main import run
+    from cinder_csi.node.wiring import run
 
     return run(args)
 
 
 def run_sandbox(args: argparse.Namespace) -> int:
-    from cinder_csi.sandbox import run
+    from cinder_csi.sandbox.environment import run
 
     return run(args)
 

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import pytest
 from kubernetes import client as k8s
 
-from cinder_csi.testing.kube.client import api_client
+from cinder_csi.standins.kube.client import api_client
 from tests.e2e.sandbox_helpers import RunningSandbox, running_sandbox, until
 
 T = TypeVar("T")

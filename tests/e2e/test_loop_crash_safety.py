@@ -25,7 +25,7 @@ import openstack.connection
 import pytest
 from kubernetes import client as k8s
 
-from cinder_csi.testing.kube.client import api_client
+from cinder_csi.standins.kube.client import api_client
 from tests.e2e.sandbox_helpers import RunningSandbox, running_sandbox
 
 CLAIMS = 200

@@ -42,12 +42,12 @@ from cinder_csi import TOPOLOGY_KEY
 from cinder_csi.cloud.connection import Cloud
 from cinder_csi.config import load_cloud_config
 from cinder_csi.csi import csi_pb2
-from cinder_csi.loop import ALL_DUTIES, LoopOptions, WatchLoop
-from cinder_csi.provisioner import protocol as p
-from cinder_csi.provisioner.context import Controller, LoopContext
-from cinder_csi.provisioner.kube import KubeOptions
-from cinder_csi.registry import RegistryDuty, RegistrySpec
-from cinder_csi.testing.kube import http as kube_http
+from cinder_csi.loop import protocol as p
+from cinder_csi.loop.context import Controller, LoopContext
+from cinder_csi.loop.kube.client import KubeOptions
+from cinder_csi.loop.registry import RegistryDuty, RegistrySpec
+from cinder_csi.loop.runner import ALL_DUTIES, LoopOptions, WatchLoop
+from cinder_csi.standins.kube import http as kube_http
 from tests.integration.cluster_env import ClusterEnv, cluster_env, wait_until
 from tests.integration.csi_helpers import create_request
 
@@ -511,7 +511,7 @@ def imports_kubernetes(code: str) -> list[str]:
 
 
 def test_node_plugin_module_never_imports_the_kubernetes_client() -> None:
-    assert imports_kubernetes("import cinder_csi.node_main") == []
+    assert imports_kubernetes("import cinder_csi.node.wiring") == []
 
 
 def test_node_process_never_imports_the_kubernetes_client() -> None:
@@ -519,6 +519,6 @@ def test_node_process_never_imports_the_kubernetes_client() -> None:
         from cinder_csi import cli
         args = cli.build_parser().parse_args(["node", "--endpoint=unix:///tmp/csi.sock"])
         assert args.run is cli.run_node
-        import cinder_csi.node_main
+        import cinder_csi.node.wiring
     """)
     assert loaded == []

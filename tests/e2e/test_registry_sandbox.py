@@ -20,7 +20,7 @@ import pytest
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from cinder_csi.testing.kube.client import api_client
+from cinder_csi.standins.kube.client import api_client
 from tests.e2e.sandbox_helpers import RunningSandbox, running_sandbox, until
 
 T = TypeVar("T")

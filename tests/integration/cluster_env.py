@@ -28,17 +28,17 @@ from kubernetes import client as k8s
 from prometheus_client import CollectorRegistry
 
 from cinder_csi import DEFAULT_DRIVER_NAME, TOPOLOGY_KEY
-from cinder_csi.provisioner.context import Controller, LoopContext
-from cinder_csi.provisioner.csi_client import CSIClient, CSIMetrics
-from cinder_csi.provisioner.events import EventRecorder
-from cinder_csi.provisioner.informers import build_informers
-from cinder_csi.provisioner.kube import KubeClients, KubeOptions, build_clients
-from cinder_csi.provisioner.workqueue import WorkQueueMetrics
-from cinder_csi.server import CSIServer
-from cinder_csi.testing.kube.client import api_client as make_api_client
-from cinder_csi.testing.kube.client import wait_until
-from cinder_csi.testing.kube_api import DEFAULT_CONTROLLERS, Kubelet, KubeStandIn
-from cinder_csi.testing.openstack_api import OpenStackStandIn
+from cinder_csi.csi.server import CSIServer
+from cinder_csi.loop.caches import build_informers
+from cinder_csi.loop.context import Controller, LoopContext
+from cinder_csi.loop.csi_client import CSIClient, CSIMetrics
+from cinder_csi.loop.kube.client import KubeClients, KubeOptions, build_clients
+from cinder_csi.loop.kube.events import EventRecorder
+from cinder_csi.loop.kube.workqueue import WorkQueueMetrics
+from cinder_csi.standins.kube.client import api_client as make_api_client
+from cinder_csi.standins.kube.client import wait_until
+from cinder_csi.standins.kube_api import DEFAULT_CONTROLLERS, Kubelet, KubeStandIn
+from cinder_csi.standins.openstack_api import OpenStackStandIn
 from tests.integration.conftest import CLUSTER, ControllerHandle, start_controller
 from tests.integration.node_env import loop_devices_backed_by, unmount_below
 
@@ -269,9 +269,9 @@ class ClusterEnv:
 
     def add_kubelet(self, node: str) -> Kubelet:
         """Start our node plugin for ``node`` and a kubelet stand-in driving it."""
+        from cinder_csi.csi.identity import IdentityService
         from cinder_csi.host import DeviceFinder, MetadataSource, Mounter
-        from cinder_csi.identity import IdentityService
-        from cinder_csi.node import NodeOptions, NodeService
+        from cinder_csi.node.service import NodeOptions, NodeService
 
         root = self.tmp_path / "kubelet" / node
         root.mkdir(parents=True, exist_ok=True)

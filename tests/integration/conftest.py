@@ -11,11 +11,11 @@ import pytest
 
 from cinder_csi.cloud.connection import Cloud
 from cinder_csi.config import load_cloud_config
-from cinder_csi.controller import ControllerOptions, ControllerService
+from cinder_csi.controller.service import ControllerOptions, ControllerService
 from cinder_csi.csi import csi_pb2_grpc
-from cinder_csi.identity import IdentityService
-from cinder_csi.server import CSIServer
-from cinder_csi.testing.openstack_api import OpenStackStandIn
+from cinder_csi.csi.identity import IdentityService
+from cinder_csi.csi.server import CSIServer
+from cinder_csi.standins.openstack_api import OpenStackStandIn
 
 CLUSTER = "test-cluster"
 

@@ -11,9 +11,9 @@ import pytest
 
 from cinder_csi import DEFAULT_DRIVER_NAME, version
 from cinder_csi.csi import csi_pb2, csi_pb2_grpc
+from cinder_csi.csi.identity import IdentityService
+from cinder_csi.csi.server import CSIServer
 from cinder_csi.errors import FailedPrecondition
-from cinder_csi.identity import IdentityService
-from cinder_csi.server import CSIServer
 
 Service = csi_pb2.PluginCapability.Service
 Expansion = csi_pb2.PluginCapability.VolumeExpansion
@@ -96,7 +96,7 @@ def test_not_ready_warning_is_rate_limited(caplog: pytest.LogCaptureFixture) -> 
     reason: list[str | None] = ["no cloud"]
     identity = IdentityService(DEFAULT_DRIVER_NAME, has_controller=True,
                                probe=lambda: reason[0], clock=lambda: now[0])
-    caplog.set_level(logging.WARNING, logger="cinder_csi.identity")
+    caplog.set_level(logging.WARNING, logger="cinder_csi.csi.identity")
 
     def probe_at(t: float) -> None:
         now[0] = t

@@ -1,4 +1,4 @@
-"""``python -m cinder_csi.testing.kube_api`` on its own: kubeconfig, serving, clean exit."""
+"""``python -m cinder_csi.standins.kube_api`` on its own: kubeconfig, serving, clean exit."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ from pathlib import Path
 import yaml
 from kubernetes import client
 
-from cinder_csi.testing.kube.client import api_client, wait_until
+from cinder_csi.standins.kube.client import api_client, wait_until
 
 
 def test_serves_until_sigterm(tmp_path: Path) -> None:
     kubeconfig = tmp_path / "kubeconfig"
     node = "node-1:topology.cinder.csi.openstack.org/zone=nova"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cinder_csi.testing.kube_api", "--port", "0",
+        [sys.executable, "-m", "cinder_csi.standins.kube_api", "--port", "0",
          "--kubeconfig", str(kubeconfig), "--node", node],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip

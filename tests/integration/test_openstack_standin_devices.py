@@ -12,7 +12,7 @@ import openstack
 import openstack.connection
 import pytest
 
-from cinder_csi.testing.openstack_api import OpenStackStandIn
+from cinder_csi.standins.openstack_api import OpenStackStandIn
 
 pytestmark = pytest.mark.root
 GIB = 1024**3

@@ -15,12 +15,12 @@ from kubernetes.client.exceptions import ApiException
 from cinder_csi import TOPOLOGY_KEY
 from cinder_csi.cloud.connection import Cloud
 from cinder_csi.config import load_cloud_config
-from cinder_csi.provisioner.events import EventRecorder
-from cinder_csi.provisioner.kube import KubeOptions, KubeRest, build_clients
-from cinder_csi.registry import REGISTRY_ANNOTATION, RegistrySpec, RegistryVolume
-from cinder_csi.testing.kube.client import wait_until
-from cinder_csi.testing.kube_api import KubeStandIn
-from cinder_csi.testing.openstack_api import OpenStackStandIn
+from cinder_csi.loop.kube.client import KubeOptions, KubeRest, build_clients
+from cinder_csi.loop.kube.events import EventRecorder
+from cinder_csi.loop.registry import REGISTRY_ANNOTATION, RegistrySpec, RegistryVolume
+from cinder_csi.standins.kube.client import wait_until
+from cinder_csi.standins.kube_api import KubeStandIn
+from cinder_csi.standins.openstack_api import OpenStackStandIn
 
 DRIVER = "cinder.csi.openstack.org"
 NS = "openshift-image-registry"

@@ -1,4 +1,4 @@
-"""Pure parts of cinder_csi.server: endpoint parsing and secret redaction."""
+"""Pure parts of cinder_csi.csi.server: endpoint parsing and secret redaction."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import pytest
 
 from cinder_csi.csi import csi_pb2
-from cinder_csi.server import Endpoint, parse_endpoint, redact
+from cinder_csi.csi.server import Endpoint, parse_endpoint, redact
 
 
 @pytest.mark.parametrize(("text", "expected"), [

@@ -1,0 +1,1 @@
+"""The CSI Controller service: create-or-adopt, attach via Nova, snapshots, paging, checks."""

@@ -1,0 +1,104 @@
+"""The informers the watch loop shares, with the indexes its controllers look things up by.
+
+One list+watch per resource type for the whole process: every controller reads the same cache
+and registers its own handlers before ``start()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes import client as k8s
+
+from cinder_csi.loop.kube.informer import Informer, Obj
+
+# Index names.
+BY_CLAIM = "claim"  # PV -> "namespace/name" of its claimRef
+BY_VOLUME_HANDLE = "volumeHandle"  # PV -> csi.volumeHandle
+BY_PV = "pv"  # VolumeAttachment -> spec.source.persistentVolumeName
+BY_CLASS = "class"  # PVC -> storage class name
+BY_NODE = "node"  # VolumeAttachment -> spec.nodeName
+
+
+def claim_ref_key(pv: Obj) -> Iterable[str]:
+    ref = (pv.get("spec") or {}).get("claimRef") or {}
+    if ref.get("name"):
+        yield f"{ref.get('namespace', '')}/{ref['name']}"
+
+
+def volume_handle(pv: Obj) -> Iterable[str]:
+    handle = ((pv.get("spec") or {}).get("csi") or {}).get("volumeHandle")
+    if handle:
+        yield str(handle)
+
+
+def attachment_pv(va: Obj) -> Iterable[str]:
+    name = ((va.get("spec") or {}).get("source") or {}).get("persistentVolumeName")
+    if name:
+        yield str(name)
+
+
+def attachment_node(va: Obj) -> Iterable[str]:
+    node = (va.get("spec") or {}).get("nodeName")
+    if node:
+        yield str(node)
+
+
+def claim_class(pvc: Obj) -> Iterable[str]:
+    yield claim_class_name(pvc)
+
+
+def claim_class_name(pvc: Obj) -> str:
+    """The beta annotation wins over spec.storageClassName, as the sidecars read it."""
+    annotations = (pvc.get("metadata") or {}).get("annotations") or {}
+    legacy = annotations.get("volume.beta.kubernetes.io/storage-class")
+    if legacy is not None:
+        return str(legacy)
+    return str((pvc.get("spec") or {}).get("storageClassName") or "")
+
+
+@dataclass
+class Informers:
+    claims: Informer
+    volumes: Informer
+    classes: Informer
+    attachments: Informer
+    csi_nodes: Informer
+    nodes: Informer
+
+    def all(self) -> tuple[Informer, ...]:
+        return (self.claims, self.volumes, self.classes, self.attachments, self.csi_nodes,
+                self.nodes)
+
+    def start(self) -> None:
+        for informer in self.all():
+            informer.start()
+
+    def wait_for_sync(self, timeout: float) -> bool:
+        return all(informer.wait_for_sync(timeout) for informer in self.all())
+
+    def stop(self) -> None:
+        for informer in self.all():
+            informer.stop()
+
+
+def build_informers(api_client: Any, *, resync_period: float = 600.0) -> Informers:
+    core = k8s.CoreV1Api(api_client)
+    storage = k8s.StorageV1Api(api_client)
+    return Informers(
+        claims=Informer("persistentvolumeclaims",
+                        core.list_persistent_volume_claim_for_all_namespaces,
+                        indexers={BY_CLASS: claim_class}, resync_period=resync_period),
+        volumes=Informer("persistentvolumes", core.list_persistent_volume,
+                         indexers={BY_CLAIM: claim_ref_key, BY_VOLUME_HANDLE: volume_handle},
+                         resync_period=resync_period),
+        classes=Informer("storageclasses", storage.list_storage_class,
+                         resync_period=resync_period),
+        attachments=Informer("volumeattachments", storage.list_volume_attachment,
+                             indexers={BY_PV: attachment_pv, BY_NODE: attachment_node},
+                             resync_period=resync_period),
+        csi_nodes=Informer("csinodes", storage.list_csi_node, resync_period=resync_period),
+        nodes=Informer("nodes", core.list_node, resync_period=resync_period),
+    )

@@ -1,0 +1,134 @@
+"""What a CSI controller request needs from a PersistentVolume, read the way the sidecars read it.
+
+- the VolumeCapability: ``Block`` volumeMode → block access, else mount access with the PV's
+  fsType and mountOptions; the access mode from the PV's access modes (csi-lib-utils'
+  mapping, which depends on the driver's SINGLE_NODE_MULTI_WRITER capability);
+- the readonly flag, which must be false unless the driver has PUBLISH_READONLY;
+- the secrets a ``*SecretRef`` of the PV's CSI source names.
+
+A PV these rules cannot express raises :class:`CapabilityError`, a final error: retrying does
+not help until someone changes the PV.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from cinder_csi.csi import csi_pb2
+from cinder_csi.loop.csi_client import CSIClient
+from cinder_csi.loop.kube.client import KubeRest
+
+Mode = csi_pb2.VolumeCapability.AccessMode
+RPC = csi_pb2.ControllerServiceCapability.RPC
+
+RWO, ROX, RWX, RWOP = "ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany", "ReadWriteOncePod"
+
+
+class CapabilityError(ValueError):
+    """The PV cannot be turned into a CSI request (a final error until the PV changes)."""
+
+
+def access_mode(
+    modes: list[str] | tuple[str, ...], *, single_node_multi_writer: bool
+) -> csi_pb2.VolumeCapability.AccessMode.Mode:
+    """PV access modes → one CSI access mode, as csi-lib-utils' ``ToCSIAccessMode``."""
+    wanted = set(modes)
+    if RWOP in wanted:
+        if len(wanted) > 1:
+            raise CapabilityError(
+                "ReadWriteOncePod cannot be combined with other access modes on one "
+                "PersistentVolume")
+        # Without SINGLE_NODE_MULTI_WRITER the driver cannot tell RWOP from RWO.
+        if single_node_multi_writer:
+            return Mode.SINGLE_NODE_SINGLE_WRITER
+        return Mode.SINGLE_NODE_WRITER
+    if RWX in wanted:  # wins over whatever else is listed
+        return Mode.MULTI_NODE_MULTI_WRITER
+    if ROX in wanted and RWO in wanted:
+        raise CapabilityError(
+            "CSI cannot express ReadOnlyMany together with ReadWriteOnce on one "
+            "PersistentVolume; keep one of them")
+    if ROX in wanted:
+        return Mode.MULTI_NODE_READER_ONLY
+    if RWO in wanted:
+        if single_node_multi_writer:
+            return Mode.SINGLE_NODE_MULTI_WRITER
+        return Mode.SINGLE_NODE_WRITER
+    raise CapabilityError(f"unsupported access modes {sorted(wanted) or '(none)'}")
+
+
+def volume_capability(
+    pv: Mapping[str, Any], *, single_node_multi_writer: bool = False, default_fs_type: str = ""
+) -> csi_pb2.VolumeCapability:
+    """The VolumeCapability of a PV's CSI source (ControllerPublish / ControllerExpand)."""
+    spec = pv.get("spec") or {}
+    csi = spec.get("csi")
+    if not isinstance(csi, Mapping):
+        raise CapabilityError(f"PersistentVolume {_name(pv)} has no CSI volume source")
+    mode = csi_pb2.VolumeCapability.AccessMode(mode=access_mode(
+        list(spec.get("accessModes") or []), single_node_multi_writer=single_node_multi_writer))
+    if spec.get("volumeMode") == "Block":
+        return csi_pb2.VolumeCapability(block=csi_pb2.VolumeCapability.BlockVolume(),
+                                        access_mode=mode)
+    mount = csi_pb2.VolumeCapability.MountVolume(
+        fs_type=str(csi.get("fsType") or default_fs_type),
+        mount_flags=[str(o) for o in spec.get("mountOptions") or []],
+    )
+    return csi_pb2.VolumeCapability(mount=mount, access_mode=mode)
+
+
+def publish_readonly(pv: Mapping[str, Any], *, supports_publish_readonly: bool) -> bool:
+    # "CO MUST set this field to false if SP does not have the PUBLISH_READONLY capability."
+    csi = (pv.get("spec") or {}).get("csi") or {}
+    return bool(csi.get("readOnly")) and supports_publish_readonly
+
+
+def secret_ref(pv: Mapping[str, Any], field: str) -> tuple[str, str] | None:
+    """(namespace, name) of ``spec.csi.<field>`` (e.g. controllerPublishSecretRef), if set."""
+    ref = ((pv.get("spec") or {}).get("csi") or {}).get(field) or {}
+    if not ref.get("name"):
+        return None
+    return str(ref.get("namespace") or "default"), str(ref["name"])
+
+
+def read_secret(rest: KubeRest, namespace: str, name: str) -> dict[str, str]:
+    """A Secret's ``data`` decoded to text. Raises ApiException / urllib3 errors from the API.
+
+    Values that are not UTF-8 text cannot travel in a CSI ``map<string,string>`` and are
+    skipped, as the sidecars' ``string(bytes)`` would garble them anyway.
+    """
+    secret = rest.get(f"/api/v1/namespaces/{namespace}/secrets/{name}")
+    out: dict[str, str] = {}
+    for key, value in (secret.get("data") or {}).items():
+        try:
+            out[str(key)] = base64.b64decode(str(value), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            continue
+    return out
+
+
+class DriverCapabilities:
+    """The controller's capabilities, asked once (and again after a failed ask)."""
+
+    def __init__(self, csi: CSIClient) -> None:
+        self._csi = csi
+        self._lock = threading.Lock()
+        self._caps: frozenset[int] | None = None
+
+    def get(self) -> frozenset[int]:
+        """Raises grpc.RpcError when the driver cannot be asked; nothing is cached then."""
+        with self._lock:
+            if self._caps is None:
+                self._caps = frozenset(self._csi.controller_capabilities())
+            return self._caps
+
+    def has(self, capability: int) -> bool:
+        return capability in self.get()
+
+
+def _name(obj: Mapping[str, Any]) -> str:
+    return str((obj.get("metadata") or {}).get("name", "?"))

@@ -1,0 +1,41 @@
+"""What every controller of the watch loop is given: one of each shared thing."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry
+
+from cinder_csi.loop.caches import Informers
+from cinder_csi.loop.csi_client import CSIClient
+from cinder_csi.loop.kube.client import KubeRest
+from cinder_csi.loop.kube.events import EventRecorder
+from cinder_csi.loop.kube.workqueue import WorkQueueMetrics
+
+
+@dataclass
+class LoopContext:
+    driver: str  # the CSI driver name we act for (GetPluginInfo)
+    csi: CSIClient
+    rest: KubeRest  # throttled main client, raw JSON
+    informers: Informers
+    recorder: EventRecorder
+    registry: CollectorRegistry
+    queue_metrics: WorkQueueMetrics
+    workers: int = 100
+    # Identity written into PV volumeAttributes (storage.kubernetes.io/csiProvisionerIdentity).
+    provisioner_identity: str = ""
+    stop: threading.Event = field(default_factory=threading.Event)
+
+
+class Controller(Protocol):
+    """One duty of the loop. ``register`` runs before the informers start; ``run`` starts the
+    workers and returns once ``ctx.stop`` is set and they have finished."""
+
+    name: str
+
+    def register(self) -> None: ...
+
+    def run(self) -> None: ...

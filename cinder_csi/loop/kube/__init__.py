@@ -1,0 +1,2 @@
+"""Kubernetes machinery of the watch loop: clients and throttle, informers, work queue,
+leader election, events, object helpers."""

@@ -1,0 +1,177 @@
+"""The watch loop as a whole: clients, informers, the duties, leader election, /metrics.
+
+``cinder-csi provisioner`` runs it against any CSI controller socket; ``cinder-csi controller
+--with-provisioner`` runs it beside our own controller in one process. It lives outside
+``provisioner/`` because the registry duty checks pre-created volumes in Cinder.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry
+
+from cinder_csi.loop.caches import build_informers
+from cinder_csi.loop.context import Controller, LoopContext
+from cinder_csi.loop.csi_client import CSIClient, CSIMetrics
+from cinder_csi.loop.kube.client import KubeClients, KubeOptions, build_clients
+from cinder_csi.loop.kube.events import EventRecorder
+from cinder_csi.loop.kube.leader import (
+    KubeLeaseStore,
+    LeaderElectionConfig,
+    LeaderElector,
+    default_identity,
+    default_namespace,
+    lease_name,
+)
+from cinder_csi.loop.kube.workqueue import WorkQueueMetrics
+from cinder_csi.metrics import Metrics, serve_http
+
+log = logging.getLogger(__name__)
+
+ALL_DUTIES = ("claims", "volumes", "attachments", "resizer", "orphans")
+CSI_READY_TIMEOUT_S = 120.0
+SYNC_TIMEOUT_S = 120.0
+
+
+@dataclass(frozen=True)
+class LoopOptions:
+    csi_address: str
+    kubeconfig: str | None = None
+    workers: int = 100
+    kube_qps: float = 50.0
+    kube_burst: int = 100
+    resync_period: float = 600.0
+    csi_timeout: float = 180.0
+    leader_election: bool = False
+    leader_election_namespace: str | None = None
+    http_endpoint: str = ""
+    duties: tuple[str, ...] = ALL_DUTIES
+    cluster: str = "kubernetes"
+    orphan_interval: float = 600.0
+    orphan_grace: float = 3600.0
+    delete_orphans: bool = False
+    # Extra duties built from the context (the registry claim, say).
+    extra: tuple[Callable[[LoopContext], Controller], ...] = field(default_factory=tuple)
+
+
+def build_controllers(ctx: LoopContext, options: LoopOptions) -> list[Controller]:
+    # Imported here so `cinder-csi node` never loads the Kubernetes side.
+    from cinder_csi.loop.attacher import AttachmentController
+    from cinder_csi.loop.claims import ClaimController
+    from cinder_csi.loop.deletion import VolumeController
+    from cinder_csi.loop.orphans import OrphanSweep
+    from cinder_csi.loop.resizer import ResizeController
+
+    factories: dict[str, Callable[[], Controller]] = {
+        "claims": lambda: ClaimController(ctx),
+        "volumes": lambda: VolumeController(ctx),
+        "attachments": lambda: AttachmentController(ctx),
+        "resizer": lambda: ResizeController(ctx),
+        "orphans": lambda: OrphanSweep(
+            ctx, cluster=options.cluster, interval=options.orphan_interval,
+            grace=options.orphan_grace, delete_orphans=options.delete_orphans,
+        ),
+    }
+    unknown = sorted(set(options.duties) - set(factories))
+    if unknown:
+        raise ValueError(f"unknown duties: {', '.join(unknown)}")
+    built = [factories[name]() for name in options.duties]
+    built += [factory(ctx) for factory in options.extra]
+    return built
+
+
+class WatchLoop:
+    """Build once, ``run(stop)`` until stopped or the lease is lost."""
+
+    def __init__(self, options: LoopOptions, *, registry: CollectorRegistry | None = None) -> None:
+        self.options = options
+        self.registry = registry or CollectorRegistry()
+        self.lost_lease = False
+        self.ready = threading.Event()  # informers synced and workers running
+        self._clients: KubeClients | None = None
+
+    def run(self, stop: threading.Event) -> int:
+        """0 when stopped, 1 when leadership was lost (the process should exit and restart)."""
+        options = self.options
+        clients = build_clients(KubeOptions(
+            kubeconfig=options.kubeconfig, qps=options.kube_qps, burst=options.kube_burst))
+        self._clients = clients
+        csi = CSIClient(options.csi_address, timeout=options.csi_timeout,
+                        metrics=CSIMetrics(self.registry))
+        http = None
+        try:
+            csi.wait_ready(CSI_READY_TIMEOUT_S)
+            driver = csi.driver_name()
+            if options.http_endpoint:  # standalone; in-process, the controller serves /metrics
+                http = serve_http(options.http_endpoint, Metrics(driver, registry=self.registry),
+                                  healthz=lambda: not self.lost_lease)
+            recorder = EventRecorder(clients.rest(), driver, host=socket.gethostname())
+            recorder.start()
+            ctx = LoopContext(
+                driver=driver, csi=csi, rest=clients.rest(),
+                informers=build_informers(clients.main, resync_period=options.resync_period),
+                recorder=recorder, registry=self.registry,
+                queue_metrics=WorkQueueMetrics(self.registry), workers=options.workers,
+                provisioner_identity=f"{default_identity()}-{driver}",
+            )
+            if options.leader_election:
+                return self._run_elected(ctx, clients, stop)
+            self._lead(ctx, stop)
+            return 0
+        finally:
+            if http is not None:
+                http.stop()
+            csi.close()
+            clients.close()
+
+    def _run_elected(self, ctx: LoopContext, clients: KubeClients, stop: threading.Event) -> int:
+        namespace = self.options.leader_election_namespace or default_namespace()
+        name = lease_name(ctx.driver)
+        elector = LeaderElector(
+            KubeLeaseStore(clients.leader_rest(), namespace, name),
+            LeaderElectionConfig(name=name, namespace=namespace, identity=default_identity()),
+            on_started_leading=lambda leading_stop: self._lead(ctx, leading_stop),
+            on_stopped_leading=lambda: ctx.stop.set(),
+        )
+        elector.run(stop)
+        if not stop.is_set():
+            self.lost_lease = True
+            log.error("lost the leader lease %s/%s: stopping all work", namespace, name)
+            return 1
+        return 0
+
+    def _lead(self, ctx: LoopContext, stop: threading.Event) -> None:
+        controllers = build_controllers(ctx, self.options)
+        for controller in controllers:
+            controller.register()
+        ctx.informers.start()
+        try:
+            if not ctx.informers.wait_for_sync(SYNC_TIMEOUT_S):
+                log.error("informers did not sync within %.0fs", SYNC_TIMEOUT_S)
+            threads = _start(controllers)
+            self.ready.set()
+            log.info("watch loop running for %s: %s", ctx.driver,
+                     ", ".join(c.name for c in controllers))
+            stop.wait()
+            ctx.stop.set()
+            for thread in threads:
+                thread.join(timeout=30)
+        finally:
+            ctx.stop.set()
+            ctx.informers.stop()
+            ctx.recorder.stop()
+
+
+def _start(controllers: Iterable[Controller]) -> list[threading.Thread]:
+    threads = []
+    for controller in controllers:
+        thread = threading.Thread(target=controller.run, name=f"loop-{controller.name}",
+                                  daemon=True)
+        thread.start()
+        threads.append(thread)
+    return threads

@@ -1,0 +1,1 @@
+"""The CSI Node service and its wiring."""

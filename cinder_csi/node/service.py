@@ -1,0 +1,321 @@
+"""The CSI Node service: stage (find, verify, format-if-blank, mount), publish (bind), and back.
+
+Data safety rules, in order of importance:
+- a device is written to only after verify() proved it belongs to the volume;
+- a device is formatted only when it is blank (host/filesystems.py says what blank means);
+- a filesystem of another type than requested is refused, never reformatted;
+- every path we mount on must lie below the kubelet root, so a bad request cannot mount over
+  an arbitrary host directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from cinder_csi import TOPOLOGY_KEY, errors
+from cinder_csi.csi import csi_pb2, csi_pb2_grpc
+from cinder_csi.csi import validation as v
+from cinder_csi.deadline import Deadline, for_rpc
+from cinder_csi.host import DeviceFinder, MetadataSource, Mounter, stats
+from cinder_csi.locks import OperationLocks
+
+log = logging.getLogger(__name__)
+
+NodeCap = csi_pb2.NodeServiceCapability.RPC.Type
+CAPABILITIES = (
+    NodeCap.STAGE_UNSTAGE_VOLUME, NodeCap.EXPAND_VOLUME, NodeCap.GET_VOLUME_STATS,
+    NodeCap.VOLUME_CONDITION, NodeCap.SINGLE_NODE_MULTI_WRITER,
+)
+FSTYPE_CONTEXT_KEYS = ("fsType", "csi.storage.k8s.io/fstype")
+
+
+@dataclass(frozen=True)
+class NodeOptions:
+    kubelet_root: Path = Path("/var/lib/kubelet")
+    max_volumes_per_node: int = 25
+    with_topology: bool = True
+    additional_topology: Mapping[str, str] = field(default_factory=dict)
+
+
+def _deadline(context: grpc.ServicerContext) -> Deadline:
+    return for_rpc(context.time_remaining())
+
+
+class NodeService(csi_pb2_grpc.NodeServicer):
+    def __init__(
+        self,
+        *,
+        metadata: MetadataSource,
+        finder: DeviceFinder,
+        mounter: Mounter,
+        options: NodeOptions | None = None,
+        locks: OperationLocks | None = None,
+    ) -> None:
+        self.metadata = metadata
+        self.finder = finder
+        self.mounter = mounter
+        self.options = options or NodeOptions()
+        self.locks = locks or OperationLocks()
+        self._root = os.path.realpath(self.options.kubelet_root)
+
+    # -- paths --------------------------------------------------------------------------------
+
+    def _checked_path(self, value: str, field_name: str) -> Path:
+        """An absolute path below the kubelet root, symlinks resolved as far as they exist."""
+        v.require(value, field_name)
+        if not os.path.isabs(value) or "\0" in value:
+            raise errors.InvalidArgument(f"{field_name} {value!r} must be an absolute path")
+        resolved = os.path.realpath(value)
+        if os.path.commonpath([resolved, self._root]) != self._root or resolved == self._root:
+            raise errors.InvalidArgument(
+                f"{field_name} {value!r} is outside the kubelet root {self.options.kubelet_root}"
+            )
+        return Path(resolved)
+
+    def _existing_volume_path(self, value: str) -> Path:
+        """For read-only calls (stats, expand): any path that is not a volume of ours below the
+        kubelet root is simply not found; nothing is mounted on it."""
+        v.require(value, "volume_path")
+        if not os.path.isabs(value) or "\0" in value:
+            raise errors.NotFound(f"no volume at {value!r} (not an absolute path)")
+        path = self._checked_path(value, "volume_path")
+        if not path.exists():
+            raise errors.NotFound(f"volume path {path} does not exist")
+        return path
+
+    @staticmethod
+    def _volume_id(value: str) -> str:
+        v.require(value, "volume_id")
+        if "/" in value or "\0" in value or value in (".", ".."):
+            raise errors.InvalidArgument(f"volume_id {value!r} is not a volume id")
+        return value
+
+    @staticmethod
+    def _capability(request: csi_pb2.NodeStageVolumeRequest | csi_pb2.NodePublishVolumeRequest
+                    ) -> csi_pb2.VolumeCapability:
+        if not request.HasField("volume_capability"):
+            raise errors.InvalidArgument("volume_capability is required")
+        v.check_capability(request.volume_capability)
+        return request.volume_capability
+
+    @staticmethod
+    def _fstype(cap: csi_pb2.VolumeCapability, context: Mapping[str, str]) -> str:
+        if cap.mount.fs_type:
+            return cap.mount.fs_type
+        for key in FSTYPE_CONTEXT_KEYS:
+            if context.get(key):
+                fstype = context[key]
+                if fstype not in v.SUPPORTED_FS_TYPES:
+                    raise errors.InvalidArgument(f"volume_context {key}={fstype!r} unsupported")
+                return fstype
+        return v.DEFAULT_FS_TYPE
+
+    def _device(self, volume_id: str, deadline: Deadline) -> Path:
+        device = self.finder.find(volume_id, deadline)
+        self.finder.verify(volume_id, device)
+        return device
+
+    # -- stage --------------------------------------------------------------------------------
+
+    def NodeStageVolume(
+        self, request: csi_pb2.NodeStageVolumeRequest, context: grpc.ServicerContext
+    ) -> csi_pb2.NodeStageVolumeResponse:
+        volume_id = self._volume_id(request.volume_id)
+        staging = self._checked_path(request.staging_target_path, "staging_target_path")
+        cap = self._capability(request)
+        deadline = _deadline(context)
+        with self.locks.hold([volume_id], "NodeStageVolume"):
+            device = self._device(volume_id, deadline)
+            if cap.WhichOneof("access_type") == "block":
+                return csi_pb2.NodeStageVolumeResponse()  # published straight from the device
+            fstype = self._fstype(cap, request.volume_context)
+            staging.mkdir(parents=True, exist_ok=True)
+            self.mounter.format_and_mount(
+                device, staging, fstype, list(cap.mount.mount_flags), deadline
+            )
+        log.info("staged volume %s (%s, %s) at %s", volume_id, device, fstype, staging)
+        return csi_pb2.NodeStageVolumeResponse()
+
+    def NodeUnstageVolume(
+        self, request: csi_pb2.NodeUnstageVolumeRequest, context: grpc.ServicerContext
+    ) -> csi_pb2.NodeUnstageVolumeResponse:
+        volume_id = self._volume_id(request.volume_id)
+        staging = self._checked_path(request.staging_target_path, "staging_target_path")
+        deadline = _deadline(context)
+        with self.locks.hold([volume_id], "NodeUnstageVolume"):
+            self.mounter.unmount(staging, deadline)
+        return csi_pb2.NodeUnstageVolumeResponse()
+
+    # -- publish ------------------------------------------------------------------------------
+
+    def NodePublishVolume(
+        self, request: csi_pb2.NodePublishVolumeRequest, context: grpc.ServicerContext
+    ) -> csi_pb2.NodePublishVolumeResponse:
+        volume_id = self._volume_id(request.volume_id)
+        target = self._checked_path(request.target_path, "target_path")
+        staging = self._checked_path(request.staging_target_path, "staging_target_path")
+        cap = self._capability(request)
+        readonly = request.readonly or cap.access_mode.mode in v.READ_ONLY_MODES
+        deadline = _deadline(context)
+        with self.locks.hold([volume_id], "NodePublishVolume"):
+            if cap.WhichOneof("access_type") == "block":
+                device = self._device(volume_id, deadline)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if not target.exists():
+                    target.touch(mode=0o600)
+                self.mounter.bind_mount(device, target, readonly=readonly, deadline=deadline)
+            else:
+                staged = self.mounter.table.mounts_at(staging)
+                if not staged:
+                    raise errors.FailedPrecondition(
+                        f"volume {volume_id} is not staged at {staging}; NodeStageVolume first"
+                    )
+                if cap.access_mode.mode == v.Mode.SINGLE_NODE_SINGLE_WRITER:
+                    self._refuse_second_publication(volume_id, staged[-1].source, staging, target)
+                target.mkdir(parents=True, exist_ok=True)
+                self.mounter.bind_mount(staging, target, readonly=readonly, deadline=deadline)
+        return csi_pb2.NodePublishVolumeResponse()
+
+    def _refuse_second_publication(
+        self, volume_id: str, device: str, staging: Path, target: Path
+    ) -> None:
+        """SINGLE_NODE_SINGLE_WRITER: one workload at a time, so one publish target."""
+        for mount in self.mounter.table.find_by_source(device):
+            where = Path(mount.mount_point)
+            if where in (staging, target) or not mount.mount_point.startswith(self._root + "/"):
+                continue
+            raise errors.FailedPrecondition(
+                f"volume {volume_id} is SINGLE_NODE_SINGLE_WRITER and already published at "
+                f"{where}; unpublish it there first"
+            )
+
+    def NodeUnpublishVolume(
+        self, request: csi_pb2.NodeUnpublishVolumeRequest, context: grpc.ServicerContext
+    ) -> csi_pb2.NodeUnpublishVolumeResponse:
+        volume_id = self._volume_id(request.volume_id)
+        target = self._checked_path(request.target_path, "target_path")
+        deadline = _deadline(context)
+        with self.locks.hold([volume_id], "NodeUnpublishVolume"):
+            self.mounter.unmount(target, deadline)
+            self._remove_target(target)
+        return csi_pb2.NodeUnpublishVolumeResponse()
+
+    def _remove_target(self, target: Path) -> None:
+        """The spec asks us to delete what we created at the target path, once unmounted."""
+        if self.mounter.table.is_mounted(target):
+            return
+        try:
+            if target.is_dir() and not target.is_symlink():
+                target.rmdir()
+            else:
+                target.unlink()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            log.warning("could not remove %s after unpublish: %s", target, exc)
+
+    # -- expand and stats ---------------------------------------------------------------------
+
+    def NodeExpandVolume(
+        self, request: csi_pb2.NodeExpandVolumeRequest, context: grpc.ServicerContext
+    ) -> csi_pb2.NodeExpandVolumeResponse:
+        volume_id = self._volume_id(request.volume_id)
+        path = self._existing_volume_path(request.volume_path)
+        deadline = _deadline(context)
+        with self.locks.hold([volume_id], "NodeExpandVolume"):
+            device = self._device(volume_id, deadline)
+            self.finder.rescan(device, deadline)
+            is_block = (
+                request.HasField("volume_capability")
+                and request.volume_capability.WhichOneof("access_type") == "block"
+            ) or stat.S_ISBLK(os.stat(path).st_mode)
+            if not is_block:
+                mounts = self.mounter.table.mounts_at(path)
+                if not mounts:
+                    raise errors.NotFound(f"volume {volume_id} is not mounted at {path}")
+                self.mounter.filesystems.grow(device, path, mounts[-1].fstype, deadline)
+            size = self.finder.device_size(device, deadline)
+        required = request.capacity_range.required_bytes if request.HasField(
+            "capacity_range") else 0
+        if required and size < required:
+            raise errors.FailedPrecondition(
+                f"device {device} of volume {volume_id} is {size} bytes after a rescan, less "
+                f"than the {required} requested; the cloud may not have finished extending it"
+            )
+        return csi_pb2.NodeExpandVolumeResponse(capacity_bytes=size)
+
+    def NodeGetVolumeStats(
+        self, request: csi_pb2.NodeGetVolumeStatsRequest, context: grpc.ServicerContext
+    ) -> csi_pb2.NodeGetVolumeStatsResponse:
+        self._volume_id(request.volume_id)
+        path = self._existing_volume_path(request.volume_path)
+        mounts = self.mounter.table.mounts_at(path)
+        if not mounts:
+            raise errors.NotFound(f"volume {request.volume_id} is not mounted at {path}")
+        condition = self._condition(mounts[-1].source)
+        usage = stats(path)
+        Unit = csi_pb2.VolumeUsage.Unit
+        if stat.S_ISBLK(os.stat(path).st_mode):
+            entries = [csi_pb2.VolumeUsage(unit=Unit.BYTES, total=usage.total_bytes)]
+        else:
+            entries = [
+                csi_pb2.VolumeUsage(unit=Unit.BYTES, total=usage.total_bytes,
+                                    available=usage.available_bytes, used=usage.used_bytes),
+                csi_pb2.VolumeUsage(unit=Unit.INODES, total=usage.total_inodes,
+                                    available=usage.free_inodes, used=usage.used_inodes),
+            ]
+        return csi_pb2.NodeGetVolumeStatsResponse(usage=entries, volume_condition=condition)
+
+    @staticmethod
+    def _condition(source: str) -> csi_pb2.VolumeCondition:
+        if source.startswith("/dev/") and not os.path.exists(source):
+            return csi_pb2.VolumeCondition(
+                abnormal=True,
+                message=f"device {source} under the mount is gone (detached or failed)",
+            )
+        return csi_pb2.VolumeCondition(abnormal=False, message="mounted")
+
+    # -- info ---------------------------------------------------------------------------------
+
+    def NodeGetCapabilities(
+        self, request: csi_pb2.NodeGetCapabilitiesRequest, context: grpc.ServicerContext
+    ) -> csi_pb2.NodeGetCapabilitiesResponse:
+        return csi_pb2.NodeGetCapabilitiesResponse(
+            capabilities=[
+                csi_pb2.NodeServiceCapability(rpc=csi_pb2.NodeServiceCapability.RPC(type=cap))
+                for cap in CAPABILITIES
+            ]
+        )
+
+    def NodeGetInfo(
+        self, request: csi_pb2.NodeGetInfoRequest, context: grpc.ServicerContext
+    ) -> csi_pb2.NodeGetInfoResponse:
+        try:
+            node = self.metadata.get()
+        except errors.NotFound as exc:
+            raise errors.CloudUnavailable(f"cannot tell which Nova server this is: {exc}") from None
+        response = csi_pb2.NodeGetInfoResponse(
+            node_id=node.node_id, max_volumes_per_node=self.options.max_volumes_per_node
+        )
+        if self.options.with_topology:
+            segments = dict(self.options.additional_topology)
+            if node.availability_zone:
+                segments[TOPOLOGY_KEY] = node.availability_zone
+            if segments:
+                response.accessible_topology.CopyFrom(csi_pb2.Topology(segments=segments))
+        return response
+
+    def probe(self) -> str | None:
+        """For Identity.Probe: ready once we know which server we run on."""
+        try:
+            self.metadata.get()
+        except errors.CinderCSIError as exc:
+            return str(exc)
+        return None
