@@ -3,32 +3,16 @@
 Never imports openstack or grpc: errors are the project's own (cinder_csi.errors).
 """
 
-from cinder_csi.host.commands import (
-    CommandFailed,
-    CommandNotFound,
-    CommandResult,
-    CommandRunner,
-    CommandTimedOut,
-)
-from cinder_csi.host.devices import DeviceFinder
-from cinder_csi.host.filesystems import (
-    SUPPORTED_FSTYPES,
-    Filesystems,
-    Probe,
-    VolumeStats,
-    stats,
-)
+from cinder_csi.host.commands import CommandResult, CommandRunner
+from cinder_csi.host.devices import DeviceFinder, check_volume_id
+from cinder_csi.host.filesystems import Filesystems, Probe, VolumeStats, stats
 from cinder_csi.host.metadata import MetadataSource, NodeMetadata, parse_search_order
 from cinder_csi.host.mounter import Mounter
 from cinder_csi.host.mountinfo import MountInfo, MountTable
 
 __all__ = [
-    "SUPPORTED_FSTYPES",
-    "CommandFailed",
-    "CommandNotFound",
     "CommandResult",
     "CommandRunner",
-    "CommandTimedOut",
     "DeviceFinder",
     "Filesystems",
     "MetadataSource",
@@ -38,6 +22,7 @@ __all__ = [
     "NodeMetadata",
     "Probe",
     "VolumeStats",
+    "check_volume_id",
     "parse_search_order",
     "stats",
 ]

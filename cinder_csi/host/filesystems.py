@@ -22,13 +22,13 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cinder_csi import FS_TYPES
 from cinder_csi.deadline import Deadline
 from cinder_csi.errors import FailedPrecondition, InternalError, InvalidArgument, NotFound
 from cinder_csi.host.commands import CommandRunner
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_FSTYPES = ("ext4", "ext3", "xfs")
 # Exit codes of blkid(8): 2 = nothing identified, 8 = ambivalent (several signatures).
 _BLKID_NOTHING = 2
 _BLKID_AMBIVALENT = 8
@@ -73,9 +73,9 @@ class VolumeStats:
 
 
 def check_fstype(fstype: str) -> None:
-    if fstype not in SUPPORTED_FSTYPES:
+    if fstype not in FS_TYPES:
         raise InvalidArgument(
-            f"unsupported filesystem type {fstype!r}; supported: {', '.join(SUPPORTED_FSTYPES)}"
+            f"unsupported filesystem type {fstype!r}; supported: {', '.join(FS_TYPES)}"
         )
 
 
