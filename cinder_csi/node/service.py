@@ -19,11 +19,11 @@ from pathlib import Path
 
 import grpc
 
-from cinder_csi import TOPOLOGY_KEY, errors
+from cinder_csi import DEFAULT_FS_TYPE, FS_TYPES, TOPOLOGY_KEY, errors
 from cinder_csi.csi import csi_pb2, csi_pb2_grpc
 from cinder_csi.csi import validation as v
 from cinder_csi.deadline import Deadline, for_rpc
-from cinder_csi.host import DeviceFinder, MetadataSource, Mounter, stats
+from cinder_csi.host import DeviceFinder, MetadataSource, Mounter, check_volume_id, stats
 from cinder_csi.locks import OperationLocks
 
 log = logging.getLogger(__name__)
@@ -92,10 +92,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
 
     @staticmethod
     def _volume_id(value: str) -> str:
-        v.require(value, "volume_id")
-        if "/" in value or "\0" in value or value in (".", ".."):
-            raise errors.InvalidArgument(f"volume_id {value!r} is not a volume id")
-        return value
+        return check_volume_id(v.require(value, "volume_id"))
 
     @staticmethod
     def _capability(request: csi_pb2.NodeStageVolumeRequest | csi_pb2.NodePublishVolumeRequest
@@ -112,10 +109,10 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         for key in FSTYPE_CONTEXT_KEYS:
             if context.get(key):
                 fstype = context[key]
-                if fstype not in v.SUPPORTED_FS_TYPES:
+                if fstype not in FS_TYPES:
                     raise errors.InvalidArgument(f"volume_context {key}={fstype!r} unsupported")
                 return fstype
-        return v.DEFAULT_FS_TYPE
+        return DEFAULT_FS_TYPE
 
     def _device(self, volume_id: str, deadline: Deadline) -> Path:
         device = self.finder.find(volume_id, deadline)
