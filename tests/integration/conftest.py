@@ -15,7 +15,7 @@ from cinder_csi.controller.service import ControllerOptions, ControllerService
 from cinder_csi.csi import csi_pb2_grpc
 from cinder_csi.csi.identity import IdentityService
 from cinder_csi.csi.server import CSIServer
-from cinder_csi.standins.openstack_api import OpenStackStandIn
+from cinder_csi.standins.openstack import OpenStackStandIn
 
 CLUSTER = "test-cluster"
 
