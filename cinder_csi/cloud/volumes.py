@@ -126,6 +126,28 @@ class VolumeApi:
                      {"os-retype": {"new_type": new_type, "migration_policy": "on-demand"}},
                      deadline, what=f"retype volume {volume_id} to {new_type}")
 
+    def can_extend_in_use(self) -> bool:
+        """Whether this Cinder grows a volume while it is attached."""
+        return self._session.supports(EXTEND_IN_USE_MICROVERSION)
+
+    def set_metadata(self, volume_id: str, items: Mapping[str, str], deadline: Deadline) -> None:
+        """Add or overwrite these metadata keys; the volume's other keys stay."""
+        self._session.request(
+            "POST", f"/volumes/{volume_id}/metadata", what=f"metadata of volume {volume_id}",
+            deadline=deadline, json={"metadata": dict(items)},
+        )
+
+    def delete_metadata(self, volume_id: str, key: str, deadline: Deadline) -> None:
+        """Remove one metadata key (it goes into the URL path: no "/"); a key already gone
+        counts as removed."""
+        try:
+            self._session.request(
+                "DELETE", f"/volumes/{volume_id}/metadata/{key}",
+                what=f"metadata of volume {volume_id}", deadline=deadline,
+            )
+        except errors.NotFound:
+            return
+
     def _action(
         self, volume_id: str, body: dict[str, Any], deadline: Deadline, *, what: str,
         microversion: str | None = None,

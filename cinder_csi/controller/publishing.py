@@ -145,16 +145,9 @@ class Attacher:
             )
 
     def _set_readonly_mark(self, volume_id: str, server_id: str, deadline: Deadline) -> None:
-        self.cloud.block_storage.request(
-            "POST", f"/volumes/{volume_id}/metadata", what=f"metadata of volume {volume_id}",
-            deadline=deadline, json={"metadata": {READONLY_KEY_PREFIX + server_id: "true"}},
+        self.cloud.volumes.set_metadata(
+            volume_id, {READONLY_KEY_PREFIX + server_id: "true"}, deadline
         )
 
     def _clear_readonly_mark(self, volume_id: str, server_id: str, deadline: Deadline) -> None:
-        try:
-            self.cloud.block_storage.request(
-                "DELETE", f"/volumes/{volume_id}/metadata/{READONLY_KEY_PREFIX + server_id}",
-                what=f"metadata of volume {volume_id}", deadline=deadline,
-            )
-        except errors.NotFound:
-            return
+        self.cloud.volumes.delete_metadata(volume_id, READONLY_KEY_PREFIX + server_id, deadline)

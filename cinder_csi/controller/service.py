@@ -19,6 +19,7 @@ from google.protobuf.wrappers_pb2 import Int64Value
 from cinder_csi import TOPOLOGY_KEY, errors
 from cinder_csi.cloud.connection import Cloud
 from cinder_csi.cloud.models import VOLUME_ERROR_STATES, Snapshot, Volume
+from cinder_csi.cloud.volumes import EXTEND_IN_USE_MICROVERSION
 from cinder_csi.controller.create_or_adopt import CLUSTER_METADATA_KEY, Provisioner, VolumeSpec
 from cinder_csi.controller.paging import Token, resume_after
 from cinder_csi.controller.publishing import Attacher
@@ -433,10 +434,11 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
             raise errors.FailedPrecondition(
                 f"volume {volume.id} cannot be extended while its status is {volume.status!r}"
             )
-        if volume.status == "in-use" and not self.cloud.block_storage.supports("3.42"):
+        if volume.status == "in-use" and not self.cloud.volumes.can_extend_in_use():
             raise errors.FailedPrecondition(
                 f"volume {volume.id} is attached and this cloud's Cinder is older than API "
-                "3.42, so it cannot grow while in use; stop the pod and retry"
+                f"{EXTEND_IN_USE_MICROVERSION}, so it cannot grow while in use; stop the pod "
+                "and retry"
             )
         if volume.status != "extending":
             self.cloud.volumes.extend(volume.id, size, deadline)
