@@ -25,7 +25,8 @@ from cinder_csi.controller.paging import Token, resume_after
 from cinder_csi.controller.publishing import Attacher
 from cinder_csi.csi import csi_pb2, csi_pb2_grpc
 from cinder_csi.csi import validation as v
-from cinder_csi.deadline import Deadline, for_rpc
+from cinder_csi.csi.call_context import deadline_from
+from cinder_csi.deadline import Deadline
 from cinder_csi.locks import OperationLocks
 from cinder_csi.waiting import wait_for
 
@@ -66,10 +67,6 @@ class ControllerOptions:
     with_topology: bool = True
     ignore_volume_az: bool = False
     node_volume_attach_limit: int | None = None
-
-
-def _deadline(context: grpc.ServicerContext) -> Deadline:
-    return for_rpc(context.time_remaining())
 
 
 def _timestamp(volume_or_snapshot: Volume | Snapshot) -> Timestamp:
@@ -137,7 +134,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         if mutable.get(PARAM_TYPE):
             params[PARAM_TYPE] = mutable[PARAM_TYPE]  # the attributes class wins over the class
         size = v.size_gib(request.capacity_range if request.HasField("capacity_range") else None)
-        deadline = _deadline(context)
+        deadline = deadline_from(context)
         source_keys: list[str] = []
         snapshot_id = source_volid = None
         source = request.volume_content_source
@@ -259,7 +256,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         volume_id = v.require(request.volume_id, "volume_id")
         if not v.is_uuid(volume_id):
             return csi_pb2.DeleteVolumeResponse()  # cannot exist: already deleted
-        deadline = _deadline(context)
+        deadline = deadline_from(context)
         with self.locks.hold([volume_id], "DeleteVolume"):
             volume = self.cloud.volumes.find(volume_id, deadline)
             if volume is None:
@@ -290,7 +287,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         v.check_capability(request.volume_capability)
         volume_id = v.require_id(request.volume_id, "volume_id", "volume")
         node_id = v.require_id(request.node_id, "node_id", "node")
-        deadline = _deadline(context)
+        deadline = deadline_from(context)
         with self.locks.hold([volume_id], "ControllerPublishVolume"):
             volume = self.cloud.volumes.get(volume_id, deadline)
             reason = v.unsupported_multi_node_reason(
@@ -310,7 +307,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         volume_id = v.require(request.volume_id, "volume_id")
         if not v.is_uuid(volume_id) or (request.node_id and not v.is_uuid(request.node_id)):
             return csi_pb2.ControllerUnpublishVolumeResponse()  # nothing of that name is attached
-        deadline = _deadline(context)
+        deadline = deadline_from(context)
         with self.locks.hold([volume_id], "ControllerUnpublishVolume"):
             if request.node_id:
                 nodes: Iterable[str] = [request.node_id]
@@ -328,7 +325,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         if not request.volume_capabilities:
             raise errors.InvalidArgument("volume_capabilities is required")
         volume_id = v.require_id(volume_id, "volume_id", "volume")
-        volume = self.cloud.volumes.get(volume_id, _deadline(context))
+        volume = self.cloud.volumes.get(volume_id, deadline_from(context))
         try:
             v.check_capabilities(request.volume_capabilities)
         except errors.InvalidArgument as exc:
@@ -354,7 +351,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
             raise errors.InvalidArgument("max_entries must not be negative")
         token = Token.decode(request.starting_token) if request.starting_token else None
         limit = request.max_entries or 1000
-        deadline = _deadline(context)
+        deadline = deadline_from(context)
         try:
             page = self.cloud.volumes.list_page(
                 deadline=deadline, limit=limit, marker=token.volume_id if token else None
@@ -399,7 +396,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         self, request: csi_pb2.ControllerGetVolumeRequest, context: grpc.ServicerContext
     ) -> csi_pb2.ControllerGetVolumeResponse:
         volume_id = v.require_id(request.volume_id, "volume_id", "volume")
-        volume = self.cloud.volumes.get(volume_id, _deadline(context))
+        volume = self.cloud.volumes.get(volume_id, deadline_from(context))
         return csi_pb2.ControllerGetVolumeResponse(
             volume=self._listed_volume(volume),
             status=csi_pb2.ControllerGetVolumeResponse.VolumeStatus(
@@ -420,7 +417,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
             request.HasField("volume_capability")
             and request.volume_capability.WhichOneof("access_type") == "block"
         )
-        deadline = _deadline(context)
+        deadline = deadline_from(context)
         with self.locks.hold([volume_id], "ControllerExpandVolume"):
             volume = self.cloud.volumes.get(volume_id, deadline)
             if volume.size_gib < size:
@@ -464,7 +461,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         params = dict(request.mutable_parameters)
         _unknown(params, MUTABLE_PARAMS, "mutable")
         volume_id = v.require_id(request.volume_id, "volume_id", "volume")
-        deadline = _deadline(context)
+        deadline = deadline_from(context)
         with self.locks.hold([volume_id], "ControllerModifyVolume"):
             volume = self.cloud.volumes.get(volume_id, deadline)
             new_type = params.get(PARAM_TYPE)
@@ -494,7 +491,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
     ) -> csi_pb2.GetCapacityResponse:
         params = dict(request.parameters)
         _unknown(params, VOLUME_PARAMS, "StorageClass")
-        deadline = _deadline(context)
+        deadline = deadline_from(context)
         quotas = self.cloud.quotas.usage(self.cloud.project_id(deadline), deadline)
         names = ["gigabytes"]
         if params.get(PARAM_TYPE):
@@ -528,7 +525,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
             )
         force = params.get("force-create", "true").lower() in ("true", "1", "yes")
         source_id = v.require_id(request.source_volume_id, "source_volume_id", "source volume")
-        deadline = _deadline(context)
+        deadline = deadline_from(context)
         with self.locks.hold([name], "CreateSnapshot"):
             existing = self.cloud.snapshots.find_by_name(name, deadline)
             if existing:
@@ -577,7 +574,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         snapshot_id = v.require(request.snapshot_id, "snapshot_id")
         if not v.is_uuid(snapshot_id):
             return csi_pb2.DeleteSnapshotResponse()
-        deadline = _deadline(context)
+        deadline = deadline_from(context)
         with self.locks.hold([snapshot_id], "DeleteSnapshot"):
             snapshot = self.cloud.snapshots.find(snapshot_id, deadline)
             if snapshot is None:
@@ -597,7 +594,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
     ) -> csi_pb2.ListSnapshotsResponse:
         if request.max_entries < 0:
             raise errors.InvalidArgument("max_entries must not be negative")
-        deadline = _deadline(context)
+        deadline = deadline_from(context)
         if request.snapshot_id:
             found = (
                 self.cloud.snapshots.find(request.snapshot_id, deadline)
