@@ -34,7 +34,9 @@ class VolumeSpec:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
-class Provisioner:
+class VolumeCreator:
+    """Creates the Cinder volume of a CSI name, or adopts the one an earlier call made."""
+
     def __init__(self, cloud: Cloud, cluster_id: str) -> None:
         self.cloud = cloud
         self.cluster_id = cluster_id

@@ -25,6 +25,8 @@ _ATTACHABLE = frozenset({"available", "in-use", "attaching", "reserved"})
 
 
 class Attacher:
+    """Attaches a volume to a server through Nova, and detaches it, until Cinder agrees."""
+
     def __init__(self, cloud: Cloud, *, attach_limit: int | None = None) -> None:
         self.cloud = cloud
         # [BlockStorage] node-volume-attach-limit: the node reports it to the scheduler, and we

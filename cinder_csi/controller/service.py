@@ -1,6 +1,6 @@
 """The CSI Controller service: CSI requests in, Cinder and Nova calls out.
 
-Validation happens here; the cloud work is in provisioning.py (create), attaching.py
+Validation happens here; the cloud work is in create_or_adopt.py (create), publishing.py
 (publish/unpublish) and cloud/. Each mutating call holds the per-volume guard, so a second
 call on a busy volume is answered ABORTED instead of racing the first.
 """
@@ -20,7 +20,7 @@ from cinder_csi import TOPOLOGY_KEY, errors
 from cinder_csi.cloud.connection import Cloud
 from cinder_csi.cloud.models import VOLUME_ERROR_STATES, Snapshot, Volume
 from cinder_csi.cloud.volumes import EXTEND_IN_USE_MICROVERSION
-from cinder_csi.controller.create_or_adopt import CLUSTER_METADATA_KEY, Provisioner, VolumeSpec
+from cinder_csi.controller.create_or_adopt import CLUSTER_METADATA_KEY, VolumeCreator, VolumeSpec
 from cinder_csi.controller.paging import Token, resume_after
 from cinder_csi.controller.publishing import Attacher
 from cinder_csi.csi import csi_pb2, csi_pb2_grpc
@@ -103,7 +103,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         self.cloud = cloud
         self.options = options or ControllerOptions()
         self.locks = locks or OperationLocks()
-        self.provisioner = Provisioner(cloud, self.options.cluster_id)
+        self.creator = VolumeCreator(cloud, self.options.cluster_id)
         self.attacher = Attacher(cloud, attach_limit=self.options.node_volume_attach_limit)
 
     # -- capabilities -------------------------------------------------------------------------
@@ -168,7 +168,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
                 snapshot_id=snapshot_id, source_volid=source_volid,
                 metadata={k: params[k] for k in CREATE_METADATA_PARAMS if params.get(k)},
             )
-            volume = self.provisioner.ensure(spec, deadline)
+            volume = self.creator.ensure(spec, deadline)
         return csi_pb2.CreateVolumeResponse(volume=self._csi_volume(volume, request))
 
     def _type_is_multiattach(self, volume_type: str | None, deadline: Deadline) -> bool:

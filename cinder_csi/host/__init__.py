@@ -1,6 +1,13 @@
 """Everything that touches the node's OS: commands, block devices, mounts, filesystems, metadata.
 
 Never imports openstack or grpc: errors are the project's own (cinder_csi.errors).
+
+    commands.py     run a program (argv, timeout, C locale); its failure as a project error
+    devices.py      a volume's block device: find it, prove it is that volume, size, rescan
+    filesystems.py  blkid probe and blank check, mkfs, grow, usage
+    mounter.py      idempotent mount, bind-mount, remount read-only, unmount
+    mountinfo.py    /proc/self/mountinfo, parsed
+    metadata.py     this node's server UUID and zone: flags, config drive, metadata service
 """
 
 from cinder_csi.host.commands import CommandResult, CommandRunner
