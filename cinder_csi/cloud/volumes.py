@@ -1,4 +1,4 @@
-"""Cinder v3 volumes and volume types: openstacksdk's proxy verbs, in our own types."""
+"""Cinder v3 volumes, their metadata, and volume types, in our own types."""
 
 from __future__ import annotations
 
