@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from cinder_csi.csi import csi_pb2
-from cinder_csi.standins.openstack_api import OpenStackStandIn
+from cinder_csi.standins.openstack import OpenStackStandIn
 from tests.integration.conftest import ControllerHandle, start_controller
 from tests.integration.csi_helpers import create_request
 

@@ -4,6 +4,10 @@ from importlib import metadata
 
 DEFAULT_DRIVER_NAME = "cinder.csi.openstack.org"
 TOPOLOGY_KEY = "topology.cinder.csi.openstack.org/zone"
+# Filesystems the node plugin makes and grows (the upstream driver's set), and the one it makes
+# when a request names none.
+FS_TYPES = ("ext4", "ext3", "xfs")
+DEFAULT_FS_TYPE = "ext4"
 
 
 def version() -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cinder_csi import DEFAULT_DRIVER_NAME, errors, version
+from cinder_csi.logs import setup_logging
 
 if TYPE_CHECKING:
     from cinder_csi.cloud.connection import Cloud
@@ -179,22 +180,6 @@ def build_parser() -> argparse.ArgumentParser:
     version_parser = sub.add_parser("version", help="print the version")
     version_parser.set_defaults(run=lambda _args: print(version()) or 0)
     return parser
-
-
-def setup_logging(level: str, log_file: Path | None) -> None:
-    handler: logging.Handler
-    if log_file is not None:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(log_file)
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    from cinder_csi.cloud.connection import quiet_library_loggers
-
-    quiet_library_loggers()
 
 
 def loop_options(args: argparse.Namespace, csi_address: str) -> LoopOptions:

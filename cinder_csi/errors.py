@@ -1,8 +1,9 @@
 """The project's one exception tree, and the one table that maps it to gRPC status codes.
 
 Every layer raises these (``cloud/`` translates openstacksdk errors at its boundary, ``host/``
-translates failed commands), and only ``server.py`` turns them into gRPC statuses. The table
-holds code *names* so that this module, and therefore ``cloud/`` and ``host/``, never import grpc.
+translates failed commands), and only the gRPC server's error interceptor turns them into
+statuses. The table holds code *names* so that this module, and therefore ``cloud/`` and
+``host/``, never import grpc. A subclass inherits its parent's code.
 
     CinderCSIError
     ├── PermanentError            retrying the same call will fail the same way
@@ -10,9 +11,11 @@ holds code *names* so that this module, and therefore ``cloud/`` and ``host/``, 
     │   ├── NotFound              NOT_FOUND         volume, snapshot or node does not exist
     │   ├── AlreadyExists         ALREADY_EXISTS    same name, incompatible parameters
     │   ├── FailedPrecondition    FAILED_PRECONDITION  wrong state: attached elsewhere, in use
+    │   │   └── CommandNotFound                     the node image lacks a program we need
     │   ├── OutOfRange            OUT_OF_RANGE      size cannot satisfy the capacity range
     │   ├── Unimplemented         UNIMPLEMENTED     not supported by this driver or cloud
     │   └── InternalError         INTERNAL          a bug or an impossible state; logged loudly
+    │       └── CommandFailed                       a node command exited with a bad code
     └── TemporaryError            the same call may succeed later
         ├── OperationInProgress   ABORTED           another call on the same volume is running
         ├── InvalidToken          ABORTED           pagination token no longer valid (CSI spec)
@@ -20,10 +23,12 @@ holds code *names* so that this module, and therefore ``cloud/`` and ``host/``, 
         ├── CloudUnavailable      UNAVAILABLE       cloud down, 5xx, auth failure, no endpoint
         │   └── RateLimited       UNAVAILABLE       429 / 413 with Retry-After, past retries
         └── Timeout               DEADLINE_EXCEEDED the caller's deadline passed while waiting
+            └── CommandTimedOut                     a node command ran too long and was killed
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar
 
 
@@ -103,6 +108,27 @@ class RateLimited(CloudUnavailable):
 
 class Timeout(TemporaryError):
     pass
+
+
+class CommandFailed(InternalError):
+    """A node command exited with a code its caller did not accept; keeps what it printed."""
+
+    def __init__(
+        self, message: str, *, argv: Sequence[str], returncode: int, stdout: str, stderr: str
+    ) -> None:
+        super().__init__(message)
+        self.argv = tuple(argv)
+        self.returncode = returncode
+        self.stdout = stdout
+        self.stderr = stderr
+
+
+class CommandNotFound(FailedPrecondition):
+    """The node image lacks a program the driver needs."""
+
+
+class CommandTimedOut(Timeout):
+    """A node command ran past its timeout and was killed."""
 
 
 # The one table. Lookup walks the MRO, so a subclass inherits its parent's code.

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from cinder_csi import errors
 from cinder_csi.cloud.models import Server, ServerAttachment
-from cinder_csi.cloud.session import ServiceSession
+from cinder_csi.cloud.session import ServiceSession, none_if_missing
 from cinder_csi.deadline import Deadline
 
 # 2.60 lets Nova attach a multiattach volume to a second server.
@@ -22,10 +21,7 @@ class ComputeApi:
         return Server.from_api(resp.body["server"])
 
     def find_server(self, server_id: str, deadline: Deadline) -> Server | None:
-        try:
-            return self.get_server(server_id, deadline)
-        except errors.NotFound:
-            return None
+        return none_if_missing(lambda: self.get_server(server_id, deadline))
 
     def attach(self, server_id: str, volume_id: str, deadline: Deadline) -> ServerAttachment:
         resp = self._session.request(
@@ -38,13 +34,10 @@ class ComputeApi:
 
     def detach(self, server_id: str, volume_id: str, deadline: Deadline) -> None:
         """Ask Nova to detach; an attachment already gone counts as detached."""
-        try:
-            self._session.request(
-                "DELETE", f"/servers/{server_id}/os-volume_attachments/{volume_id}",
-                what=f"detach volume {volume_id} from server {server_id}", deadline=deadline,
-            )
-        except errors.NotFound:
-            return
+        none_if_missing(lambda: self._session.request(
+            "DELETE", f"/servers/{server_id}/os-volume_attachments/{volume_id}",
+            what=f"detach volume {volume_id} from server {server_id}", deadline=deadline,
+        ))
 
     def attachments(self, server_id: str, deadline: Deadline) -> list[ServerAttachment]:
         resp = self._session.request(

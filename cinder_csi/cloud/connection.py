@@ -17,32 +17,25 @@ from keystoneauth1 import exceptions as ks_exc
 from openstack import exceptions as os_exc
 
 from cinder_csi import errors
-from cinder_csi.cloud.compute import ComputeApi
+from cinder_csi.cloud.compute import MULTIATTACH_MICROVERSION, ComputeApi
+from cinder_csi.cloud.messages import MessageApi
 from cinder_csi.cloud.quotas import QuotaApi
 from cinder_csi.cloud.session import ServiceSession
 from cinder_csi.cloud.snapshots import SnapshotApi
-from cinder_csi.cloud.volumes import VolumeApi
+from cinder_csi.cloud.volumes import EXTEND_IN_USE_MICROVERSION, VolumeApi
 from cinder_csi.config import AuthSettings
 from cinder_csi.deadline import Deadline
 
 log = logging.getLogger(__name__)
 
-CINDER_MICROVERSION = "3.42"
-NOVA_MICROVERSION = "2.60"
+# Each session's default: the highest microversion any of its verbs needs (older clouds get
+# their own maximum, see ServiceSession.effective_microversion).
+CINDER_MICROVERSION = EXTEND_IN_USE_MICROVERSION
+NOVA_MICROVERSION = MULTIATTACH_MICROVERSION
 PROBE_CACHE_S = 5.0
 # Thread pools call the cloud in parallel; requests' default of 10 pooled connections per host
 # would make most of them reconnect.
 HTTP_POOL_SIZE = 64
-
-# keystoneauth and openstacksdk log request headers and bodies at DEBUG (tokens are hashed,
-# but bodies can carry passwords); keep them quiet unless asked for.
-_NOISY_LOGGERS = ("keystoneauth", "openstack", "urllib3", "stevedore")
-
-
-def quiet_library_loggers(level: int = logging.WARNING) -> None:
-    for name in _NOISY_LOGGERS:
-        logging.getLogger(name).setLevel(level)
-
 
 def connect(auth: AuthSettings) -> Any:
     """An openstacksdk Connection for these settings (no network I/O yet)."""
@@ -101,6 +94,7 @@ class Cloud:
         self.volumes = VolumeApi(self.block_storage)
         self.snapshots = SnapshotApi(self.block_storage)
         self.quotas = QuotaApi(self.block_storage)
+        self.messages = MessageApi(self.block_storage)
         self.compute = ComputeApi(self.compute_session)
         self._probe_at = 0.0
         self._probe_result: str | None = None

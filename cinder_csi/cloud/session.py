@@ -13,7 +13,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import tenacity
 from keystoneauth1 import exceptions as ks_exc
@@ -24,6 +24,8 @@ from cinder_csi.cloud.translate import error_for_status, error_message, retry_af
 from cinder_csi.deadline import Deadline
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE"})
 # One request never waits longer than this, even when the caller's deadline is far away.
@@ -233,6 +235,15 @@ class ServiceSession:
         if status >= 500 and idempotent:
             raise _Retryable(error, None)
         raise error
+
+
+def none_if_missing(call: Callable[[], T]) -> T | None:
+    """The call's answer, or None when the cloud says the object does not exist: for lookups
+    and deletes, where "not there" is an answer rather than a failure."""
+    try:
+        return call()
+    except errors.NotFound:
+        return None
 
 
 def _version_tuple(text: str) -> tuple[int, int]:

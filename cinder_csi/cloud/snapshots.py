@@ -5,12 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from cinder_csi import errors
 from cinder_csi.cloud.listing import has_next, page_params
 from cinder_csi.cloud.models import SNAPSHOT_ERROR_STATES, Page, Snapshot
-from cinder_csi.cloud.session import ServiceSession
+from cinder_csi.cloud.session import ServiceSession, none_if_missing
+from cinder_csi.cloud.waits import until_deleted, until_status
 from cinder_csi.deadline import Deadline
-from cinder_csi.waiting import wait_for
 
 
 class SnapshotApi:
@@ -42,10 +41,7 @@ class SnapshotApi:
         return Snapshot.from_api(resp.body["snapshot"])
 
     def find(self, snapshot_id: str, deadline: Deadline) -> Snapshot | None:
-        try:
-            return self.get(snapshot_id, deadline)
-        except errors.NotFound:
-            return None
+        return none_if_missing(lambda: self.get(snapshot_id, deadline))
 
     def find_by_name(self, name: str, deadline: Deadline) -> list[Snapshot]:
         page = self.list_page(deadline=deadline, limit=1000, filters={"name": name})
@@ -68,36 +64,16 @@ class SnapshotApi:
         return Page(items=items, next_marker=items[-1].id if items and more else None)
 
     def delete(self, snapshot_id: str, deadline: Deadline) -> None:
-        try:
-            self._session.request(
-                "DELETE", f"/snapshots/{snapshot_id}", what=f"delete snapshot {snapshot_id}",
-                deadline=deadline,
-            )
-        except errors.NotFound:
-            return
+        """Ask Cinder to delete; a snapshot already gone counts as deleted."""
+        none_if_missing(lambda: self._session.request(
+            "DELETE", f"/snapshots/{snapshot_id}", what=f"delete snapshot {snapshot_id}",
+            deadline=deadline,
+        ))
 
     def wait_for_status(self, snapshot_id: str, status: str, deadline: Deadline) -> Snapshot:
-        def probe() -> Snapshot | None:
-            snapshot = self.get(snapshot_id, deadline)
-            if snapshot.status == status:
-                return snapshot
-            if snapshot.status in SNAPSHOT_ERROR_STATES:
-                raise errors.FailedPrecondition(
-                    f"snapshot {snapshot_id} went to status {snapshot.status!r}"
-                )
-            return None
-
-        return wait_for(probe, deadline, what=f"snapshot {snapshot_id} to be {status}")
+        return until_status(lambda: self.get(snapshot_id, deadline), f"snapshot {snapshot_id}",
+                            (status,), deadline, failures=SNAPSHOT_ERROR_STATES)
 
     def wait_for_delete(self, snapshot_id: str, deadline: Deadline) -> None:
-        def probe() -> bool | None:
-            snapshot = self.find(snapshot_id, deadline)
-            if snapshot is None:
-                return True
-            if snapshot.status == "error_deleting":
-                raise errors.FailedPrecondition(
-                    f"Cinder failed to delete snapshot {snapshot_id} (status error_deleting)"
-                )
-            return None
-
-        wait_for(probe, deadline, what=f"snapshot {snapshot_id} to be deleted")
+        until_deleted(lambda: self.find(snapshot_id, deadline), f"snapshot {snapshot_id}",
+                      deadline)

@@ -1,4 +1,4 @@
-"""Cinder v3 volumes and volume types: openstacksdk's proxy verbs, in our own types."""
+"""Cinder v3 volumes, their metadata, and volume types, in our own types."""
 
 from __future__ import annotations
 
@@ -6,12 +6,11 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from cinder_csi import errors
 from cinder_csi.cloud.listing import has_next, page_params
 from cinder_csi.cloud.models import VOLUME_ERROR_STATES, Page, Volume, VolumeType
-from cinder_csi.cloud.session import ServiceSession
+from cinder_csi.cloud.session import ServiceSession, none_if_missing
+from cinder_csi.cloud.waits import until_deleted, until_status
 from cinder_csi.deadline import Deadline
-from cinder_csi.waiting import wait_for
 
 # In-use extend needs 3.42; name/metadata filters need 3.34.
 EXTEND_IN_USE_MICROVERSION = "3.42"
@@ -58,10 +57,7 @@ class VolumeApi:
         return Volume.from_api(resp.body["volume"])
 
     def find(self, volume_id: str, deadline: Deadline) -> Volume | None:
-        try:
-            return self.get(volume_id, deadline)
-        except errors.NotFound:
-            return None
+        return none_if_missing(lambda: self.get(volume_id, deadline))
 
     def find_by_name(self, name: str, deadline: Deadline) -> list[Volume]:
         """Every volume with exactly this name (Cinder's filter may be a prefix match)."""
@@ -108,13 +104,10 @@ class VolumeApi:
 
     def delete(self, volume_id: str, deadline: Deadline) -> None:
         """Ask Cinder to delete; a volume already gone counts as deleted."""
-        try:
-            self._session.request(
-                "DELETE", f"/volumes/{volume_id}", what=f"delete volume {volume_id}",
-                deadline=deadline,
-            )
-        except errors.NotFound:
-            return
+        none_if_missing(lambda: self._session.request(
+            "DELETE", f"/volumes/{volume_id}", what=f"delete volume {volume_id}",
+            deadline=deadline,
+        ))
 
     def extend(self, volume_id: str, new_size_gib: int, deadline: Deadline) -> None:
         self._action(volume_id, {"os-extend": {"new_size": new_size_gib}}, deadline,
@@ -125,6 +118,25 @@ class VolumeApi:
         self._action(volume_id,
                      {"os-retype": {"new_type": new_type, "migration_policy": "on-demand"}},
                      deadline, what=f"retype volume {volume_id} to {new_type}")
+
+    def can_extend_in_use(self) -> bool:
+        """Whether this Cinder grows a volume while it is attached."""
+        return self._session.supports(EXTEND_IN_USE_MICROVERSION)
+
+    def set_metadata(self, volume_id: str, items: Mapping[str, str], deadline: Deadline) -> None:
+        """Add or overwrite these metadata keys; the volume's other keys stay."""
+        self._session.request(
+            "POST", f"/volumes/{volume_id}/metadata", what=f"metadata of volume {volume_id}",
+            deadline=deadline, json={"metadata": dict(items)},
+        )
+
+    def delete_metadata(self, volume_id: str, key: str, deadline: Deadline) -> None:
+        """Remove one metadata key (it goes into the URL path: no "/"); a key already gone
+        counts as removed."""
+        none_if_missing(lambda: self._session.request(
+            "DELETE", f"/volumes/{volume_id}/metadata/{key}",
+            what=f"metadata of volume {volume_id}", deadline=deadline,
+        ))
 
     def _action(
         self, volume_id: str, body: dict[str, Any], deadline: Deadline, *, what: str,
@@ -144,46 +156,13 @@ class VolumeApi:
         failures: Iterable[str] = VOLUME_ERROR_STATES,
         what: str | None = None,
     ) -> Volume:
-        """Poll with a fresh GET until the status is one of ``statuses``.
-
-        A status in ``failures`` ends the wait with FailedPrecondition; the deadline with Timeout.
-        """
-        wanted = frozenset(statuses)
-        failed = frozenset(failures)
-        last: list[Volume] = []
-
-        def probe() -> Volume | None:
-            volume = self.get(volume_id, deadline)
-            last[:] = [volume]
-            if volume.status in wanted:
-                return volume
-            if volume.status in failed:
-                raise errors.FailedPrecondition(
-                    f"volume {volume_id} went to status {volume.status!r} "
-                    f"while waiting for {'/'.join(sorted(wanted))}"
-                )
-            return None
-
-        try:
-            return wait_for(probe, deadline, what=what or f"volume {volume_id} to be "
-                            f"{'/'.join(sorted(wanted))}")
-        except errors.Timeout as exc:
-            status = last[0].status if last else "unknown"
-            raise errors.Timeout(f"{exc.message} (last status {status!r})") from None
+        """The volume once its status is one of ``statuses``; one in ``failures`` ends the
+        wait with FailedPrecondition, the deadline with Timeout (see cloud/waits.py)."""
+        return until_status(lambda: self.get(volume_id, deadline), f"volume {volume_id}",
+                            statuses, deadline, failures=failures, what=what)
 
     def wait_for_delete(self, volume_id: str, deadline: Deadline) -> None:
-        def probe() -> bool | None:
-            volume = self.find(volume_id, deadline)
-            if volume is None:
-                return True
-            if volume.status == "error_deleting":
-                raise errors.FailedPrecondition(
-                    f"Cinder failed to delete volume {volume_id} (status error_deleting); "
-                    "an operator must reset its status"
-                )
-            return None
-
-        wait_for(probe, deadline, what=f"volume {volume_id} to be deleted")
+        until_deleted(lambda: self.find(volume_id, deadline), f"volume {volume_id}", deadline)
 
     def types(self, deadline: Deadline) -> list[VolumeType]:
         resp = self._session.request("GET", "/types", what="volume types", deadline=deadline)
@@ -196,13 +175,10 @@ class VolumeApi:
         return None
 
     def default_type(self, deadline: Deadline) -> VolumeType | None:
-        try:
-            resp = self._session.request(
-                "GET", "/types/default", what="default volume type", deadline=deadline
-            )
-        except errors.NotFound:
-            return None
-        return VolumeType.from_api(resp.body["volume_type"])
+        resp = none_if_missing(lambda: self._session.request(
+            "GET", "/types/default", what="default volume type", deadline=deadline
+        ))
+        return VolumeType.from_api(resp.body["volume_type"]) if resp is not None else None
 
     def availability_zones(self, deadline: Deadline) -> list[str]:
         resp = self._session.request(

@@ -34,7 +34,9 @@ class VolumeSpec:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
-class Provisioner:
+class VolumeCreator:
+    """Creates the Cinder volume of a CSI name, or adopts the one an earlier call made."""
+
     def __init__(self, cloud: Cloud, cluster_id: str) -> None:
         self.cloud = cloud
         self.cluster_id = cluster_id
@@ -141,15 +143,9 @@ class Provisioner:
         raise errors.CloudUnavailable(message)
 
     def _failure_reason(self, volume_id: str, deadline: Deadline) -> str | None:
-        """Cinder's user message for the volume (API 3.3+), when it left one."""
+        """Cinder's last user message about the volume, when it left one."""
         try:
-            resp = self.cloud.block_storage.request(
-                "GET", "/messages", what=f"messages of volume {volume_id}",
-                deadline=deadline.shorter(5.0), params={"resource_uuid": volume_id},
-                microversion="3.3",
-            )
+            texts = self.cloud.messages.for_volume(volume_id, deadline.shorter(5.0))
         except errors.CinderCSIError:
-            return None
-        messages = (resp.body or {}).get("messages") or []
-        texts = [str(m.get("user_message")) for m in messages if m.get("user_message")]
+            return None  # only decorates the error being reported
         return texts[-1] if texts else None

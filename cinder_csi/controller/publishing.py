@@ -25,6 +25,8 @@ _ATTACHABLE = frozenset({"available", "in-use", "attaching", "reserved"})
 
 
 class Attacher:
+    """Attaches a volume to a server through Nova, and detaches it, until Cinder agrees."""
+
     def __init__(self, cloud: Cloud, *, attach_limit: int | None = None) -> None:
         self.cloud = cloud
         # [BlockStorage] node-volume-attach-limit: the node reports it to the scheduler, and we
@@ -145,16 +147,9 @@ class Attacher:
             )
 
     def _set_readonly_mark(self, volume_id: str, server_id: str, deadline: Deadline) -> None:
-        self.cloud.block_storage.request(
-            "POST", f"/volumes/{volume_id}/metadata", what=f"metadata of volume {volume_id}",
-            deadline=deadline, json={"metadata": {READONLY_KEY_PREFIX + server_id: "true"}},
+        self.cloud.volumes.set_metadata(
+            volume_id, {READONLY_KEY_PREFIX + server_id: "true"}, deadline
         )
 
     def _clear_readonly_mark(self, volume_id: str, server_id: str, deadline: Deadline) -> None:
-        try:
-            self.cloud.block_storage.request(
-                "DELETE", f"/volumes/{volume_id}/metadata/{READONLY_KEY_PREFIX + server_id}",
-                what=f"metadata of volume {volume_id}", deadline=deadline,
-            )
-        except errors.NotFound:
-            return
+        self.cloud.volumes.delete_metadata(volume_id, READONLY_KEY_PREFIX + server_id, deadline)

@@ -1,6 +1,6 @@
 """The CSI Controller service: CSI requests in, Cinder and Nova calls out.
 
-Validation happens here; the cloud work is in provisioning.py (create), attaching.py
+Validation happens here; the cloud work is in create_or_adopt.py (create), publishing.py
 (publish/unpublish) and cloud/. Each mutating call holds the per-volume guard, so a second
 call on a busy volume is answered ABORTED instead of racing the first.
 """
@@ -19,12 +19,14 @@ from google.protobuf.wrappers_pb2 import Int64Value
 from cinder_csi import TOPOLOGY_KEY, errors
 from cinder_csi.cloud.connection import Cloud
 from cinder_csi.cloud.models import VOLUME_ERROR_STATES, Snapshot, Volume
-from cinder_csi.controller.create_or_adopt import CLUSTER_METADATA_KEY, Provisioner, VolumeSpec
+from cinder_csi.cloud.volumes import EXTEND_IN_USE_MICROVERSION
+from cinder_csi.controller.create_or_adopt import CLUSTER_METADATA_KEY, VolumeCreator, VolumeSpec
 from cinder_csi.controller.paging import Token, resume_after
 from cinder_csi.controller.publishing import Attacher
 from cinder_csi.csi import csi_pb2, csi_pb2_grpc
 from cinder_csi.csi import validation as v
-from cinder_csi.deadline import Deadline, for_rpc
+from cinder_csi.csi.call_context import deadline_from
+from cinder_csi.deadline import Deadline
 from cinder_csi.locks import OperationLocks
 from cinder_csi.waiting import wait_for
 
@@ -67,10 +69,6 @@ class ControllerOptions:
     node_volume_attach_limit: int | None = None
 
 
-def _deadline(context: grpc.ServicerContext) -> Deadline:
-    return for_rpc(context.time_remaining())
-
-
 def _timestamp(volume_or_snapshot: Volume | Snapshot) -> Timestamp:
     stamp = Timestamp()
     if volume_or_snapshot.created_at is not None:
@@ -105,7 +103,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         self.cloud = cloud
         self.options = options or ControllerOptions()
         self.locks = locks or OperationLocks()
-        self.provisioner = Provisioner(cloud, self.options.cluster_id)
+        self.creator = VolumeCreator(cloud, self.options.cluster_id)
         self.attacher = Attacher(cloud, attach_limit=self.options.node_volume_attach_limit)
 
     # -- capabilities -------------------------------------------------------------------------
@@ -136,7 +134,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         if mutable.get(PARAM_TYPE):
             params[PARAM_TYPE] = mutable[PARAM_TYPE]  # the attributes class wins over the class
         size = v.size_gib(request.capacity_range if request.HasField("capacity_range") else None)
-        deadline = _deadline(context)
+        deadline = deadline_from(context)
         source_keys: list[str] = []
         snapshot_id = source_volid = None
         source = request.volume_content_source
@@ -170,7 +168,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
                 snapshot_id=snapshot_id, source_volid=source_volid,
                 metadata={k: params[k] for k in CREATE_METADATA_PARAMS if params.get(k)},
             )
-            volume = self.provisioner.ensure(spec, deadline)
+            volume = self.creator.ensure(spec, deadline)
         return csi_pb2.CreateVolumeResponse(volume=self._csi_volume(volume, request))
 
     def _type_is_multiattach(self, volume_type: str | None, deadline: Deadline) -> bool:
@@ -258,7 +256,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         volume_id = v.require(request.volume_id, "volume_id")
         if not v.is_uuid(volume_id):
             return csi_pb2.DeleteVolumeResponse()  # cannot exist: already deleted
-        deadline = _deadline(context)
+        deadline = deadline_from(context)
         with self.locks.hold([volume_id], "DeleteVolume"):
             volume = self.cloud.volumes.find(volume_id, deadline)
             if volume is None:
@@ -289,7 +287,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         v.check_capability(request.volume_capability)
         volume_id = v.require_id(request.volume_id, "volume_id", "volume")
         node_id = v.require_id(request.node_id, "node_id", "node")
-        deadline = _deadline(context)
+        deadline = deadline_from(context)
         with self.locks.hold([volume_id], "ControllerPublishVolume"):
             volume = self.cloud.volumes.get(volume_id, deadline)
             reason = v.unsupported_multi_node_reason(
@@ -309,7 +307,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         volume_id = v.require(request.volume_id, "volume_id")
         if not v.is_uuid(volume_id) or (request.node_id and not v.is_uuid(request.node_id)):
             return csi_pb2.ControllerUnpublishVolumeResponse()  # nothing of that name is attached
-        deadline = _deadline(context)
+        deadline = deadline_from(context)
         with self.locks.hold([volume_id], "ControllerUnpublishVolume"):
             if request.node_id:
                 nodes: Iterable[str] = [request.node_id]
@@ -327,7 +325,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         if not request.volume_capabilities:
             raise errors.InvalidArgument("volume_capabilities is required")
         volume_id = v.require_id(volume_id, "volume_id", "volume")
-        volume = self.cloud.volumes.get(volume_id, _deadline(context))
+        volume = self.cloud.volumes.get(volume_id, deadline_from(context))
         try:
             v.check_capabilities(request.volume_capabilities)
         except errors.InvalidArgument as exc:
@@ -353,7 +351,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
             raise errors.InvalidArgument("max_entries must not be negative")
         token = Token.decode(request.starting_token) if request.starting_token else None
         limit = request.max_entries or 1000
-        deadline = _deadline(context)
+        deadline = deadline_from(context)
         try:
             page = self.cloud.volumes.list_page(
                 deadline=deadline, limit=limit, marker=token.volume_id if token else None
@@ -398,7 +396,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         self, request: csi_pb2.ControllerGetVolumeRequest, context: grpc.ServicerContext
     ) -> csi_pb2.ControllerGetVolumeResponse:
         volume_id = v.require_id(request.volume_id, "volume_id", "volume")
-        volume = self.cloud.volumes.get(volume_id, _deadline(context))
+        volume = self.cloud.volumes.get(volume_id, deadline_from(context))
         return csi_pb2.ControllerGetVolumeResponse(
             volume=self._listed_volume(volume),
             status=csi_pb2.ControllerGetVolumeResponse.VolumeStatus(
@@ -419,7 +417,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
             request.HasField("volume_capability")
             and request.volume_capability.WhichOneof("access_type") == "block"
         )
-        deadline = _deadline(context)
+        deadline = deadline_from(context)
         with self.locks.hold([volume_id], "ControllerExpandVolume"):
             volume = self.cloud.volumes.get(volume_id, deadline)
             if volume.size_gib < size:
@@ -433,10 +431,11 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
             raise errors.FailedPrecondition(
                 f"volume {volume.id} cannot be extended while its status is {volume.status!r}"
             )
-        if volume.status == "in-use" and not self.cloud.block_storage.supports("3.42"):
+        if volume.status == "in-use" and not self.cloud.volumes.can_extend_in_use():
             raise errors.FailedPrecondition(
                 f"volume {volume.id} is attached and this cloud's Cinder is older than API "
-                "3.42, so it cannot grow while in use; stop the pod and retry"
+                f"{EXTEND_IN_USE_MICROVERSION}, so it cannot grow while in use; stop the pod "
+                "and retry"
             )
         if volume.status != "extending":
             self.cloud.volumes.extend(volume.id, size, deadline)
@@ -462,7 +461,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         params = dict(request.mutable_parameters)
         _unknown(params, MUTABLE_PARAMS, "mutable")
         volume_id = v.require_id(request.volume_id, "volume_id", "volume")
-        deadline = _deadline(context)
+        deadline = deadline_from(context)
         with self.locks.hold([volume_id], "ControllerModifyVolume"):
             volume = self.cloud.volumes.get(volume_id, deadline)
             new_type = params.get(PARAM_TYPE)
@@ -492,7 +491,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
     ) -> csi_pb2.GetCapacityResponse:
         params = dict(request.parameters)
         _unknown(params, VOLUME_PARAMS, "StorageClass")
-        deadline = _deadline(context)
+        deadline = deadline_from(context)
         quotas = self.cloud.quotas.usage(self.cloud.project_id(deadline), deadline)
         names = ["gigabytes"]
         if params.get(PARAM_TYPE):
@@ -526,7 +525,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
             )
         force = params.get("force-create", "true").lower() in ("true", "1", "yes")
         source_id = v.require_id(request.source_volume_id, "source_volume_id", "source volume")
-        deadline = _deadline(context)
+        deadline = deadline_from(context)
         with self.locks.hold([name], "CreateSnapshot"):
             existing = self.cloud.snapshots.find_by_name(name, deadline)
             if existing:
@@ -575,7 +574,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         snapshot_id = v.require(request.snapshot_id, "snapshot_id")
         if not v.is_uuid(snapshot_id):
             return csi_pb2.DeleteSnapshotResponse()
-        deadline = _deadline(context)
+        deadline = deadline_from(context)
         with self.locks.hold([snapshot_id], "DeleteSnapshot"):
             snapshot = self.cloud.snapshots.find(snapshot_id, deadline)
             if snapshot is None:
@@ -595,7 +594,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
     ) -> csi_pb2.ListSnapshotsResponse:
         if request.max_entries < 0:
             raise errors.InvalidArgument("max_entries must not be negative")
-        deadline = _deadline(context)
+        deadline = deadline_from(context)
         if request.snapshot_id:
             found = (
                 self.cloud.snapshots.find(request.snapshot_id, deadline)

@@ -9,12 +9,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 
-from cinder_csi import errors
+from cinder_csi import FS_TYPES, errors
 from cinder_csi.csi import csi_pb2
 
 GIB = 1024**3
-SUPPORTED_FS_TYPES = frozenset({"ext4", "ext3", "xfs"})
-DEFAULT_FS_TYPE = "ext4"
 
 Mode = csi_pb2.VolumeCapability.AccessMode.Mode
 MULTI_NODE_MODES = frozenset(
@@ -58,10 +56,10 @@ def check_capability(cap: csi_pb2.VolumeCapability, field: str = "volume_capabil
         raise errors.InvalidArgument(f"{field}: access_mode is missing or unknown")
     if kind == "mount":
         fs_type = cap.mount.fs_type
-        if fs_type and fs_type not in SUPPORTED_FS_TYPES:
+        if fs_type and fs_type not in FS_TYPES:
             raise errors.InvalidArgument(
                 f"{field}: fs_type {fs_type!r} is not supported; use one of "
-                f"{', '.join(sorted(SUPPORTED_FS_TYPES))}"
+                f"{', '.join(sorted(FS_TYPES))}"
             )
 
 

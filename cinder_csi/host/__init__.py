@@ -1,34 +1,25 @@
 """Everything that touches the node's OS: commands, block devices, mounts, filesystems, metadata.
 
 Never imports openstack or grpc: errors are the project's own (cinder_csi.errors).
+
+    commands.py     run a program (argv, timeout, C locale); its failure as a project error
+    devices.py      a volume's block device: find it, prove it is that volume, size, rescan
+    filesystems.py  blkid probe and blank check, mkfs, grow, usage
+    mounter.py      idempotent mount, bind-mount, remount read-only, unmount
+    mountinfo.py    /proc/self/mountinfo, parsed
+    metadata.py     this node's server UUID and zone: flags, config drive, metadata service
 """
 
-from cinder_csi.host.commands import (
-    CommandFailed,
-    CommandNotFound,
-    CommandResult,
-    CommandRunner,
-    CommandTimedOut,
-)
-from cinder_csi.host.devices import DeviceFinder
-from cinder_csi.host.filesystems import (
-    SUPPORTED_FSTYPES,
-    Filesystems,
-    Probe,
-    VolumeStats,
-    stats,
-)
+from cinder_csi.host.commands import CommandResult, CommandRunner
+from cinder_csi.host.devices import DeviceFinder, check_volume_id
+from cinder_csi.host.filesystems import Filesystems, Probe, VolumeStats, stats
 from cinder_csi.host.metadata import MetadataSource, NodeMetadata, parse_search_order
 from cinder_csi.host.mounter import Mounter
 from cinder_csi.host.mountinfo import MountInfo, MountTable
 
 __all__ = [
-    "SUPPORTED_FSTYPES",
-    "CommandFailed",
-    "CommandNotFound",
     "CommandResult",
     "CommandRunner",
-    "CommandTimedOut",
     "DeviceFinder",
     "Filesystems",
     "MetadataSource",
@@ -38,6 +29,7 @@ __all__ = [
     "NodeMetadata",
     "Probe",
     "VolumeStats",
+    "check_volume_id",
     "parse_search_order",
     "stats",
 ]

@@ -14,7 +14,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from cinder_csi.deadline import Deadline
-from cinder_csi.errors import FailedPrecondition, InternalError, Timeout
+from cinder_csi.errors import CommandFailed, CommandNotFound, CommandTimedOut, InternalError
 
 log = logging.getLogger(__name__)
 
@@ -32,28 +32,6 @@ class CommandResult:
     stderr: str
 
 
-class CommandFailed(InternalError):
-    """A command exited with a code the caller did not accept."""
-
-    def __init__(self, argv: Sequence[str], returncode: int, stdout: str, stderr: str) -> None:
-        self.argv = tuple(argv)
-        self.returncode = returncode
-        self.stdout = stdout
-        self.stderr = stderr
-        super().__init__(
-            f"command {format_argv(argv)!r} failed with exit code {returncode}: "
-            f"{_tail(stderr) or _tail(stdout) or '(no output)'}"
-        )
-
-
-class CommandNotFound(FailedPrecondition):
-    """The node image lacks a program the driver needs."""
-
-
-class CommandTimedOut(Timeout):
-    """A command ran past its timeout and was killed."""
-
-
 def format_argv(argv: Sequence[str]) -> str:
     return " ".join(argv)
 
@@ -63,6 +41,16 @@ def _tail(text: str) -> str:
     if len(text) <= _STDERR_TAIL:
         return text
     return "..." + text[-_STDERR_TAIL:]
+
+
+def failure(result: CommandResult) -> CommandFailed:
+    """The error for a command that exited with a code its caller did not accept."""
+    return CommandFailed(
+        f"command {format_argv(result.argv)!r} failed with exit code {result.returncode}: "
+        f"{_tail(result.stderr) or _tail(result.stdout) or '(no output)'}",
+        argv=result.argv, returncode=result.returncode, stdout=result.stdout,
+        stderr=result.stderr,
+    )
 
 
 class CommandRunner:
@@ -130,5 +118,5 @@ class CommandRunner:
             raise CommandNotFound(f"cannot run {format_argv(argv)!r}: {exc}") from exc
         result = CommandResult(tuple(argv), proc.returncode, proc.stdout, proc.stderr)
         if proc.returncode not in ok_codes:
-            raise CommandFailed(argv, proc.returncode, proc.stdout, proc.stderr)
+            raise failure(result)
         return result

@@ -16,13 +16,14 @@ from pathlib import Path
 
 from cinder_csi.deadline import Deadline
 from cinder_csi.errors import (
+    CommandNotFound,
     FailedPrecondition,
     InternalError,
     InvalidArgument,
     NotFound,
     Timeout,
 )
-from cinder_csi.host.commands import CommandNotFound, CommandRunner
+from cinder_csi.host.commands import CommandRunner
 from cinder_csi.waiting import wait_for
 
 log = logging.getLogger(__name__)
@@ -36,10 +37,14 @@ UDEV_TRIGGER_TIMEOUT_S = 5.0
 _REPORT_MARGIN_S = 0.5
 
 
-def _check_volume_id(volume_id: str) -> None:
-    # The ID becomes part of file names: refuse anything that could walk out of the directory.
+def check_volume_id(volume_id: str) -> str:
+    """The ID, if it is safe in a file name (by-id links are named after it); else
+    InvalidArgument: nothing that could walk out of a directory."""
     if not volume_id or "/" in volume_id or volume_id in (".", "..") or "\0" in volume_id:
-        raise InvalidArgument(f"invalid volume ID {volume_id!r}")
+        raise InvalidArgument(
+            f"volume_id {volume_id!r} is not a volume ID (no '/' or NUL, not '.' or '..')"
+        )
+    return volume_id
 
 
 def _read_text(path: Path) -> str | None:
@@ -66,7 +71,7 @@ class DeviceFinder:
 
     def candidate_links(self, volume_id: str) -> list[Path]:
         """The by-id names a volume can have, in the order the upstream driver tries them."""
-        _check_volume_id(volume_id)
+        check_volume_id(volume_id)
         short = volume_id[:VIRTIO_SERIAL_LEN]
         names = [
             f"virtio-{short}",
@@ -162,7 +167,7 @@ class DeviceFinder:
         stand-in's loop devices) a by-id link that names this volume resolving to exactly it.
         Any by-id link of the volume that points elsewhere is a conflict and refused too.
         """
-        _check_volume_id(volume_id)
+        check_volume_id(volume_id)
         real = Path(os.path.realpath(device))
         if not real.exists():
             raise NotFound(f"device {device} of volume {volume_id} does not exist")

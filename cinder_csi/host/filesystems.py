@@ -22,13 +22,13 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cinder_csi import FS_TYPES
 from cinder_csi.deadline import Deadline
 from cinder_csi.errors import FailedPrecondition, InternalError, InvalidArgument, NotFound
 from cinder_csi.host.commands import CommandRunner
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_FSTYPES = ("ext4", "ext3", "xfs")
 # Exit codes of blkid(8): 2 = nothing identified, 8 = ambivalent (several signatures).
 _BLKID_NOTHING = 2
 _BLKID_AMBIVALENT = 8
@@ -73,10 +73,20 @@ class VolumeStats:
 
 
 def check_fstype(fstype: str) -> None:
-    if fstype not in SUPPORTED_FSTYPES:
+    if fstype not in FS_TYPES:
         raise InvalidArgument(
-            f"unsupported filesystem type {fstype!r}; supported: {', '.join(SUPPORTED_FSTYPES)}"
+            f"unsupported filesystem type {fstype!r}; supported: {', '.join(FS_TYPES)}"
         )
+
+
+def _stat(path: Path, name: str) -> os.stat_result:
+    """os.stat, failing as NotFound when ``name`` (e.g. "device /dev/vdb") does not exist."""
+    try:
+        return os.stat(path)
+    except FileNotFoundError:
+        raise NotFound(f"{name} does not exist") from None
+    except OSError as exc:
+        raise InternalError(f"cannot stat {name}: {exc}") from exc
 
 
 def _block_size_of_open(fd: int) -> int:
@@ -103,12 +113,7 @@ class Filesystems:
         self.allow_files = allow_files
 
     def _check_device(self, device: Path) -> None:
-        try:
-            st = os.stat(device)
-        except FileNotFoundError:
-            raise NotFound(f"device {device} does not exist") from None
-        except OSError as exc:
-            raise InternalError(f"cannot stat device {device}: {exc}") from exc
+        st = _stat(device, f"device {device}")
         if not stat.S_ISBLK(st.st_mode) and not (self.allow_files and stat.S_ISREG(st.st_mode)):
             raise FailedPrecondition(f"{device} is not a block device")
 
@@ -197,12 +202,7 @@ class Filesystems:
 
 def stats(path: Path) -> VolumeStats:
     """Usage of the filesystem holding `path`; for a block device, its size only."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise NotFound(f"{path} does not exist") from None
-    except OSError as exc:
-        raise InternalError(f"cannot stat {path}: {exc}") from exc
+    st = _stat(path, str(path))
     try:
         if stat.S_ISBLK(st.st_mode):
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)

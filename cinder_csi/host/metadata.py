@@ -41,7 +41,7 @@ class NodeMetadata:
     availability_zone: str
 
 
-class SourceFailed(CinderCSIError):
+class _SourceFailed(Exception):
     """One source could not answer; collected into the NotFound that names them all."""
 
 
@@ -64,18 +64,18 @@ def parse_search_order(value: str | Sequence[str] | None) -> tuple[str, ...]:
     return order
 
 
-def parse_meta_data(raw: bytes | str, origin: str) -> NodeMetadata:
+def _parse_meta_data(raw: bytes | str, origin: str) -> NodeMetadata:
     try:
         doc: Any = json.loads(raw)
     except ValueError as exc:
-        raise SourceFailed(f"{origin} is not JSON: {exc}") from exc
+        raise _SourceFailed(f"{origin} is not JSON: {exc}") from exc
     if not isinstance(doc, dict):
-        raise SourceFailed(f"{origin} is not a JSON object")
+        raise _SourceFailed(f"{origin} is not a JSON object")
     uuid, zone = doc.get("uuid"), doc.get("availability_zone")
     if not isinstance(uuid, str) or not uuid:
-        raise SourceFailed(f"{origin} has no 'uuid'")
+        raise _SourceFailed(f"{origin} has no 'uuid'")
     if not isinstance(zone, str):
-        raise SourceFailed(f"{origin} has no 'availability_zone'")
+        raise _SourceFailed(f"{origin} has no 'availability_zone'")
     return NodeMetadata(node_id=uuid, availability_zone=zone)
 
 
@@ -119,9 +119,9 @@ class MetadataSource:
         for source in self.search_order:
             try:
                 found = self._from_source(source)
-            except SourceFailed as exc:
+            except _SourceFailed as exc:
                 log.info("metadata source %s failed: %s", source, exc)
-                failures.append(f"{source}: {exc.message}")
+                failures.append(f"{source}: {exc}")
                 continue
             result = NodeMetadata(
                 node_id=self.node_id or found.node_id,
@@ -157,8 +157,8 @@ class MetadataSource:
             with opener.open(request, timeout=self.request_timeout) as response:
                 body = response.read()
         except (OSError, http.client.HTTPException) as exc:  # URLError/HTTPError are OSErrors
-            raise SourceFailed(f"GET {url} failed: {exc}") from exc
-        return parse_meta_data(body, url)
+            raise _SourceFailed(f"GET {url} failed: {exc}") from exc
+        return _parse_meta_data(body, url)
 
     # ---- config drive --------------------------------------------------------------------
 
@@ -172,7 +172,7 @@ class MetadataSource:
             self.runner.run(["mount", "-o", "ro", device, mount_dir], deadline=deadline)
         except CinderCSIError as exc:
             os.rmdir(mount_dir)
-            raise SourceFailed(f"cannot mount config drive {device}: {exc}") from exc
+            raise _SourceFailed(f"cannot mount config drive {device}: {exc}") from exc
         try:
             return self._read_dir(Path(mount_dir))
         finally:
@@ -196,11 +196,11 @@ class MetadataSource:
                     ok_codes=(0, 2),
                 )
             except CinderCSIError as exc:
-                raise SourceFailed(f"cannot search for the config drive: {exc}") from exc
+                raise _SourceFailed(f"cannot search for the config drive: {exc}") from exc
             device = result.stdout.strip().splitlines()
             if result.returncode == 0 and device:
                 return device[0]
-        raise SourceFailed(
+        raise _SourceFailed(
             "no device labelled " + " or ".join(CONFIG_DRIVE_LABELS) + " (no config drive)"
         )
 
@@ -210,5 +210,5 @@ class MetadataSource:
         try:
             raw = path.read_bytes()
         except OSError as exc:
-            raise SourceFailed(f"cannot read {path}: {exc.strerror or exc}") from exc
-        return parse_meta_data(raw, str(path))
+            raise _SourceFailed(f"cannot read {path}: {exc.strerror or exc}") from exc
+        return _parse_meta_data(raw, str(path))

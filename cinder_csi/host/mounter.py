@@ -15,13 +15,14 @@ from pathlib import Path
 
 from cinder_csi.deadline import Deadline
 from cinder_csi.errors import (
+    CommandFailed,
     FailedPrecondition,
     InternalError,
     InvalidArgument,
     NotFound,
     Timeout,
 )
-from cinder_csi.host.commands import CommandFailed, CommandRunner
+from cinder_csi.host.commands import CommandRunner
 from cinder_csi.host.filesystems import Filesystems, check_fstype
 from cinder_csi.host.mountinfo import MountInfo, MountTable, device_number, normalize
 

@@ -19,11 +19,12 @@ from pathlib import Path
 
 import grpc
 
-from cinder_csi import TOPOLOGY_KEY, errors
+from cinder_csi import DEFAULT_FS_TYPE, FS_TYPES, TOPOLOGY_KEY, errors
 from cinder_csi.csi import csi_pb2, csi_pb2_grpc
 from cinder_csi.csi import validation as v
-from cinder_csi.deadline import Deadline, for_rpc
-from cinder_csi.host import DeviceFinder, MetadataSource, Mounter, stats
+from cinder_csi.csi.call_context import deadline_from
+from cinder_csi.deadline import Deadline
+from cinder_csi.host import DeviceFinder, MetadataSource, Mounter, check_volume_id, stats
 from cinder_csi.locks import OperationLocks
 
 log = logging.getLogger(__name__)
@@ -42,10 +43,6 @@ class NodeOptions:
     max_volumes_per_node: int = 25
     with_topology: bool = True
     additional_topology: Mapping[str, str] = field(default_factory=dict)
-
-
-def _deadline(context: grpc.ServicerContext) -> Deadline:
-    return for_rpc(context.time_remaining())
 
 
 class NodeService(csi_pb2_grpc.NodeServicer):
@@ -92,10 +89,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
 
     @staticmethod
     def _volume_id(value: str) -> str:
-        v.require(value, "volume_id")
-        if "/" in value or "\0" in value or value in (".", ".."):
-            raise errors.InvalidArgument(f"volume_id {value!r} is not a volume id")
-        return value
+        return check_volume_id(v.require(value, "volume_id"))
 
     @staticmethod
     def _capability(request: csi_pb2.NodeStageVolumeRequest | csi_pb2.NodePublishVolumeRequest
@@ -112,10 +106,10 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         for key in FSTYPE_CONTEXT_KEYS:
             if context.get(key):
                 fstype = context[key]
-                if fstype not in v.SUPPORTED_FS_TYPES:
+                if fstype not in FS_TYPES:
                     raise errors.InvalidArgument(f"volume_context {key}={fstype!r} unsupported")
                 return fstype
-        return v.DEFAULT_FS_TYPE
+        return DEFAULT_FS_TYPE
 
     def _device(self, volume_id: str, deadline: Deadline) -> Path:
         device = self.finder.find(volume_id, deadline)
@@ -130,7 +124,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         volume_id = self._volume_id(request.volume_id)
         staging = self._checked_path(request.staging_target_path, "staging_target_path")
         cap = self._capability(request)
-        deadline = _deadline(context)
+        deadline = deadline_from(context)
         with self.locks.hold([volume_id], "NodeStageVolume"):
             device = self._device(volume_id, deadline)
             if cap.WhichOneof("access_type") == "block":
@@ -148,7 +142,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
     ) -> csi_pb2.NodeUnstageVolumeResponse:
         volume_id = self._volume_id(request.volume_id)
         staging = self._checked_path(request.staging_target_path, "staging_target_path")
-        deadline = _deadline(context)
+        deadline = deadline_from(context)
         with self.locks.hold([volume_id], "NodeUnstageVolume"):
             self.mounter.unmount(staging, deadline)
         return csi_pb2.NodeUnstageVolumeResponse()
@@ -163,7 +157,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         staging = self._checked_path(request.staging_target_path, "staging_target_path")
         cap = self._capability(request)
         readonly = request.readonly or cap.access_mode.mode in v.READ_ONLY_MODES
-        deadline = _deadline(context)
+        deadline = deadline_from(context)
         with self.locks.hold([volume_id], "NodePublishVolume"):
             if cap.WhichOneof("access_type") == "block":
                 device = self._device(volume_id, deadline)
@@ -201,7 +195,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
     ) -> csi_pb2.NodeUnpublishVolumeResponse:
         volume_id = self._volume_id(request.volume_id)
         target = self._checked_path(request.target_path, "target_path")
-        deadline = _deadline(context)
+        deadline = deadline_from(context)
         with self.locks.hold([volume_id], "NodeUnpublishVolume"):
             self.mounter.unmount(target, deadline)
             self._remove_target(target)
@@ -228,7 +222,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
     ) -> csi_pb2.NodeExpandVolumeResponse:
         volume_id = self._volume_id(request.volume_id)
         path = self._existing_volume_path(request.volume_path)
-        deadline = _deadline(context)
+        deadline = deadline_from(context)
         with self.locks.hold([volume_id], "NodeExpandVolume"):
             device = self._device(volume_id, deadline)
             self.finder.rescan(device, deadline)

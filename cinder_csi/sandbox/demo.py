@@ -11,26 +11,33 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
+from cinder_csi.standins.kube import PUBLISH_PATH_ANNOTATION
 from cinder_csi.standins.kube.client import api_client
-
-if TYPE_CHECKING:
-    from cinder_csi.sandbox.environment import Sandbox
 
 T = TypeVar("T")
 NAMESPACE = "default"
 CLAIM = "demo-data"
-PUBLISH_PATH_ANNOTATION = "sandbox.cinder-csi/publish-path-"
 STEP_TIMEOUT_S = 120.0
 
 
-class DemoFailed(Exception):
-    pass
+class _DemoFailed(Exception):
+    """A step did not end as it should; the demo stops there and says which."""
+
+
+@dataclass(frozen=True)
+class DemoTarget:
+    """What the demo works against."""
+
+    kubeconfig: Path  # the cluster, reached through its API as kubectl would
+    cinder_volumes: Callable[[], list[dict[str, Any]]]  # the cloud's volumes, to watch Cinder
+    logs: Path  # named when a step fails
 
 
 class Narrator:
@@ -53,12 +60,12 @@ def wait(probe: Callable[[], T | None], what: str, stop: threading.Event) -> T:
     deadline = time.monotonic() + STEP_TIMEOUT_S
     while time.monotonic() < deadline:
         if stop.is_set():
-            raise DemoFailed("interrupted")
+            raise _DemoFailed("interrupted")
         result = probe()
         if result is not None:
             return result
         time.sleep(0.2)
-    raise DemoFailed(f"timed out after {STEP_TIMEOUT_S:.0f}s waiting for {what}")
+    raise _DemoFailed(f"timed out after {STEP_TIMEOUT_S:.0f}s waiting for {what}")
 
 
 def _missing(call: Callable[[], Any]) -> bool:
@@ -84,25 +91,24 @@ def pod_body(name: str, node: str) -> dict[str, Any]:
     }
 
 
-def run_demo(sandbox: Sandbox, stop: threading.Event) -> int:
+def run_demo(target: DemoTarget, stop: threading.Event) -> int:
     if os.geteuid() != 0:
         print("the demo needs root: the stand-in Nova attaches volumes as loop devices and the "
               "node plugin formats and mounts them. Run it with sudo.", flush=True)
         return 2
     try:
-        _demo(sandbox, stop)
-    except DemoFailed as exc:
-        print(f"demo failed: {exc}; logs are in {sandbox.state_dir / 'logs'}", flush=True)
+        _demo(target, stop)
+    except _DemoFailed as exc:
+        print(f"demo failed: {exc}; logs are in {target.logs}", flush=True)
         return 1
     return 0
 
 
-def _demo(sandbox: Sandbox, stop: threading.Event) -> None:
-    assert sandbox.openstack is not None
-    openstack = sandbox.openstack
-    core: Any = k8s.CoreV1Api(api_client(sandbox.kubeconfig))
+def _demo(target: DemoTarget, stop: threading.Event) -> None:
+    volumes = target.cinder_volumes
+    core: Any = k8s.CoreV1Api(api_client(target.kubeconfig))
     say = Narrator()
-    print(f"demo: kubeconfig {sandbox.kubeconfig}, two nodes in two zones", flush=True)
+    print(f"demo: kubeconfig {target.kubeconfig}, two nodes in two zones", flush=True)
 
     say.step(f"create PVC {CLAIM} (1Gi, StorageClass standard)")
     core.create_namespaced_persistent_volume_claim(NAMESPACE, {
@@ -122,21 +128,21 @@ def _demo(sandbox: Sandbox, stop: threading.Event) -> None:
     say.step("write /data/hello.txt in the pod's volume")
     (path / "hello.txt").write_text("written on node-0\n")
     say.done(f"{path / 'hello.txt'} = {(path / 'hello.txt').read_text().strip()!r}")
-    _delete_pod(core, "demo-writer", handle, openstack, say, stop)
+    _delete_pod(core, "demo-writer", handle, volumes, say, stop)
 
     path = _run_pod(core, "demo-reader", "node-1", pv_name, say, stop)
     say.step("read /data/hello.txt on node-1")
     text = (path / "hello.txt").read_text().strip()
     if text != "written on node-0":
-        raise DemoFailed(f"the file says {text!r}")
+        raise _DemoFailed(f"the file says {text!r}")
     say.done(f"the data moved with the volume: {text!r}")
-    _delete_pod(core, "demo-reader", handle, openstack, say, stop)
+    _delete_pod(core, "demo-reader", handle, volumes, say, stop)
 
     say.step(f"delete PVC {CLAIM} (reclaimPolicy Delete)")
     core.delete_namespaced_persistent_volume_claim(CLAIM, NAMESPACE)
     wait(lambda: _missing(lambda: core.read_persistent_volume(pv_name)) or None,
          f"PV {pv_name} to go", stop)
-    wait(lambda: all(v["id"] != handle for v in openstack.volumes()) or None,
+    wait(lambda: all(v["id"] != handle for v in volumes()) or None,
          f"Cinder volume {handle} to be deleted", stop)
     say.done(f"PV {pv_name} and Cinder volume {handle} deleted")
     print(f"demo complete in {time.monotonic() - say.started:.1f}s", flush=True)
@@ -156,13 +162,14 @@ def _run_pod(core: Any, name: str, node: str, pv_name: str, say: Narrator,
     return path
 
 
-def _delete_pod(core: Any, name: str, handle: str, openstack: Any, say: Narrator,
+def _delete_pod(core: Any, name: str, handle: str,
+                volumes: Callable[[], list[dict[str, Any]]], say: Narrator,
                 stop: threading.Event) -> None:
     say.step(f"delete pod {name}")
     core.delete_namespaced_pod(name, NAMESPACE)
     wait(lambda: _missing(lambda: core.read_namespaced_pod(name, NAMESPACE)) or None,
          f"pod {name} to go", stop)
     wait(lambda: any(v["id"] == handle and v["status"] == "available"
-                     for v in openstack.volumes()) or None,
+                     for v in volumes()) or None,
          f"volume {handle} to be detached", stop)
     say.done("unmounted and detached (Cinder volume available)")

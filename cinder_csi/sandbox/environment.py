@@ -33,8 +33,10 @@ from cinder_csi import TOPOLOGY_KEY
 from cinder_csi.csi import csi_pb2, csi_pb2_grpc
 from cinder_csi.errors import CinderCSIError
 from cinder_csi.host import Mounter, MountTable
-from cinder_csi.standins.kube_api import KubeStandIn
-from cinder_csi.standins.openstack_api import OpenStackStandIn
+from cinder_csi.logs import setup_logging
+from cinder_csi.sandbox.demo import DemoTarget, run_demo
+from cinder_csi.standins.kube import KubeStandIn
+from cinder_csi.standins.openstack import OpenStackStandIn
 
 ZONES = ("az-a", "az-b")  # where the nodes are
 # Cinder also has a zone without nodes, and Nova a server that is no Kubernetes node (a
@@ -52,7 +54,7 @@ MANIFEST_PARTS = ("driver", "registry")
 
 def manifests_dir() -> Path | None:
     """manifests/ of the checkout this package runs from, if there is one."""
-    candidate = Path(__file__).resolve().parents[2] / "manifests"
+    candidate = Path(__file__).resolve().parents[2] / "manifests"  # cinder_csi/sandbox/ -> root
     return candidate if (candidate / "kustomization.yaml").exists() else None
 
 
@@ -304,8 +306,6 @@ def _probe(socket: Path) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cinder_csi.cli import setup_logging
-
     state_dir = args.state_dir or Path(tempfile.mkdtemp(prefix="cinder-csi-sandbox-"))
     sandbox = Sandbox(state_dir.resolve(), nodes=args.nodes, log_level=args.log_level,
                       loop=not args.no_loop, progress=True)
@@ -330,9 +330,10 @@ def run(args: argparse.Namespace) -> int:
                   flush=True)
         print("ready", flush=True)
         if args.demo:
-            from cinder_csi.sandbox.demo import run_demo
-
-            code = run_demo(sandbox, stop)
+            target = DemoTarget(kubeconfig=sandbox.kubeconfig,
+                                cinder_volumes=sandbox.openstack.volumes,
+                                logs=sandbox.state_dir / "logs")
+            code = run_demo(target, stop)
         else:
             stop.wait()
     finally:

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
+from cinder_csi.standins.kube import KubeStandIn
 from cinder_csi.standins.kube.client import wait_until
-from cinder_csi.standins.kube_api import KubeStandIn
 
 KUBECTL = shutil.which("kubectl")
 pytestmark = pytest.mark.skipif(KUBECTL is None, reason="kubectl binary not on PATH")

@@ -20,8 +20,8 @@ import grpc
 import pytest
 
 from cinder_csi.csi import csi_pb2, csi_pb2_grpc
+from cinder_csi.standins.kube import KubeStandIn
 from cinder_csi.standins.kube.client import wait_until
-from cinder_csi.standins.kube_api import KubeStandIn
 
 DRIVER = "cinder.csi.openstack.org"
 ZONE = "topology.cinder.csi.openstack.org/zone"

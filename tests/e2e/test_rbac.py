@@ -47,7 +47,6 @@ from cinder_csi.loop.context import Controller, LoopContext
 from cinder_csi.loop.kube.client import KubeOptions
 from cinder_csi.loop.registry import RegistryDuty, RegistrySpec
 from cinder_csi.loop.runner import ALL_DUTIES, LoopOptions, WatchLoop
-from cinder_csi.standins.kube import http as kube_http
 from tests.integration.cluster_env import ClusterEnv, cluster_env, wait_until
 from tests.integration.csi_helpers import create_request
 
@@ -161,28 +160,9 @@ def test_to_access_mapping() -> None:
     assert to_access("GET", "/version") is None
 
 
-class Traffic:
-    """Every request the Kubernetes stand-in receives, with its User-Agent and query."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._seen: list[Request] = []
-
-    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        original = kube_http.Handler._dispatch
-        traffic = self
-
-        def dispatch(handler: kube_http.Handler, method: str) -> None:
-            agent = str(handler.headers.get("User-Agent") or "")
-            with traffic._lock:
-                traffic._seen.append(Request(agent, method, handler.path))
-            original(handler, method)
-
-        monkeypatch.setattr(kube_http.Handler, "_dispatch", dispatch)
-
-    def requests(self) -> list[Request]:
-        with self._lock:
-            return list(self._seen)
+def traffic(env: ClusterEnv) -> list[Request]:
+    """Every request the Kubernetes stand-in received so far, with its User-Agent and query."""
+    return [Request(r.user_agent, r.method, r.target) for r in env.kube.requests()]
 
 
 # --------------------------------------------------------------------------------------------
@@ -261,14 +241,7 @@ def manifests() -> list[Obj]:
 
 
 @pytest.fixture
-def traffic(monkeypatch: pytest.MonkeyPatch) -> Traffic:
-    recorded = Traffic()
-    recorded.install(monkeypatch)
-    return recorded
-
-
-@pytest.fixture
-def env(tmp_path: Path, traffic: Traffic) -> Iterator[ClusterEnv]:
+def env(tmp_path: Path) -> Iterator[ClusterEnv]:
     with cluster_env(tmp_path, nodes=2) as made:
         yield made
 
@@ -424,7 +397,7 @@ def watch_loop(env: ClusterEnv, lease_namespace: str, adopted: str) -> WatchLoop
 
 
 def test_controller_rbac_matches_the_loops_traffic(
-    manifests: list[Obj], traffic: Traffic, env: ClusterEnv,
+    manifests: list[Obj], env: ClusterEnv,
 ) -> None:
     account = one(manifests, "ServiceAccount", CONTROLLER_SA)
     namespace = account["metadata"]["namespace"]
@@ -448,7 +421,7 @@ def test_controller_rbac_matches_the_loops_traffic(
         exercise(env, orphan)
         lease = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/"
         wait_until(lambda: any(r.method == "PUT" and lease in r.target
-                               for r in traffic.requests()),
+                               for r in traffic(env)),
                    timeout=30, what="the lease renewed")
     finally:
         stop.set()
@@ -456,7 +429,7 @@ def test_controller_rbac_matches_the_loops_traffic(
     assert not thread.is_alive(), "the watch loop did not stop"
     assert result == [0], "the loop lost its lease"
 
-    requests = traffic.requests()
+    requests = traffic(env)
     foreign = {r.agent for r in requests if not r.agent.startswith(LOOP_AGENT)}
     assert not foreign, f"requests from other clients than the loop's: {foreign}"
     observed: set[Access] = set()

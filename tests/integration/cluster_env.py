@@ -35,10 +35,10 @@ from cinder_csi.loop.csi_client import CSIClient, CSIMetrics
 from cinder_csi.loop.kube.client import KubeClients, KubeOptions, build_clients
 from cinder_csi.loop.kube.events import EventRecorder
 from cinder_csi.loop.kube.workqueue import WorkQueueMetrics
+from cinder_csi.standins.kube import DEFAULT_CONTROLLERS, Kubelet, KubeStandIn
 from cinder_csi.standins.kube.client import api_client as make_api_client
 from cinder_csi.standins.kube.client import wait_until
-from cinder_csi.standins.kube_api import DEFAULT_CONTROLLERS, Kubelet, KubeStandIn
-from cinder_csi.standins.openstack_api import OpenStackStandIn
+from cinder_csi.standins.openstack import OpenStackStandIn
 from tests.integration.conftest import CLUSTER, ControllerHandle, start_controller
 from tests.integration.node_env import loop_devices_backed_by, unmount_below
 

@@ -1,4 +1,5 @@
-"""Fixtures: the OpenStack stand-in over HTTP, and our controller on a real unix socket."""
+"""Fixtures: the OpenStack stand-in over HTTP, our controller on a real unix socket, and loop
+devices that are cleaned up whatever happens."""
 
 from __future__ import annotations
 
@@ -15,9 +16,16 @@ from cinder_csi.controller.service import ControllerOptions, ControllerService
 from cinder_csi.csi import csi_pb2_grpc
 from cinder_csi.csi.identity import IdentityService
 from cinder_csi.csi.server import CSIServer
-from cinder_csi.standins.openstack_api import OpenStackStandIn
+from cinder_csi.standins.openstack import OpenStackStandIn
+from tests.integration.loop_devices import LoopDevices
 
 CLUSTER = "test-cluster"
+
+
+@pytest.fixture
+def loops(tmp_path: Path) -> Iterator[LoopDevices]:
+    with LoopDevices(tmp_path) as devices:
+        yield devices
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from cinder_csi.csi.server import CSIServer
 from cinder_csi.host import DeviceFinder, MetadataSource, Mounter, MountTable
 from cinder_csi.node.service import NodeOptions, NodeService
 from cinder_csi.node.wiring import node_identity
-from cinder_csi.standins.openstack_api import OpenStackStandIn
+from cinder_csi.standins.openstack import OpenStackStandIn
 from tests.integration.conftest import ControllerHandle, start_controller
 from tests.integration.csi_helpers import GIB, create_request, mount_cap
 

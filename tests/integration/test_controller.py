@@ -12,7 +12,7 @@ import pytest
 from cinder_csi import TOPOLOGY_KEY
 from cinder_csi.controller.create_or_adopt import CLUSTER_METADATA_KEY
 from cinder_csi.csi import csi_pb2
-from cinder_csi.standins.openstack_api import OpenStackStandIn
+from cinder_csi.standins.openstack import OpenStackStandIn
 from tests.integration.conftest import CLUSTER, ControllerHandle
 from tests.integration.csi_helpers import (
     GIB,

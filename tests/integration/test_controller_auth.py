@@ -17,7 +17,7 @@ from cinder_csi.controller.service import ControllerService
 from cinder_csi.csi import csi_pb2, csi_pb2_grpc
 from cinder_csi.csi.identity import IdentityService
 from cinder_csi.csi.server import CSIServer
-from cinder_csi.standins.openstack_api import OpenStackStandIn
+from cinder_csi.standins.openstack import OpenStackStandIn
 from tests.integration.conftest import start_controller
 from tests.integration.csi_helpers import create_request
 

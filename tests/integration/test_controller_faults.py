@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from cinder_csi.csi import csi_pb2
-from cinder_csi.standins.openstack_api import OpenStackStandIn
+from cinder_csi.standins.openstack import OpenStackStandIn
 from tests.integration.conftest import ControllerHandle, start_controller
 from tests.integration.csi_helpers import GIB, create_request, expect_code, mount_cap
 

@@ -6,7 +6,6 @@ the real node (SCSI host scan, udev trigger); the miss path is covered by unit t
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,17 +13,11 @@ import pytest
 from cinder_csi.deadline import Deadline
 from cinder_csi.errors import FailedPrecondition
 from cinder_csi.host.devices import DeviceFinder
-from tests.integration.test_host_loopdev import MIB, LoopDevices
+from tests.integration.loop_devices import MIB, LoopDevices
 
 pytestmark = pytest.mark.root
 
 VOLUME = "5d8c2b1a-7e4f-4a3b-9c6d-2e1f0a9b8c7d"
-
-
-@pytest.fixture
-def loops(tmp_path: Path) -> Iterator[LoopDevices]:
-    with LoopDevices(tmp_path) as devices:
-        yield devices
 
 
 def attach(loops: LoopDevices, device: Path) -> DeviceFinder:

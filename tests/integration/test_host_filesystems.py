@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import struct
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,18 +14,12 @@ from cinder_csi.host.devices import DeviceFinder
 from cinder_csi.host.filesystems import Filesystems, stats
 from cinder_csi.host.mounter import Mounter
 from cinder_csi.host.mountinfo import MountTable
-from tests.integration.test_host_loopdev import MIB, LoopDevices, run, sha256
+from tests.integration.loop_devices import MIB, LoopDevices, run, sha256
 
 pytestmark = pytest.mark.root
 
 # Recent xfsprogs refuse filesystems below 300 MiB.
 SIZES = {"ext4": 64 * MIB, "ext3": 64 * MIB, "xfs": 320 * MIB}
-
-
-@pytest.fixture
-def loops(tmp_path: Path) -> Iterator[LoopDevices]:
-    with LoopDevices(tmp_path) as devices:
-        yield devices
 
 
 def deadline() -> Deadline:

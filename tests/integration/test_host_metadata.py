@@ -16,7 +16,7 @@ from cinder_csi.errors import NotFound
 from cinder_csi.host.commands import CommandResult, CommandRunner
 from cinder_csi.host.metadata import MetadataSource, NodeMetadata
 from cinder_csi.host.mountinfo import MountTable
-from tests.integration.test_host_loopdev import MIB, LoopDevices, run
+from tests.integration.loop_devices import MIB, LoopDevices, run
 
 SERVER = "9f8e7d6c-5b4a-4392-8170-6f5e4d3c2b1a"
 META = {"uuid": SERVER, "availability_zone": "zone-b", "hostname": "node-1"}

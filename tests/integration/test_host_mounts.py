@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,15 +11,9 @@ from cinder_csi.deadline import Deadline
 from cinder_csi.errors import FailedPrecondition
 from cinder_csi.host.mounter import Mounter
 from cinder_csi.host.mountinfo import MountTable
-from tests.integration.test_host_loopdev import MIB, LoopDevices, run
+from tests.integration.loop_devices import MIB, LoopDevices, run
 
 pytestmark = pytest.mark.root
-
-
-@pytest.fixture
-def loops(tmp_path: Path) -> Iterator[LoopDevices]:
-    with LoopDevices(tmp_path) as devices:
-        yield devices
 
 
 @pytest.fixture

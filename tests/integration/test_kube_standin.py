@@ -11,8 +11,8 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from cinder_csi.standins.kube import KubeStandIn
 from cinder_csi.standins.kube.client import api_client
-from cinder_csi.standins.kube_api import KubeStandIn
 
 DRIVER = "cinder.csi.openstack.org"
 

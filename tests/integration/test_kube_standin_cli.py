@@ -1,4 +1,4 @@
-"""``python -m cinder_csi.standins.kube_api`` on its own: kubeconfig, serving, clean exit."""
+"""``python -m cinder_csi.standins.kube`` on its own: kubeconfig, serving, clean exit."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def test_serves_until_sigterm(tmp_path: Path) -> None:
     kubeconfig = tmp_path / "kubeconfig"
     node = "node-1:topology.cinder.csi.openstack.org/zone=nova"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cinder_csi.standins.kube_api", "--port", "0",
+        [sys.executable, "-m", "cinder_csi.standins.kube", "--port", "0",
          "--kubeconfig", str(kubeconfig), "--node", node],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip

@@ -13,8 +13,8 @@ import urllib3
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
+from cinder_csi.standins.kube import KubeStandIn
 from cinder_csi.standins.kube.client import api_client
-from cinder_csi.standins.kube_api import KubeStandIn
 
 
 @pytest.fixture

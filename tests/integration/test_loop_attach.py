@@ -20,8 +20,8 @@ import pytest
 from cinder_csi.csi import csi_pb2
 from cinder_csi.loop.attacher import AttachmentController, AttachOptions
 from cinder_csi.loop.protocol import ANN_VA_NODE_ID, attacher_finalizer
+from cinder_csi.standins.kube import PUBLISH_PATH_ANNOTATION
 from cinder_csi.standins.kube.store import Change
-from cinder_csi.standins.kube_api import PUBLISH_PATH_ANNOTATION
 from tests.integration.cluster_env import DRIVER, STANDARD, ClusterEnv, cluster_env, wait_until
 from tests.integration.csi_helpers import create_request
 

@@ -26,9 +26,9 @@ from cinder_csi.loop.kube.leader import (
     LeaderElector,
     lease_name,
 )
+from cinder_csi.standins.kube import KubeStandIn
 from cinder_csi.standins.kube.client import wait_until
 from cinder_csi.standins.kube.store import Change
-from cinder_csi.standins.kube_api import KubeStandIn
 
 NS = "machinery"
 Event = tuple[str, str, int]  # (add|update|delete, name, resourceVersion)

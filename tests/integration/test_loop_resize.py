@@ -19,7 +19,7 @@ import pytest
 
 from cinder_csi.loop.attacher import AttachmentController, AttachOptions
 from cinder_csi.loop.resizer import ResizeController
-from cinder_csi.standins.kube_api import PUBLISH_PATH_ANNOTATION
+from cinder_csi.standins.kube import PUBLISH_PATH_ANNOTATION
 from tests.integration.cluster_env import ClusterEnv, cluster_env, wait_until
 from tests.integration.test_loop_attach import cinder, static_volume, wait_attached
 

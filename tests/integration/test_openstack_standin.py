@@ -15,7 +15,7 @@ import openstack.exceptions
 import pytest
 import requests
 
-from cinder_csi.standins.openstack_api import OpenStackStandIn
+from cinder_csi.standins.openstack import OpenStackStandIn
 
 FAST = (0.01, 0.03)
 GIB = 1024**3
@@ -483,7 +483,7 @@ def test_standalone_process(tmp_path: Path) -> None:
     import sys
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cinder_csi.standins.openstack_api", "--port", "0",
+        [sys.executable, "-m", "cinder_csi.standins.openstack", "--port", "0",
          "--state-dir", str(tmp_path), "--servers", "node-0:az-a,node-1:az-b"],
         stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )

@@ -12,7 +12,7 @@ import openstack
 import openstack.connection
 import pytest
 
-from cinder_csi.standins.openstack_api import OpenStackStandIn
+from cinder_csi.standins.openstack import OpenStackStandIn
 
 pytestmark = pytest.mark.root
 GIB = 1024**3

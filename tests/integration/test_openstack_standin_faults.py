@@ -14,7 +14,7 @@ import openstack.exceptions
 import pytest
 import requests
 
-from cinder_csi.standins.openstack_api import OpenStackStandIn
+from cinder_csi.standins.openstack import OpenStackStandIn
 
 FAST = (0.01, 0.03)
 

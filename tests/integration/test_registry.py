@@ -18,9 +18,9 @@ from cinder_csi.config import load_cloud_config
 from cinder_csi.loop.kube.client import KubeOptions, KubeRest, build_clients
 from cinder_csi.loop.kube.events import EventRecorder
 from cinder_csi.loop.registry import REGISTRY_ANNOTATION, RegistrySpec, RegistryVolume
+from cinder_csi.standins.kube import KubeStandIn
 from cinder_csi.standins.kube.client import wait_until
-from cinder_csi.standins.kube_api import KubeStandIn
-from cinder_csi.standins.openstack_api import OpenStackStandIn
+from cinder_csi.standins.openstack import OpenStackStandIn
 
 DRIVER = "cinder.csi.openstack.org"
 NS = "openshift-image-registry"

@@ -20,8 +20,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cinder_csi import errors
 from cinder_csi.csi import csi_pb2, csi_pb2_grpc
+from cinder_csi.csi.call_context import current_request_id, deadline_from
 from cinder_csi.csi.identity import IdentityService
-from cinder_csi.csi.server import CSIServer, current_request_id, deadline_from
+from cinder_csi.csi.server import CSIServer
 from cinder_csi.deadline import DEFAULT_TIMEOUT_S
 from cinder_csi.metrics import Metrics
 
@@ -237,7 +238,7 @@ def test_unexpected_exception_is_internal_without_traceback(
         raise ValueError("unexpected detail")
 
     harness.controller.behavior = fail
-    caplog.set_level(logging.INFO, logger="cinder_csi.csi.server")
+    caplog.set_level(logging.INFO, logger="cinder_csi.csi.interceptors")
     err = call_error(harness)
     assert err.code() is grpc.StatusCode.INTERNAL
     assert "Traceback" not in err.details() and "unexpected detail" not in err.details()
@@ -275,13 +276,13 @@ def test_unimplemented_method(harness: Harness) -> None:
 def call_records(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
     out = []
     for record in caplog.records:
-        if record.name == "cinder_csi.csi.server" and record.getMessage().startswith("{"):
+        if record.name == "cinder_csi.csi.interceptors" and record.getMessage().startswith("{"):
             out.append(json.loads(record.getMessage()))
     return out
 
 
 def test_one_log_line_per_call(harness: Harness, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="cinder_csi.csi.server")
+    caplog.set_level(logging.INFO, logger="cinder_csi.csi.interceptors")
     create(harness, metadata=(("x-request-id", "rid-42"),))
     harness.ctrl.ControllerPublishVolume(
         csi_pb2.ControllerPublishVolumeRequest(volume_id="vol-1", node_id="node-1"), timeout=5)

@@ -1,61 +1,20 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection, Sequence
 
 import pytest
 
 from cinder_csi.deadline import Deadline
-from cinder_csi.errors import FailedPrecondition, InternalError, Timeout
-from cinder_csi.host.commands import (
+from cinder_csi.errors import (
     CommandFailed,
     CommandNotFound,
-    CommandResult,
-    CommandRunner,
     CommandTimedOut,
+    FailedPrecondition,
+    InternalError,
+    Timeout,
 )
-
-Handler = Callable[[tuple[str, ...]], "CommandResult | tuple[int, str, str] | None"]
-
-
-class FakeRunner(CommandRunner):
-    """Records every argv; `handler` answers (None = success, empty output)."""
-
-    def __init__(
-        self,
-        handler: Handler | None = None,
-        available: Collection[str] = ("blkid", "mount", "umount", "losetup", "udevadm"),
-    ) -> None:
-        super().__init__()
-        self.handler = handler
-        self.available = set(available)
-        self.calls: list[tuple[str, ...]] = []
-
-    def which(self, name: str) -> str | None:
-        return f"/usr/sbin/{name}" if name in self.available or "mkfs" in name else None
-
-    def run(
-        self,
-        argv: Sequence[str],
-        *,
-        deadline: Deadline | None = None,
-        timeout: float | None = None,
-        ok_codes: Collection[int] = (0,),
-        input_text: str | None = None,
-    ) -> CommandResult:
-        args = tuple(argv)
-        self.calls.append(args)
-        answer = self.handler(args) if self.handler else None
-        if answer is None:
-            answer = (0, "", "")
-        if isinstance(answer, tuple):
-            answer = CommandResult(args, *answer)
-        if answer.returncode not in ok_codes:
-            raise CommandFailed(args, answer.returncode, answer.stdout, answer.stderr)
-        return answer
-
-    def commands(self) -> list[str]:
-        return [" ".join(c) for c in self.calls]
+from cinder_csi.host.commands import CommandRunner
+from tests.unit.host_fakes import FakeRunner
 
 
 def test_success_captures_output() -> None:

@@ -8,7 +8,7 @@ import pytest
 from cinder_csi.deadline import Deadline
 from cinder_csi.errors import FailedPrecondition, InvalidArgument, NotFound
 from cinder_csi.host.devices import DeviceFinder
-from tests.unit.test_host_commands import FakeRunner
+from tests.unit.host_fakes import FakeRunner
 
 VOLUME = "0b3a9d2e-5f41-4c8e-9a77-1d2c3b4a5e6f"
 SHORT = VOLUME[:20]

@@ -5,10 +5,15 @@ from pathlib import Path
 
 import pytest
 
-from cinder_csi.errors import FailedPrecondition, InternalError, InvalidArgument, NotFound
-from cinder_csi.host.commands import CommandFailed
+from cinder_csi.errors import (
+    CommandFailed,
+    FailedPrecondition,
+    InternalError,
+    InvalidArgument,
+    NotFound,
+)
 from cinder_csi.host.filesystems import Filesystems, Probe, stats
-from tests.unit.test_host_commands import FakeRunner
+from tests.unit.host_fakes import FakeRunner
 
 MIB = 1024 * 1024
 

@@ -12,11 +12,9 @@ from cinder_csi.errors import InvalidArgument, NotFound
 from cinder_csi.host.metadata import (
     MetadataSource,
     NodeMetadata,
-    SourceFailed,
-    parse_meta_data,
     parse_search_order,
 )
-from tests.unit.test_host_commands import FakeRunner
+from tests.unit.host_fakes import FakeRunner
 
 SERVER = "6c4e1a3b-2d9f-4e8a-b1c7-0f5e3d2a9b8c"
 # Nothing listens on port 9 (discard) of localhost: the metadata service fails at once.
@@ -132,9 +130,12 @@ def test_one_flag_overrides_only_its_field(tmp_path: Path) -> None:
         ('{"uuid": "u"}', "no 'availability_zone'"),
     ],
 )
-def test_bad_meta_data(raw: str, why: str) -> None:
-    with pytest.raises(SourceFailed, match=re.escape(why)):
-        parse_meta_data(raw, "x")
+def test_bad_meta_data(tmp_path: Path, raw: str, why: str) -> None:
+    cd = tmp_path / "cd"
+    (cd / "openstack" / "latest").mkdir(parents=True)
+    (cd / "openstack" / "latest" / "meta_data.json").write_text(raw)
+    with pytest.raises(NotFound, match=re.escape(why)):
+        source(tmp_path, config_drive_dir=cd, search_order="configDrive").get()
 
 
 class ConfigDriveDevice:

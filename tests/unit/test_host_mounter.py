@@ -11,7 +11,7 @@ from cinder_csi.errors import FailedPrecondition, InvalidArgument, NotFound
 from cinder_csi.host.filesystems import Filesystems
 from cinder_csi.host.mounter import Mounter
 from cinder_csi.host.mountinfo import MountTable
-from tests.unit.test_host_commands import FakeRunner
+from tests.unit.host_fakes import FakeRunner
 
 
 class FakeKernel:

@@ -1,4 +1,5 @@
-"""Pure parts of cinder_csi.csi.server: endpoint parsing and secret redaction."""
+"""Pure parts of the CSI server: endpoint parsing (csi/server.py) and secret redaction
+(csi/redaction.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import json
 import pytest
 
 from cinder_csi.csi import csi_pb2
-from cinder_csi.csi.server import Endpoint, parse_endpoint, redact
+from cinder_csi.csi.redaction import redact
+from cinder_csi.csi.server import Endpoint, parse_endpoint
 
 
 @pytest.mark.parametrize(("text", "expected"), [

@@ -14,6 +14,7 @@ import logging
 import socket
 import threading
 import uuid
+from collections import deque
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -34,6 +35,9 @@ log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
 
+# Requests remembered for KubeStandIn.requests(); a busy test makes a few thousand.
+REQUEST_LOG_SIZE = 100_000
+
 
 @dataclass(frozen=True)
 class Route:
@@ -41,6 +45,13 @@ class Route:
     namespace: str | None  # None: cluster-scoped, or all namespaces for a namespaced list
     name: str | None
     subresource: str | None
+
+
+@dataclass(frozen=True)
+class SeenRequest:
+    method: str
+    target: str  # path and query, as sent
+    user_agent: str
 
 
 class ApiServer(ThreadingHTTPServer):
@@ -60,7 +71,17 @@ class ApiServer(ThreadingHTTPServer):
         self.stopping = threading.Event()
         self._conn_lock = threading.Lock()
         self._connections: set[socket.socket] = set()
+        self._seen_lock = threading.Lock()
+        self._seen: deque[SeenRequest] = deque(maxlen=REQUEST_LOG_SIZE)
         super().__init__(address, Handler)
+
+    def remember(self, request: SeenRequest) -> None:
+        with self._seen_lock:
+            self._seen.append(request)
+
+    def requests(self) -> list[SeenRequest]:
+        with self._seen_lock:
+            return list(self._seen)
 
     @property
     def address(self) -> str:
@@ -127,6 +148,9 @@ class Handler(BaseHTTPRequestHandler):
         path = url.path
         query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
         body = self._read_body()
+        self.server.remember(
+            SeenRequest(method, self.path, str(self.headers.get("User-Agent") or ""))
+        )
         faults = self.server.faults
         faults.record(method, path)
         try:

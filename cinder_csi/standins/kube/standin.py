@@ -18,7 +18,7 @@ from cinder_csi.standins.kube.controllers.protection import ProtectionController
 from cinder_csi.standins.kube.controllers.pv import PVController
 from cinder_csi.standins.kube.controllers.scheduler import Scheduler
 from cinder_csi.standins.kube.faults import Faults
-from cinder_csi.standins.kube.http import ApiServer
+from cinder_csi.standins.kube.http import ApiServer, SeenRequest
 from cinder_csi.standins.kube.store import Obj, Store
 
 CONTROLLERS: dict[str, type[Controller]] = {
@@ -118,6 +118,10 @@ class KubeStandIn:
         self.stop()
 
     # ------------------------------------------------------------ access
+
+    def requests(self) -> list[SeenRequest]:
+        """Every request the API server received so far, oldest first (none once stopped)."""
+        return self._server.requests() if self._server is not None else []
 
     @property
     def port(self) -> int:

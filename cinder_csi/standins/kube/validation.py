@@ -367,24 +367,16 @@ def _pvc_update(new: dict[str, Any], old: dict[str, Any]) -> list[FieldError]:
     new_spec, old_spec = _dict(new.get("spec")), _dict(old.get("spec"))
     errors = []
     fixed = ("resources.requests", "volumeName", "volumeAttributesClassName")
+    immutable = FieldError(
+        "Forbidden",
+        "spec",
+        "spec is immutable after creation except resources.requests and "
+        "volumeAttributesClassName for bound claims",
+    )
     if _without(new_spec, *fixed) != _without(old_spec, *fixed):
-        errors.append(
-            FieldError(
-                "Forbidden",
-                "spec",
-                "spec is immutable after creation except resources.requests and "
-                "volumeAttributesClassName for bound claims",
-            )
-        )
+        errors.append(immutable)
     if old_spec.get("volumeName") and new_spec.get("volumeName") != old_spec.get("volumeName"):
-        errors.append(
-            FieldError(
-                "Forbidden",
-                "spec",
-                "spec is immutable after creation except resources.requests and "
-                "volumeAttributesClassName for bound claims",
-            )
-        )
+        errors.append(immutable)
     new_req = _dict(_dict(new_spec.get("resources")).get("requests")).get("storage")
     old_req = _dict(_dict(old_spec.get("resources")).get("requests")).get("storage")
     if new_req != old_req and is_quantity(new_req) and is_quantity(old_req):

@@ -31,6 +31,12 @@ def annotations_of(obj: Obj) -> dict[str, str]:
     return dict((obj.get("metadata") or {}).get("annotations") or {})
 
 
+def claim_ref(pv: Obj) -> Obj:
+    """The claim a PV is bound (or promised) to; empty when none."""
+    ref: Obj = (pv.get("spec") or {}).get("claimRef") or {}
+    return ref
+
+
 def claim_class(claim: Obj) -> str:
     """The class a claim asks for: the beta annotation wins over spec.storageClassName."""
     beta = annotations_of(claim).get(ANN_BETA_CLASS)

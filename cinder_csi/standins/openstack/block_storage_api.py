@@ -44,18 +44,17 @@ class BlockStorageApi:
             # Cinder answers the versioned root with a list, like the unversioned one.
             return Response(200, {"versions": [CINDER.document(root)]})
         auth = self.identity.validate(request.headers.get("x-auth-token"))
-        request.auth = auth
-        request.microversion = CINDER.negotiate(request.headers)
-        headers = CINDER.response_headers(request.microversion)
         segments = path[len("/v3/"):].split("/")
         if segments[0] not in _COLLECTIONS:
             if segments[0] != auth.project_id:
-                raise ApiError(400, "Malformed request url", headers=headers)
+                version = CINDER.negotiate(request.headers)  # a bad version is the first error
+                raise ApiError(400, "Malformed request url",
+                               headers=CINDER.response_headers(version))
             segments = segments[1:]
-        request.project_id = auth.project_id
-        request.service_url = f"{request.base_url}{layout.VOLUME_V3}/{auth.project_id}"
-        request.path = "/" + "/".join(segments)
-        return self.router.dispatch_with_headers(request, headers)
+        return self.router.serve(
+            request, auth, CINDER, segments,
+            service_url=f"{request.base_url}{layout.VOLUME_V3}/{auth.project_id}",
+        )
 
     def _routes(self) -> Router:
         r = Router()

@@ -37,16 +37,11 @@ class ComputeApi:
         if not path.startswith("/v2.1/"):
             raise not_found("The resource could not be found.")
         auth = self.identity.validate(request.headers.get("x-auth-token"))
-        request.auth = auth
-        request.microversion = NOVA.negotiate(request.headers)
-        headers = NOVA.response_headers(request.microversion)
         segments = path[len("/v2.1/"):].split("/")
         if segments[0] == auth.project_id:  # legacy URLs carry the project id
             segments = segments[1:]
-        request.project_id = auth.project_id
-        request.service_url = f"{request.base_url}{layout.COMPUTE_V21}"
-        request.path = "/" + "/".join(segments)
-        return self.router.dispatch_with_headers(request, headers)
+        return self.router.serve(request, auth, NOVA, segments,
+                                 service_url=f"{request.base_url}{layout.COMPUTE_V21}")
 
     def _routes(self) -> Router:
         r = Router()

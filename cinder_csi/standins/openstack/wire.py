@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ApiError, bad_request, not_found
+from .microversion import ApiVersions
 
 
 @dataclass
@@ -78,8 +79,16 @@ class Router:
         pattern = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", template.rstrip("/"))
         self._routes.append((method, re.compile(f"^{pattern}/?$"), handler))
 
-    def dispatch_with_headers(self, request: Request, headers: dict[str, str]) -> Response:
-        """Dispatch, with ``headers`` (microversion echoes) on the answer and on an error."""
+    def serve(self, request: Request, auth: Auth, versions: ApiVersions, segments: list[str],
+              service_url: str) -> Response:
+        """Dispatch an authenticated request to a versioned API on the path below the project
+        (``segments``), with its negotiated microversion echoed on the answer and on an error."""
+        request.auth = auth
+        request.microversion = versions.negotiate(request.headers)
+        headers = versions.response_headers(request.microversion)
+        request.project_id = auth.project_id
+        request.service_url = service_url
+        request.path = "/" + "/".join(segments)
         try:
             response = self.dispatch(request)
         except ApiError as error:

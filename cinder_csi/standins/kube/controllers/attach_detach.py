@@ -43,7 +43,7 @@ class AttachDetachController(Controller):
         elif kind == "PersistentVolumeClaim":
             yield from self._nodes_using_claim(*change.key)
         elif kind == "PersistentVolume":
-            ref = (obj.get("spec") or {}).get("claimRef") or {}
+            ref = v.claim_ref(obj)
             if ref.get("name"):
                 yield from self._nodes_using_claim(str(ref.get("namespace")), str(ref["name"]))
         elif kind == "CSIDriver":

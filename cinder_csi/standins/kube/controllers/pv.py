@@ -32,12 +32,12 @@ class PVController(Controller):
                 yield (VOLUME, volume)
             if change.type == DELETED:
                 for pv in self.store.view("persistentvolumes"):
-                    ref = (pv.get("spec") or {}).get("claimRef") or {}
+                    ref = v.claim_ref(pv)
                     if ref.get("namespace") == ns and ref.get("name") == name:
                         yield (VOLUME, pv["metadata"]["name"])
         elif kind == "PersistentVolume":
             yield (VOLUME, obj["metadata"]["name"])
-            ref = (obj.get("spec") or {}).get("claimRef") or {}
+            ref = v.claim_ref(obj)
             if ref.get("name"):
                 yield (CLAIM, ref.get("namespace", ""), ref["name"])
             elif change.type != DELETED:

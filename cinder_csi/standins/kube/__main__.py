@@ -1,18 +1,6 @@
-"""A stand-in for the Kubernetes API (and the cluster's volume controllers) over plain HTTP.
+"""``python -m cinder_csi.standins.kube``: the Kubernetes stand-in on its own, until a signal.
 
-No real kube-apiserver runs on the test machines, so the provisioner's watch loops, the
-``kubernetes`` client and ``kubectl`` are pointed at this instead. It is deliberately strict
-(real status codes, reasons, resourceVersion conflicts, 410 on expired watches) so that it
-surfaces the bugs a real cluster would.
-
-    with KubeStandIn() as kube:
-        kube.write_kubeconfig(tmp / "kubeconfig")
-        kube.add_node("node-1", {"topology.cinder.csi.openstack.org/zone": "nova"})
-        kube.store.create("storageclasses", {...})
-        kube.faults.throttle(3, path="/persistentvolumeclaims")
-        kube.add_kubelet("node-1", node_plugin_socket, tmp / "kubelet")
-
-Run on its own: ``python -m cinder_csi.standins.kube_api --port 8080 --kubeconfig kc.yaml``.
+    python -m cinder_csi.standins.kube --port 8080 --kubeconfig kc.yaml --node node-0:zone=a
 """
 
 from __future__ import annotations
@@ -24,23 +12,9 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
-from cinder_csi.standins.kube.controllers.kubelet import PUBLISH_PATH_ANNOTATION, Kubelet
-from cinder_csi.standins.kube.errors import ApiError
-from cinder_csi.standins.kube.faults import Faults
 from cinder_csi.standins.kube.standin import CONTROLLERS, DEFAULT_CONTROLLERS, KubeStandIn
-from cinder_csi.standins.kube.store import Store
 
-__all__ = [
-    "CONTROLLERS",
-    "DEFAULT_CONTROLLERS",
-    "PUBLISH_PATH_ANNOTATION",
-    "ApiError",
-    "Faults",
-    "KubeStandIn",
-    "Kubelet",
-    "Store",
-    "main",
-]
+log = logging.getLogger("cinder_csi.standins.kube")
 
 
 def _node(text: str) -> tuple[str, dict[str, str]]:
@@ -51,7 +25,7 @@ def _node(text: str) -> tuple[str, dict[str, str]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m cinder_csi.standins.kube_api",
+        prog="python -m cinder_csi.standins.kube",
         description=__doc__.splitlines()[0] if __doc__ else None,
     )
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
@@ -88,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             name, labels = _node(spec)
             kube.add_node(name, labels)
         path = kube.write_kubeconfig(args.kubeconfig)
-        logging.getLogger("kube_api").info("serving %s, kubeconfig %s", kube.url, path)
+        log.info("serving %s, kubeconfig %s", kube.url, path)
         done.wait()
     return 0
 

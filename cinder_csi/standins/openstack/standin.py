@@ -1,35 +1,24 @@
-"""An OpenStack stand-in (Keystone v3, Cinder v3, Nova v2.1, metadata) over real HTTP.
-
-The real openstacksdk talks to it unmodified. Used in-process by tests and benchmarks, and
-standalone by ``cinder-csi sandbox``::
-
-    python -m cinder_csi.standins.openstack_api --port 5000 --state-dir /tmp/os \\
-        --servers node-0:az-a,node-1:az-b
-"""
+"""The OpenStack stand-in as one object: its services on one HTTP port, set-up and inspection."""
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import signal
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Any
 
-from .openstack import layout
-from .openstack.block_storage_api import BlockStorageApi
-from .openstack.block_store import BlockStore
-from .openstack.compute_api import ComputeApi
-from .openstack.faults import Faults
-from .openstack.http_server import ApiHttpServer, LoggedRequest, mounts
-from .openstack.identity import DEFAULT_DOMAIN_NAME, CatalogEntry, Identity
-from .openstack.metadata_api import MetadataApi
-from .openstack.scheduler import Scheduler
-from .openstack.servers import Servers
-
-__all__ = ["Faults", "OpenStackStandIn", "main"]
+from . import layout
+from .block_storage_api import BlockStorageApi
+from .block_store import BlockStore
+from .compute_api import ComputeApi
+from .faults import Faults
+from .http_server import ApiHttpServer, LoggedRequest, mounts
+from .identity import DEFAULT_DOMAIN_NAME, CatalogEntry, Identity
+from .metadata_api import MetadataApi
+from .scheduler import Scheduler
+from .servers import Servers
 
 ADMIN_USER = "admin"
 ADMIN_PASSWORD = "secret"
@@ -37,7 +26,7 @@ ADMIN_PROJECT = "demo"
 
 
 class OpenStackStandIn:
-    """Keystone + Cinder + Nova + metadata on one HTTP port; see the module docstring."""
+    """Keystone + Cinder + Nova + metadata on one HTTP port; see the package docstring."""
 
     def __init__(
         self,
@@ -248,50 +237,3 @@ class OpenStackStandIn:
                                         "compute"))
         hidden = self.faults.hidden_services()
         return [e for e in entries if e.service not in hidden]
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cinder_csi.standins.openstack_api",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--state-dir", type=Path, required=True)
-    parser.add_argument("--region", default="RegionOne")
-    parser.add_argument("--servers", default="",
-                        help="comma-separated name:zone pairs, e.g. node-0:az-a,node-1:az-b")
-    parser.add_argument("--availability-zones", default="",
-                        help="Cinder zones (default: the servers' zones, else 'nova')")
-    parser.add_argument("--by-id-dir", type=Path, default=None,
-                        help="give every server real loop devices linked from this directory")
-    args = parser.parse_args(argv)
-
-    servers = [item.split(":", 1) for item in args.servers.split(",") if item]
-    if any(len(pair) != 2 for pair in servers):
-        parser.error("--servers takes name:zone pairs")
-    zones = [z for z in args.availability_zones.split(",") if z]
-    if not zones:
-        zones = list(dict.fromkeys(zone for _, zone in servers)) or ["nova"]
-
-    standin = OpenStackStandIn(args.state_dir, host=args.host, port=args.port,
-                               region=args.region, availability_zones=zones)
-    stopping = threading.Event()
-
-    def _on_signal(signum: int, frame: FrameType | None) -> None:
-        stopping.set()
-
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
-    standin.start()
-    try:
-        print(standin.auth_url, flush=True)
-        for name, zone in servers:
-            server_id = standin.add_server(name, zone, by_id_dir=args.by_id_dir)
-            print(f"server {name} {server_id} {zone}", flush=True)
-        stopping.wait()
-    finally:
-        standin.stop()
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
