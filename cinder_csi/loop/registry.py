@@ -28,10 +28,11 @@ from cinder_csi.cloud.connection import Cloud
 from cinder_csi.deadline import Deadline
 from cinder_csi.errors import CinderCSIError
 from cinder_csi.loop.context import LoopContext
+from cinder_csi.loop.errors import QuantityError, RegistryInvalid
 from cinder_csi.loop.kube.client import KubeRest
 from cinder_csi.loop.kube.events import EventRecorder
 from cinder_csi.loop.kube.informer import Handlers
-from cinder_csi.loop.kube.quantity import QuantityError, parse_bytes
+from cinder_csi.loop.kube.quantity import parse_bytes
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +79,6 @@ class RegistryStatus:
         lines += [f"step: {s}" for s in self.steps]
         lines += [f"problem: {p}" for p in self.problems]
         return "\n".join(lines)
-
-
-class RegistryInvalid(Exception):
-    """The input cannot be honoured; nothing was changed."""
 
 
 class RegistryVolume:
