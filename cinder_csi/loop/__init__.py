@@ -1,7 +1,7 @@
 """The watch loop: Kubernetes objects in, CSI calls out, as the kubernetes-csi sidecars do.
 
 It speaks CSI over gRPC to any controller service (ours, in-process through its own socket,
-or another driver's); only the registry still checks a pre-created volume in ``cinder_csi.cloud``.
+or another driver's) and imports neither ``cinder_csi.cloud`` nor ``cinder_csi.controller``.
 One concept per module:
 
 - ``runner``: the loop as a whole: clients, informers, duties, leader election, /metrics;

@@ -98,6 +98,9 @@ class CSIClient:
     def list_volumes(self, request: csi_pb2.ListVolumesRequest) -> Any:
         return self._call("ListVolumes", self._controller.ListVolumes, request)
 
+    def get_volume(self, request: csi_pb2.ControllerGetVolumeRequest) -> Any:
+        return self._call("ControllerGetVolume", self._controller.ControllerGetVolume, request)
+
     def _call(self, method: str, stub: Callable[..., R], request: Any,
               timeout: float | None = None) -> R:
         started = time.monotonic()

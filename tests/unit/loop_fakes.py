@@ -222,6 +222,17 @@ class FakeCSI:
             entries=self.volumes[start:end],
             next_token=str(end) if end < len(self.volumes) else "")
 
+    def get_volume(self, request: csi_pb2.ControllerGetVolumeRequest) -> Any:
+        self._take("ControllerGetVolume", request)
+        for entry in self.volumes:
+            if entry.volume.volume_id == request.volume_id:
+                status = csi_pb2.ControllerGetVolumeResponse.VolumeStatus(
+                    published_node_ids=entry.status.published_node_ids)
+                if entry.status.HasField("volume_condition"):
+                    status.volume_condition.CopyFrom(entry.status.volume_condition)
+                return csi_pb2.ControllerGetVolumeResponse(volume=entry.volume, status=status)
+        raise RpcError(grpc.StatusCode.NOT_FOUND, f"volume {request.volume_id} not found")
+
     def published(self, volume_id: str, *nodes: str) -> None:
         self.volumes.append(csi_pb2.ListVolumesResponse.Entry(
             volume=csi_pb2.Volume(volume_id=volume_id),
