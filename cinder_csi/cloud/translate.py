@@ -57,6 +57,16 @@ def is_rate_limit(status: int, message: str, retry_after: float | None) -> bool:
     return retry_after is not None or "rate" in lowered
 
 
+# 4xx answers by meaning. Every status the cloud can send maps to a specific error: a 4xx is
+# never INTERNAL (the request was ours to fix or the state the cloud's), a 5xx or an unexpected
+# 1xx/3xx is the cloud's trouble (UNAVAILABLE, retried by the caller).
+_INVALID = frozenset({400, 406, 411, 414, 415, 416, 422, 431})
+_GONE = frozenset({404, 410})
+_CONFLICT = frozenset({409, 412, 423, 424})
+_DENIED = frozenset({401, 403, 407})
+_UNSUPPORTED = frozenset({405, 501})
+
+
 def error_for_status(
     status: int, message: str, *, what: str, request_id: str | None, retry_after: float | None
 ) -> errors.CinderCSIError:
@@ -66,19 +76,38 @@ def error_for_status(
         return errors.RateLimited(f"rate limited by the cloud: {text}", request_id=request_id)
     if status == 413:
         return errors.QuotaExceeded(f"over quota: {text}", request_id=request_id)
-    if status == 404:
+    if status in _GONE:
         return errors.NotFound(f"{what} not found: {message}", request_id=request_id)
-    if status == 409:
+    if status in _CONFLICT:
         return errors.FailedPrecondition(text, request_id=request_id)
-    if status in (400, 406, 422):
-        return errors.InvalidArgument(f"the cloud refused {text}", request_id=request_id)
-    if status in (401, 403):
+    if status in _INVALID:
+        return errors.InvalidArgument(
+            f"the cloud refused {text} (HTTP {status})", request_id=request_id
+        )
+    if status in _DENIED:
         return errors.CloudUnavailable(
             f"the cloud denied access ({status}) for {text}; check the credentials and roles",
             request_id=request_id,
+        )
+    if status in _UNSUPPORTED:
+        return errors.FailedPrecondition(
+            f"the cloud does not support {text} (HTTP {status}); check its API version",
+            request_id=request_id,
+        )
+    if status == 408:
+        return errors.CloudUnavailable(
+            f"the cloud timed out reading {text} (HTTP 408)", request_id=request_id
+        )
+    if 400 <= status < 500:
+        return errors.FailedPrecondition(
+            f"the cloud refused {text} (HTTP {status})", request_id=request_id
         )
     if status >= 500:
         return errors.CloudUnavailable(
             f"the cloud failed ({status}) on {text}", request_id=request_id
         )
-    return errors.InternalError(f"unexpected answer {status} on {text}", request_id=request_id)
+    # 1xx/3xx where an answer was due: a proxy or a misconfigured endpoint in between.
+    return errors.CloudUnavailable(
+        f"unexpected answer {status} on {text}; check the cloud's endpoints",
+        request_id=request_id,
+    )
