@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import block_storage_views as views
-from . import layout, listing
+from . import layout, listing, schema
 from .block_store import BlockStore
 from .errors import ApiError, bad_request, forbidden, not_found
 from .identity import Identity
@@ -83,6 +83,11 @@ class BlockStorageApi:
               lambda q: self._set_snapshot_metadata(q, replace=False))
         r.add("PUT", "/snapshots/{id}/metadata",
               lambda q: self._set_snapshot_metadata(q, replace=True))
+        r.add("GET", "/messages", self._list_messages)
+        r.add("GET", "/attachments", lambda q: self._list_attachments(q, detail=False))
+        r.add("GET", "/attachments/detail", lambda q: self._list_attachments(q, detail=True))
+        r.add("GET", "/attachments/{id}", self._show_attachment)
+        r.add("DELETE", "/attachments/{id}", self._delete_attachment)
         r.add("GET", "/types", self._list_types)
         r.add("GET", "/types/default", self._default_type)
         r.add("GET", "/types/{id}", self._show_type)
@@ -150,23 +155,13 @@ class BlockStorageApi:
 
     def _create_volume(self, request: Request) -> Response:
         body = request.json_object("volume")
-        size = body.get("size")
-        if size is not None:
-            try:
-                size = int(size)
-            except (TypeError, ValueError):
-                raise bad_request(f"Invalid input received: Invalid input for field/attribute "
-                                  f"size. Value: {size}.") from None
-        metadata = body.get("metadata") or {}
-        if not isinstance(metadata, dict):
-            raise bad_request("Invalid input received: metadata must be a dict.")
         vreq = VolumeRequest(
-            name=body.get("name"),
-            description=body.get("description"),
-            size=size,
-            volume_type=body.get("volume_type"),
-            availability_zone=body.get("availability_zone"),
-            metadata={str(k): str(v) for k, v in metadata.items()},
+            name=schema.text(body.get("name"), "name"),
+            description=schema.text(body.get("description"), "description"),
+            size=schema.size(body.get("size")),
+            volume_type=schema.text(body.get("volume_type"), "volume_type"),
+            availability_zone=schema.text(body.get("availability_zone"), "availability_zone"),
+            metadata=schema.metadata(body.get("metadata")),
             snapshot_id=body.get("snapshot_id"),
             source_volid=body.get("source_volid"),
             multiattach=bool(body.get("multiattach")),
@@ -221,6 +216,17 @@ class BlockStorageApi:
         elif "os-force_delete" in body:
             self._admin_only(request)
             self.store.delete_volume(volume_id, owner, force=True)
+        elif "os-force_detach" in body:
+            self._admin_only(request)
+            spec = body.get("os-force_detach") or {}
+            attachment_id = spec.get("attachment_id") if isinstance(spec, dict) else None
+            volume = self.store.get_volume(volume_id, owner)
+            targets = [a.id for a in volume.attachments
+                       if attachment_id in (None, a.id)]
+            if attachment_id and not targets:
+                raise not_found(f"Volume attachment {attachment_id} could not be found.")
+            for target in targets:
+                self.store.delete_attachment(target, owner)
         elif "os-set_bootable" in body:
             spec = request.json_object("os-set_bootable")
             bootable = str(spec.get("bootable")).lower() in ("true", "1")
@@ -289,14 +295,12 @@ class BlockStorageApi:
                 raise bad_request("Invalid input received: force flag must be true or "
                                   "omitted from microversion 3.66.")
             force = True
-        metadata = body.get("metadata") or {}
-        if not isinstance(metadata, dict):
-            raise bad_request("Invalid input received: metadata must be a dict.")
         assert request.auth is not None and request.project_id is not None
         snap = self.store.create_snapshot(
             str(body["volume_id"]), request.project_id, request.auth.user_id,
-            name=body.get("name"), description=body.get("description"), force=force,
-            metadata={str(k): str(v) for k, v in metadata.items()},
+            name=schema.text(body.get("name"), "name"),
+            description=schema.text(body.get("description"), "description"), force=force,
+            metadata=schema.metadata(body.get("metadata")),
         )
         return Response(202, {"snapshot": views.snapshot(request, snap)})
 
@@ -339,6 +343,39 @@ class BlockStorageApi:
         merged = self.store.set_snapshot_metadata(request.params["id"], self._owner(request),
                                                   metadata, replace=replace)
         return Response(200, {"metadata": merged})
+
+    # --- user messages and attachments ----------------------------------------------------
+
+    def _list_messages(self, request: Request) -> Response:
+        if not request.at_least(3, 3):
+            raise not_found("The resource could not be found.")
+        wanted = request.arg("resource_uuid")
+        found = [m for m in self.store.messages(self._scope(request))
+                 if wanted is None or m.resource_uuid == wanted]
+        return Response(200, {"messages": [views.user_message(m) for m in found]})
+
+    def _attachments_api(self, request: Request) -> None:
+        if not request.at_least(3, 27):
+            raise not_found("The resource could not be found.")
+
+    def _list_attachments(self, request: Request, *, detail: bool) -> Response:
+        self._attachments_api(request)
+        owner = self._scope(request)
+        volume_id = request.arg("volume_id")
+        found = [(v, a) for v in self.store.volumes(owner) for a in v.attachments
+                 if volume_id is None or v.id == volume_id]
+        return Response(200, {"attachments": [views.attachment(a, detail=detail)
+                                              for _, a in found]})
+
+    def _show_attachment(self, request: Request) -> Response:
+        self._attachments_api(request)
+        attachment = self.store.find_attachment(request.params["id"], self._owner(request))
+        return Response(200, {"attachment": views.attachment(attachment, detail=True)})
+
+    def _delete_attachment(self, request: Request) -> Response:
+        self._attachments_api(request)
+        self.store.delete_attachment(request.params["id"], self._owner(request))
+        return Response(200, {"attachments": []})
 
     # --- types, quotas, limits, zones -----------------------------------------------------
 
@@ -448,8 +485,7 @@ class BlockStorageApi:
 
 
 def _metadata_body(request: Request, key: str) -> dict[str, str]:
-    metadata = request.json_object(key)
-    return {str(k): str(v) for k, v in metadata.items()}
+    return schema.metadata(request.json_object(key))
 
 
 def _snapshot_matches(snap: Snapshot, request: Request) -> bool:

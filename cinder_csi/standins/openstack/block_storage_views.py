@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import timefmt
-from .models import Snapshot, Volume, VolumeType
+from .models import Attachment, Snapshot, UserMessage, Volume, VolumeType
 from .wire import Request
 
 BACKEND_HOST = "standin@lvmdriver-1#lvmdriver-1"
@@ -98,3 +98,31 @@ def volume_type(vtype: VolumeType) -> dict[str, Any]:
     return {"id": vtype.id, "name": vtype.name, "description": vtype.description,
             "is_public": True, "os-volume-type-access:is_public": True,
             "extra_specs": vtype.extra_specs, "qos_specs_id": None}
+
+
+def user_message(message: UserMessage) -> dict[str, Any]:
+    return {
+        "id": message.id, "event_id": message.event_id, "user_message": message.user_message,
+        "message_level": "ERROR", "resource_type": message.resource_type,
+        "resource_uuid": message.resource_uuid, "request_id": message.request_id,
+        "created_at": timefmt.cinder(message.created_at),
+        "guaranteed_until": timefmt.cinder(message.created_at + 30 * 24 * 3600),
+    }
+
+
+_ATTACH_STATUS = {"reserved": "reserved", "attaching": "attaching", "attached": "attached",
+                  "detaching": "detaching"}
+
+
+def attachment(item: Attachment, *, detail: bool) -> dict[str, Any]:
+    view: dict[str, Any] = {
+        "id": item.id, "status": _ATTACH_STATUS.get(item.status, item.status),
+        "instance": item.server_id, "volume_id": item.volume_id,
+    }
+    if detail:
+        view.update({
+            "attach_mode": "rw", "connection_info": {},
+            "attached_at": timefmt.cinder(item.attached_at) if item.attached_at else None,
+            "detached_at": None,
+        })
+    return view

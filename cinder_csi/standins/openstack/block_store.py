@@ -21,7 +21,15 @@ from typing import Any
 from . import backing, loopdev, quotas
 from .errors import bad_request, conflict, not_found
 from .faults import Faults
-from .models import Attachment, Snapshot, Volume, VolumeRequest, VolumeType, copy_volume
+from .models import (
+    Attachment,
+    Snapshot,
+    UserMessage,
+    Volume,
+    VolumeRequest,
+    VolumeType,
+    copy_volume,
+)
 from .scheduler import Scheduler
 from .servers import Server
 
@@ -64,6 +72,7 @@ class BlockStore:
         self._types: dict[str, VolumeType] = {}
         self._volumes: dict[str, Volume] = {}
         self._snapshots: dict[str, Snapshot] = {}
+        self._messages: list[UserMessage] = []
         self._seq = 0
         self.add_type(DEFAULT_TYPE, description="Default Volume Type")
 
@@ -131,6 +140,10 @@ class BlockStore:
             return [dataclasses.replace(s, metadata=dict(s.metadata))
                     for s in self._snapshots.values()
                     if project_id is None or s.project_id == project_id]
+
+    def messages(self, project_id: str | None) -> list[UserMessage]:
+        with self.lock:
+            return [m for m in self._messages if project_id is None or m.project_id == project_id]
 
     def get_volume(self, volume_id: str, project_id: str | None) -> Volume:
         with self.lock:
@@ -237,8 +250,16 @@ class BlockStore:
             return copy_volume(volume)
 
     def _finish_create(self, volume: Volume, copy_from: Path | None) -> None:
-        if self.faults.take_failure("fail_create", volume.id, volume.name or ""):
+        failure = self.faults.take_failure("fail_create", volume.id, volume.name or "")
+        if failure is not None:
             self._set_status(volume, "error")
+            if failure.message:
+                self._messages.append(UserMessage(
+                    id=str(uuid.uuid4()), project_id=volume.project_id,
+                    resource_uuid=volume.id, resource_type="VOLUME",
+                    event_id="VOLUME_VOLUME_001_003", user_message=failure.message,
+                    created_at=time.time(), request_id=f"req-{uuid.uuid4()}",
+                ))
             return
         target = self.volume_file(volume.id)
         if copy_from is not None and copy_from.exists():
@@ -404,7 +425,9 @@ class BlockStore:
             source = self.volume_file(volume.id)
             if source.exists():
                 backing.copy(source, self.snapshot_file(snap.id), snap.size)
-            self._later_snapshot("snapshot", snap.id, "creating", "available")
+            failed = self.faults.take_failure("fail_snapshot", snap.id, name or "")
+            self._later_snapshot("snapshot", snap.id, "creating",
+                                 "error" if failed is not None else "available")
             return dataclasses.replace(snap, metadata=dict(snap.metadata))
 
     def update_snapshot(self, snapshot_id: str, project_id: str | None,
@@ -512,6 +535,37 @@ class BlockStore:
             self._replace(volume, dataclasses.replace(attachment, status="detaching"))
             self._later_attachment("detach", volume.id, attachment.id, "detaching",
                                    lambda v: self._finish_detach(v, attachment.id))
+
+    def delete_attachment(self, attachment_id: str, project_id: str | None) -> Attachment:
+        """Cinder's side of a detach (DELETE /attachments/{id}, os-force_detach): the record
+        goes at once, whatever Nova knows; the volume settles to what is left."""
+        with self.lock:
+            for volume in self._volumes.values():
+                if project_id is not None and volume.project_id != project_id:
+                    continue
+                found = next((a for a in volume.attachments if a.id == attachment_id), None)
+                if found is not None:
+                    self._drop_devices(found)
+                    volume.attachments.remove(found)
+                    self._settle(volume)
+                    return found
+        raise not_found(f"Volume attachment {attachment_id} could not be found.")
+
+    def find_attachment(self, attachment_id: str, project_id: str | None) -> Attachment:
+        with self.lock:
+            for volume in self._volumes.values():
+                if project_id is not None and volume.project_id != project_id:
+                    continue
+                for attachment in volume.attachments:
+                    if attachment.id == attachment_id:
+                        return attachment
+        raise not_found(f"Volume attachment {attachment_id} could not be found.")
+
+    def release_devices_of(self, server_id: str) -> None:
+        """The server is gone: its disks vanish with it, Cinder's records stay as they are."""
+        with self.lock:
+            for attachment in self.attachments(server_id):
+                self._drop_devices(attachment)
 
     def _finish_detach(self, volume: Volume, attachment_id: str) -> None:
         attachment = next((a for a in volume.attachments if a.id == attachment_id), None)

@@ -134,9 +134,16 @@ class Faults:
         """Volumes in `status` (all, or the one with this id or name) never leave it."""
         return self._add(Rule("stuck", self, message=status, target=volume))
 
-    def fail_create(self, *, count: int | None = 1, volume: str | None = None) -> Rule:
-        """The next `count` volume creations (by name, or any) end in status ``error``."""
-        return self._add(Rule("fail_create", self, count, target=volume))
+    def fail_create(self, *, count: int | None = 1, volume: str | None = None,
+                    message: str = "") -> Rule:
+        """The next `count` volume creations (by name, or any) end in status ``error``; with
+        `message`, Cinder also leaves it as a user message about the volume (API 3.3+), as
+        its scheduler does ("No valid backend was found. ...")."""
+        return self._add(Rule("fail_create", self, count, target=volume, message=message))
+
+    def fail_snapshot(self, *, count: int | None = 1, snapshot: str | None = None) -> Rule:
+        """The next `count` snapshots (by name, or any) end in status ``error``."""
+        return self._add(Rule("fail_snapshot", self, count, target=snapshot))
 
     def fail_extend(self, *, count: int | None = 1, volume: str | None = None) -> Rule:
         """The next `count` extends (of this volume id or name, or any) end in
@@ -212,14 +219,15 @@ class Faults:
                 for r in self._rules
             )
 
-    def take_failure(self, kind: str, volume_id: str, name: str) -> bool:
-        """Consume one 'fail_create'/'fail_extend' rule matching this volume, if any."""
+    def take_failure(self, kind: str, resource_id: str, name: str) -> Rule | None:
+        """Consume one 'fail_create'/'fail_extend'/'fail_snapshot' rule matching this volume
+        or snapshot, if any, and return it."""
         with self._lock:
             for rule in self._rules:
-                if rule.kind == kind and rule.target in (None, volume_id, name):
+                if rule.kind == kind and rule.target in (None, resource_id, name):
                     self._use(rule)
-                    return True
-        return False
+                    return rule
+        return None
 
     def transition_delay(self, operation: str) -> float | None:
         with self._lock:

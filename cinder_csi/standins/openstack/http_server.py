@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 
 ServiceHandler = Callable[[Request], Response]
 REQUEST_LOG_SIZE = 10_000
+# The longest request URL the services' WSGI servers read (eventlet's default); longer ones
+# are answered 414 before any service sees them.
+MAX_URL_LENGTH = 8192
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,10 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self.rfile.read(length) if length else b""
         mount = self.server.mount_for(path)
         service = mount.service if mount else "identity"
+        if len(self.path) > MAX_URL_LENGTH:
+            self.server.record(LoggedRequest(self.command, path[:200], "", 414, request_id))
+            self._write(Response(414, {"message": "Request URI Too Long"}), service, request_id)
+            return
         faults = self.server.faults.for_request(service, self.command, path)
         if faults.disconnect or faults.hang:
             self.server.faults.sleep(faults.hang)

@@ -90,3 +90,17 @@ def copy_volume(volume: Volume) -> Volume:
     """A copy whose mutable parts a reader may keep without the store's lock."""
     return dataclasses.replace(volume, metadata=dict(volume.metadata),
                                attachments=list(volume.attachments))
+
+
+@dataclass(frozen=True)
+class UserMessage:
+    """What Cinder tells a user about a failed operation (GET /messages, API 3.3+)."""
+
+    id: str
+    project_id: str
+    resource_uuid: str
+    resource_type: str
+    event_id: str
+    user_message: str
+    created_at: float
+    request_id: str

@@ -169,6 +169,18 @@ class OpenStackStandIn:
         server = self._servers.add(name, availability_zone, owner.id, "", by_id_dir)
         return server.id
 
+    def delete_server(self, server_id: str, *, orphan_attachments: bool = False) -> None:
+        """Delete a server from Nova; its disks (loop devices) vanish with it. Nova normally
+        has Cinder drop the server's attachments too; with `orphan_attachments` that cleanup
+        fails, and Cinder goes on listing attachments to a server Nova answers 404 for (the
+        state behind upstream cloud-provider-openstack #1003 and #2553)."""
+        if self._servers.remove(server_id) is None:
+            raise KeyError(f"no server {server_id!r}")
+        self._store.release_devices_of(server_id)
+        if not orphan_attachments:
+            for attachment in self._store.attachments(server_id):
+                self._store.delete_attachment(attachment.id, None)
+
     def add_volume_type(self, name: str, *, multiattach: bool = False,
                         extra_specs: Mapping[str, str] | None = None) -> str:
         return self._store.add_type(name, multiattach=multiattach, extra_specs=extra_specs)
