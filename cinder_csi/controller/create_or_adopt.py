@@ -1,17 +1,24 @@
 """Create a Cinder volume for a CSI name exactly once, and only hand it back when usable.
 
 The rules that keep volumes from leaking or doubling:
-- the CSI name is the Cinder volume name, and the lookup by name comes first, so a retry finds
-  the volume an earlier call made (even one that crashed before answering);
+- the CSI name is the Cinder volume name, and the lookup by name comes first, before sources
+  or types are resolved: a retry finds the volume an earlier call made (even one that crashed
+  before answering), even when its snapshot, source volume or type is gone by now;
 - a create POST that failed without a clear answer (timeout, 5xx) is followed by a lookup by
   name before the error is returned, so a volume Cinder made anyway is adopted, not orphaned;
 - a volume that ends in ``error`` is deleted before the call fails, so the retry starts clean.
+  Only a deletion seen through to the end is reported as such: while the failed volume may
+  still exist the call fails UNAVAILABLE ("still in progress" to every CO), never with a
+  final code, so the retry finds the volume by name and finishes the deletion;
+- a volume by that name in any other error state (error_extending, error_deleting, ...) once
+  held data and is never deleted here.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 from cinder_csi import errors
 from cinder_csi.cloud.connection import Cloud
@@ -21,6 +28,25 @@ from cinder_csi.deadline import Deadline
 log = logging.getLogger(__name__)
 
 CLUSTER_METADATA_KEY = "cinder.csi.openstack.org/cluster"
+GIB = 1024**3
+# The status of a volume whose creation failed; the only error state we clean up ourselves.
+CREATION_FAILED = "error"
+# How long a discard waits to see a failed volume gone before leaving it to the retry.
+DISCARD_WAIT_S = 30.0
+_USABLE = ("available", "in-use")
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """What a CreateVolume asks for, as far as it can be checked against an existing volume
+    before anything else is looked up."""
+
+    name: str
+    required_bytes: int = 0
+    limit_bytes: int = 0
+    volume_type: str | None = None
+    snapshot_id: str | None = None
+    source_volid: str | None = None
 
 
 @dataclass(frozen=True)
@@ -41,11 +67,27 @@ class VolumeCreator:
         self.cloud = cloud
         self.cluster_id = cluster_id
 
-    def ensure(self, spec: VolumeSpec, deadline: Deadline) -> Volume:
-        existing = self.find_own(spec.name, deadline)
-        if existing is not None:
-            self._check_compatible(existing, spec)
-            return self._until_available(existing, deadline)
+    def adopt(self, wanted: Wanted, deadline: Deadline) -> Volume | None:
+        """The usable volume an earlier call made for this name, or None when there is none
+        (any more: a failed one is deleted here first). Raises AlreadyExists when the volume
+        by that name does not match the request."""
+        existing = self.find_own(wanted.name, deadline)
+        if existing is None:
+            return None
+        if existing.status == "deleting":
+            self.cloud.volumes.wait_for_delete(existing.id, deadline)
+            return None
+        if existing.status == CREATION_FAILED and not existing.attachments:
+            log.warning("volume %s (%s) of an earlier CreateVolume ended in error; deleting it "
+                        "before creating it again", wanted.name, existing.id)
+            if not self._delete_failed(existing, deadline):
+                self._fail(existing, deadline, deleted=False)
+            return None
+        self._check_compatible(existing, wanted)
+        return self._until_available(existing, deadline)
+
+    def create(self, spec: VolumeSpec, deadline: Deadline) -> Volume:
+        """Create the volume (no volume by this name exists) and wait until it is usable."""
         volume = self._create_or_adopt(spec, deadline)
         return self._until_available(volume, deadline)
 
@@ -74,19 +116,29 @@ class VolumeCreator:
         return tag is None or tag == self.cluster_id
 
     @staticmethod
-    def _check_compatible(volume: Volume, spec: VolumeSpec) -> None:
+    def _check_compatible(volume: Volume, wanted: Wanted) -> None:
+        """CSI: an existing volume is the answer if it satisfies the request's capacity range
+        and content source; a source grown to its snapshot's size still fits."""
         mismatches = []
-        if volume.size_gib != spec.size_gib:
-            mismatches.append(f"size {volume.size_gib} GiB, requested {spec.size_gib} GiB")
-        if (volume.snapshot_id or None) != spec.snapshot_id:
-            mismatches.append(f"source snapshot {volume.snapshot_id}, requested {spec.snapshot_id}")
-        if (volume.source_volid or None) != spec.source_volid:
-            mismatches.append(f"source volume {volume.source_volid}, requested {spec.source_volid}")
-        if spec.volume_type and volume.volume_type not in (spec.volume_type, None):
-            mismatches.append(f"type {volume.volume_type}, requested {spec.volume_type}")
+        size = volume.size_gib * GIB
+        if size < wanted.required_bytes or (wanted.limit_bytes and size > wanted.limit_bytes):
+            mismatches.append(
+                f"size {volume.size_gib} GiB, requested {wanted.required_bytes} to "
+                f"{wanted.limit_bytes or 'any'} bytes"
+            )
+        if (volume.snapshot_id or None) != wanted.snapshot_id:
+            mismatches.append(
+                f"source snapshot {volume.snapshot_id}, requested {wanted.snapshot_id}"
+            )
+        if (volume.source_volid or None) != wanted.source_volid:
+            mismatches.append(
+                f"source volume {volume.source_volid}, requested {wanted.source_volid}"
+            )
+        if wanted.volume_type and volume.volume_type not in (wanted.volume_type, None):
+            mismatches.append(f"type {volume.volume_type}, requested {wanted.volume_type}")
         if mismatches:
             raise errors.AlreadyExists(
-                f"volume {spec.name} already exists ({volume.id}) with different parameters: "
+                f"volume {wanted.name} already exists ({volume.id}) with different parameters: "
                 + "; ".join(mismatches)
             )
 
@@ -113,31 +165,55 @@ class VolumeCreator:
             return adopted
 
     def _until_available(self, volume: Volume, deadline: Deadline) -> Volume:
-        if volume.status == "available" or volume.status == "in-use":
+        if volume.status in _USABLE:
             return volume
         if volume.status not in VOLUME_ERROR_STATES:
             try:
-                return self.cloud.volumes.wait_for_status(
-                    volume.id, ("available", "in-use"), deadline,
+                volume = self.cloud.volumes.wait_for_status(
+                    volume.id, _USABLE, deadline,
                     what=f"volume {volume.name} ({volume.id}) to become available",
                 )
+                return volume
             except errors.FailedPrecondition:
-                pass  # it went to an error state: fall through to clean-up
-        return self._discard_failed(volume, deadline)
+                volume = self.cloud.volumes.get(volume.id, deadline)
+            except errors.NotFound:
+                raise errors.CloudUnavailable(
+                    f"volume {volume.name} ({volume.id}) was deleted while it was being "
+                    "created; a retry creates it again"
+                ) from None
+        if volume.status == CREATION_FAILED and not volume.attachments:
+            self._fail(volume, deadline, deleted=self._delete_failed(volume, deadline))
+        raise errors.FailedPrecondition(
+            f"volume {volume.name} ({volume.id}) exists but is in status {volume.status!r}; "
+            "it may hold data, so it is left alone: an operator must repair or delete it"
+        )
 
-    def _discard_failed(self, volume: Volume, deadline: Deadline) -> Volume:
-        current = self.cloud.volumes.find(volume.id, deadline)
-        status = current.status if current is not None else "deleted"
-        reason = self._failure_reason(volume.id, deadline)
+    def _delete_failed(self, volume: Volume, deadline: Deadline) -> bool:
+        """Delete a volume whose creation failed; True once Cinder no longer has it. Never
+        raises: a deletion that did not finish is the retry's to finish."""
         try:
             self.cloud.volumes.delete(volume.id, deadline)
+            self.cloud.volumes.wait_for_delete(volume.id, deadline.shorter(DISCARD_WAIT_S))
         except errors.CinderCSIError as exc:
-            log.error("could not delete failed volume %s: %s", volume.id, exc)
+            log.error("could not delete failed volume %s (%s) yet: %s; the next CreateVolume "
+                      "of %s tries again", volume.id, volume.status, exc, volume.name)
+            return False
+        return True
+
+    def _fail(self, volume: Volume, deadline: Deadline, *, deleted: bool) -> NoReturn:
+        reason = self._failure_reason(volume.id, deadline)
         message = (
-            f"Cinder could not create volume {volume.name} ({volume.id}): status {status}"
-            + (f": {reason}" if reason else "")
-            + "; the failed volume was deleted, a retry starts clean"
+            f"Cinder could not create volume {volume.name} ({volume.id}): status "
+            f"{volume.status}" + (f": {reason}" if reason else "")
         )
+        if not deleted:
+            # Not RESOURCE_EXHAUSTED or any other final code: the failed volume may still
+            # exist, and only a caller that retries with this name will find and delete it.
+            raise errors.CloudUnavailable(
+                message + "; deleting the failed volume has not finished yet, a retry "
+                "finishes it and creates the volume again"
+            )
+        message += "; the failed volume was deleted, a retry starts clean"
         if reason and ("no valid" in reason.lower() or "capacity" in reason.lower()):
             raise errors.QuotaExceeded(message)
         raise errors.CloudUnavailable(message)

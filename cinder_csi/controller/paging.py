@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from cinder_csi.cloud.models import Page, Volume
+from cinder_csi.csi.validation import is_uuid
 from cinder_csi.errors import InvalidToken
 
 _EPOCH = datetime.min.replace(tzinfo=UTC)
@@ -34,9 +35,15 @@ class Token:
         try:
             padded = text + "=" * (-len(text) % 4)
             data = json.loads(base64.urlsafe_b64decode(padded.encode()))
-            return cls(str(data["id"]), datetime.fromisoformat(str(data["at"])))
+            volume_id, at = str(data["id"]), datetime.fromisoformat(str(data["at"]))
         except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError):
-            raise InvalidToken(f"starting_token {text!r} is not one this driver issued") from None
+            volume_id, at = "", None
+        # Only what encode() makes: the id goes into a query, the time is compared with
+        # Cinder's (aware) times.
+        if at is None or at.tzinfo is None or not is_uuid(volume_id):
+            shown = text if len(text) <= 80 else text[:60] + "..."
+            raise InvalidToken(f"starting_token {shown!r} is not one this driver issued")
+        return cls(volume_id, at)
 
     @classmethod
     def after(cls, volume: Volume) -> Token:

@@ -20,7 +20,12 @@ from cinder_csi import TOPOLOGY_KEY, errors
 from cinder_csi.cloud.connection import Cloud
 from cinder_csi.cloud.models import VOLUME_ERROR_STATES, Snapshot, Volume
 from cinder_csi.cloud.volumes import EXTEND_IN_USE_MICROVERSION
-from cinder_csi.controller.create_or_adopt import CLUSTER_METADATA_KEY, VolumeCreator, VolumeSpec
+from cinder_csi.controller.create_or_adopt import (
+    CLUSTER_METADATA_KEY,
+    VolumeCreator,
+    VolumeSpec,
+    Wanted,
+)
 from cinder_csi.controller.paging import Token, resume_after
 from cinder_csi.controller.publishing import Attacher
 from cinder_csi.csi import csi_pb2, csi_pb2_grpc
@@ -125,7 +130,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
     def CreateVolume(
         self, request: csi_pb2.CreateVolumeRequest, context: grpc.ServicerContext
     ) -> csi_pb2.CreateVolumeResponse:
-        name = v.require(request.name, "name")
+        name = v.cinder_text(v.require(request.name, "name"), "name", name=True)
         v.check_capabilities(request.volume_capabilities)
         params = dict(request.parameters)
         _unknown(params, VOLUME_PARAMS, "StorageClass")
@@ -133,7 +138,12 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         _unknown(mutable, MUTABLE_PARAMS, "mutable (VolumeAttributesClass)")
         if mutable.get(PARAM_TYPE):
             params[PARAM_TYPE] = mutable[PARAM_TYPE]  # the attributes class wins over the class
-        size = v.size_gib(request.capacity_range if request.HasField("capacity_range") else None)
+        for key in (PARAM_TYPE, PARAM_AVAILABILITY, *CREATE_METADATA_PARAMS):
+            if key in params:
+                v.cinder_text(params[key], f"parameter {key}")
+        capacity = request.capacity_range if request.HasField("capacity_range") else None
+        size = v.size_gib(capacity)
+        zone = self._zone(request, params)
         deadline = deadline_from(context)
         source_keys: list[str] = []
         snapshot_id = source_volid = None
@@ -145,20 +155,25 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         elif kind == "volume":
             source_volid = v.require_id(source.volume.volume_id, "volume_id", "source volume")
             source_keys.append(source_volid)
+        volume_type = params.get(PARAM_TYPE) or None
+        wanted = Wanted(
+            name=name, required_bytes=capacity.required_bytes if capacity else 0,
+            limit_bytes=capacity.limit_bytes if capacity else 0, volume_type=volume_type,
+            snapshot_id=snapshot_id, source_volid=source_volid,
+        )
 
-        with self.locks.hold([name, *source_keys], "CreateVolume"):
-            volume_type = params.get(PARAM_TYPE) or None
+        with self.locks.hold([name, *source_keys], "CreateVolume", deadline):
+            # The name first: a retry whose snapshot, source or type is gone by now still
+            # gets the volume its first attempt made.
+            volume = self.creator.adopt(wanted, deadline)
+            if volume is not None:
+                self._check_multi_node(request, multiattach=volume.multiattach, name=name)
+                return csi_pb2.CreateVolumeResponse(volume=self._csi_volume(volume, request))
             if volume_type or v.multi_node(request.volume_capabilities):
                 # Only then is the type worth a lookup: to name an unknown one clearly, and to
                 # know whether several nodes may share the volume.
                 multiattach = self._type_is_multiattach(volume_type, deadline)
-                reason = v.unsupported_multi_node_reason(
-                    request.volume_capabilities, multiattach=multiattach,
-                    volume=f"volume {name}",
-                )
-                if reason:
-                    raise errors.InvalidArgument(reason)
-            zone = self._zone(request, params)
+                self._check_multi_node(request, multiattach=multiattach, name=name)
             if snapshot_id:
                 size, zone = self._from_snapshot(snapshot_id, request, size, zone, deadline)
             elif source_volid:
@@ -168,8 +183,18 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
                 snapshot_id=snapshot_id, source_volid=source_volid,
                 metadata={k: params[k] for k in CREATE_METADATA_PARAMS if params.get(k)},
             )
-            volume = self.creator.ensure(spec, deadline)
+            volume = self.creator.create(spec, deadline)
         return csi_pb2.CreateVolumeResponse(volume=self._csi_volume(volume, request))
+
+    @staticmethod
+    def _check_multi_node(
+        request: csi_pb2.CreateVolumeRequest, *, multiattach: bool, name: str
+    ) -> None:
+        reason = v.unsupported_multi_node_reason(
+            request.volume_capabilities, multiattach=multiattach, volume=f"volume {name}"
+        )
+        if reason:
+            raise errors.InvalidArgument(reason)
 
     def _type_is_multiattach(self, volume_type: str | None, deadline: Deadline) -> bool:
         if volume_type:
@@ -191,7 +216,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         for topology in [*req.preferred, *req.requisite]:
             zone = topology.segments.get(TOPOLOGY_KEY)
             if zone:
-                return str(zone)
+                return v.cinder_text(str(zone), f"topology {TOPOLOGY_KEY}")
         return None
 
     @staticmethod
@@ -257,7 +282,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         if not v.is_uuid(volume_id):
             return csi_pb2.DeleteVolumeResponse()  # cannot exist: already deleted
         deadline = deadline_from(context)
-        with self.locks.hold([volume_id], "DeleteVolume"):
+        with self.locks.hold([volume_id], "DeleteVolume", deadline):
             volume = self.cloud.volumes.find(volume_id, deadline)
             if volume is None:
                 return csi_pb2.DeleteVolumeResponse()
@@ -288,7 +313,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         volume_id = v.require_id(request.volume_id, "volume_id", "volume")
         node_id = v.require_id(request.node_id, "node_id", "node")
         deadline = deadline_from(context)
-        with self.locks.hold([volume_id], "ControllerPublishVolume"):
+        with self.locks.hold([volume_id], "ControllerPublishVolume", deadline):
             volume = self.cloud.volumes.get(volume_id, deadline)
             reason = v.unsupported_multi_node_reason(
                 [request.volume_capability], multiattach=volume.multiattach,
@@ -308,7 +333,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         if not v.is_uuid(volume_id) or (request.node_id and not v.is_uuid(request.node_id)):
             return csi_pb2.ControllerUnpublishVolumeResponse()  # nothing of that name is attached
         deadline = deadline_from(context)
-        with self.locks.hold([volume_id], "ControllerUnpublishVolume"):
+        with self.locks.hold([volume_id], "ControllerUnpublishVolume", deadline):
             if request.node_id:
                 nodes: Iterable[str] = [request.node_id]
             else:
@@ -418,7 +443,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
             and request.volume_capability.WhichOneof("access_type") == "block"
         )
         deadline = deadline_from(context)
-        with self.locks.hold([volume_id], "ControllerExpandVolume"):
+        with self.locks.hold([volume_id], "ControllerExpandVolume", deadline):
             volume = self.cloud.volumes.get(volume_id, deadline)
             if volume.size_gib < size:
                 volume = self._extend(volume, size, deadline)
@@ -460,9 +485,11 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         v.require(request.volume_id, "volume_id")
         params = dict(request.mutable_parameters)
         _unknown(params, MUTABLE_PARAMS, "mutable")
+        if PARAM_TYPE in params:
+            v.cinder_text(params[PARAM_TYPE], f"mutable parameter {PARAM_TYPE}")
         volume_id = v.require_id(request.volume_id, "volume_id", "volume")
         deadline = deadline_from(context)
-        with self.locks.hold([volume_id], "ControllerModifyVolume"):
+        with self.locks.hold([volume_id], "ControllerModifyVolume", deadline):
             volume = self.cloud.volumes.get(volume_id, deadline)
             new_type = params.get(PARAM_TYPE)
             if not new_type:
@@ -515,10 +542,13 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
     def CreateSnapshot(
         self, request: csi_pb2.CreateSnapshotRequest, context: grpc.ServicerContext
     ) -> csi_pb2.CreateSnapshotResponse:
-        name = v.require(request.name, "name")
+        name = v.cinder_text(v.require(request.name, "name"), "name", name=True)
         v.require(request.source_volume_id, "source_volume_id")
         params = dict(request.parameters)
         _unknown(params, SNAPSHOT_PARAMS, "VolumeSnapshotClass")
+        for key in SNAPSHOT_METADATA_PARAMS:
+            if key in params:
+                v.cinder_text(params[key], f"parameter {key}")
         if params.get("type", "snapshot") != "snapshot":
             raise errors.InvalidArgument(
                 f"VolumeSnapshotClass type={params['type']!r} is not supported; use 'snapshot'"
@@ -526,7 +556,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         force = params.get("force-create", "true").lower() in ("true", "1", "yes")
         source_id = v.require_id(request.source_volume_id, "source_volume_id", "source volume")
         deadline = deadline_from(context)
-        with self.locks.hold([name], "CreateSnapshot"):
+        with self.locks.hold([name], "CreateSnapshot", deadline):
             existing = self.cloud.snapshots.find_by_name(name, deadline)
             if existing:
                 snapshot = existing[0]
@@ -575,7 +605,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         if not v.is_uuid(snapshot_id):
             return csi_pb2.DeleteSnapshotResponse()
         deadline = deadline_from(context)
-        with self.locks.hold([snapshot_id], "DeleteSnapshot"):
+        with self.locks.hold([snapshot_id], "DeleteSnapshot", deadline):
             snapshot = self.cloud.snapshots.find(snapshot_id, deadline)
             if snapshot is None:
                 return csi_pb2.DeleteSnapshotResponse()

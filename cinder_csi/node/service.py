@@ -125,7 +125,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         staging = self._checked_path(request.staging_target_path, "staging_target_path")
         cap = self._capability(request)
         deadline = deadline_from(context)
-        with self.locks.hold([volume_id], "NodeStageVolume"):
+        with self.locks.hold([volume_id], "NodeStageVolume", deadline):
             device = self._device(volume_id, deadline)
             if cap.WhichOneof("access_type") == "block":
                 return csi_pb2.NodeStageVolumeResponse()  # published straight from the device
@@ -143,7 +143,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         volume_id = self._volume_id(request.volume_id)
         staging = self._checked_path(request.staging_target_path, "staging_target_path")
         deadline = deadline_from(context)
-        with self.locks.hold([volume_id], "NodeUnstageVolume"):
+        with self.locks.hold([volume_id], "NodeUnstageVolume", deadline):
             self.mounter.unmount(staging, deadline)
         return csi_pb2.NodeUnstageVolumeResponse()
 
@@ -158,7 +158,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         cap = self._capability(request)
         readonly = request.readonly or cap.access_mode.mode in v.READ_ONLY_MODES
         deadline = deadline_from(context)
-        with self.locks.hold([volume_id], "NodePublishVolume"):
+        with self.locks.hold([volume_id], "NodePublishVolume", deadline):
             if cap.WhichOneof("access_type") == "block":
                 device = self._device(volume_id, deadline)
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -196,7 +196,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         volume_id = self._volume_id(request.volume_id)
         target = self._checked_path(request.target_path, "target_path")
         deadline = deadline_from(context)
-        with self.locks.hold([volume_id], "NodeUnpublishVolume"):
+        with self.locks.hold([volume_id], "NodeUnpublishVolume", deadline):
             self.mounter.unmount(target, deadline)
             self._remove_target(target)
         return csi_pb2.NodeUnpublishVolumeResponse()
@@ -223,7 +223,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         volume_id = self._volume_id(request.volume_id)
         path = self._existing_volume_path(request.volume_path)
         deadline = deadline_from(context)
-        with self.locks.hold([volume_id], "NodeExpandVolume"):
+        with self.locks.hold([volume_id], "NodeExpandVolume", deadline):
             device = self._device(volume_id, deadline)
             self.finder.rescan(device, deadline)
             is_block = (
