@@ -14,6 +14,8 @@ from cinder_csi.deadline import Deadline
 
 # In-use extend needs 3.42; name/metadata filters need 3.34.
 EXTEND_IN_USE_MICROVERSION = "3.42"
+# The attachments API (DELETE /attachments/{id}) needs 3.27.
+ATTACHMENTS_MICROVERSION = "3.27"
 
 
 class VolumeApi:
@@ -107,6 +109,22 @@ class VolumeApi:
         none_if_missing(lambda: self._session.request(
             "DELETE", f"/volumes/{volume_id}", what=f"delete volume {volume_id}",
             deadline=deadline,
+        ))
+
+    def remove_attachment(self, volume_id: str, attachment_id: str, deadline: Deadline) -> None:
+        """Drop Cinder's record of one attachment, whatever Nova knows: for a server Nova no
+        longer has. The attachments API when the cloud has it, else os-force_detach (which
+        default policy grants to admins only)."""
+        what = f"attachment {attachment_id} of volume {volume_id}"
+        if self._session.supports(ATTACHMENTS_MICROVERSION):
+            none_if_missing(lambda: self._session.request(
+                "DELETE", f"/attachments/{attachment_id}", what=f"delete {what}",
+                deadline=deadline, microversion=ATTACHMENTS_MICROVERSION,
+            ))
+            return
+        none_if_missing(lambda: self._action(
+            volume_id, {"os-force_detach": {"attachment_id": attachment_id}}, deadline,
+            what=f"force-detach {what}",
         ))
 
     def extend(self, volume_id: str, new_size_gib: int, deadline: Deadline) -> None:

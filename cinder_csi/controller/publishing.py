@@ -91,10 +91,28 @@ class Attacher:
                     return
             else:
                 return
-        self.cloud.compute.detach(server_id, volume_id, deadline)
+        if not self.cloud.compute.detach(server_id, volume_id, deadline):
+            self._forget_gone_server(volume, server_id, deadline)
         self._until_detached(volume_id, server_id, deadline)
         if READONLY_KEY_PREFIX + server_id in volume.metadata:
             self._clear_readonly_mark(volume_id, server_id, deadline)
+
+    def _forget_gone_server(self, volume: Volume, server_id: str, deadline: Deadline) -> None:
+        """Nova answered 404 to the detach. When the server itself is gone, nothing will ever
+        detach on Nova's side, yet Cinder still lists the attachment (Nova's clean-up failed):
+        remove Cinder's record, or the detach would wait for its deadline on every retry."""
+        if self.cloud.compute.find_server(server_id, deadline) is not None:
+            return  # Nova knows the server; its own detach is under way or done
+        for attachment in volume.attachments:
+            if attachment.server_id == server_id and attachment.attachment_id:
+                log.warning(
+                    "server %s is gone from Nova but Cinder still lists attachment %s of "
+                    "volume %s; removing it in Cinder", server_id, attachment.attachment_id,
+                    volume.id,
+                )
+                self.cloud.volumes.remove_attachment(
+                    volume.id, attachment.attachment_id, deadline
+                )
 
     def _until_attached(self, volume_id: str, server_id: str, deadline: Deadline) -> Volume:
         def probe() -> Volume | None:
