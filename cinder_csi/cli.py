@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cinder_csi import DEFAULT_DRIVER_NAME, errors, version
+from cinder_csi.deadline import DEFAULT_TIMEOUT_S
 from cinder_csi.logs import setup_logging
 
 if TYPE_CHECKING:
     from cinder_csi.csi.server import CSIServer
     from cinder_csi.loop.registry import RegistrySpec
     from cinder_csi.loop.runner import LoopOptions
-    from cinder_csi.metrics import Metrics
+    from cinder_csi.metrics import HealthChecks, Metrics
 
 log = logging.getLogger("cinder_csi")
 
@@ -55,6 +56,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))
     parser.add_argument("--log-file", type=Path, default=None)
     parser.add_argument("--v", type=int, default=0, help="klog-style verbosity (accepted)")
+    parser.add_argument("--default-call-timeout", type=float, default=DEFAULT_TIMEOUT_S,
+                        help="seconds a CSI call may take when its caller sent no deadline")
 
 
 def _add_controller(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -216,7 +219,7 @@ def run_controller(args: argparse.Namespace) -> int:
     from cinder_csi.controller.service import ControllerOptions, ControllerService
     from cinder_csi.csi.identity import IdentityService
     from cinder_csi.csi.server import CSIServer
-    from cinder_csi.metrics import Metrics, serve_http
+    from cinder_csi.metrics import HealthChecks, Metrics, serve_http
 
     config = load_cloud_config(args.cloud_config, cloud=args.cloud, clouds_file=args.clouds_file)
     log.info("starting controller %s %s, cloud %r", args.driver_name, version(), config.auth)
@@ -226,20 +229,26 @@ def run_controller(args: argparse.Namespace) -> int:
         with_topology=args.with_topology,
         ignore_volume_az=config.block_storage.ignore_volume_az,
         node_volume_attach_limit=config.block_storage.node_volume_attach_limit,
+        default_call_timeout=args.default_call_timeout,
     )
     identity = IdentityService(args.driver_name, has_controller=True, probe=cloud.probe)
     metrics = Metrics(args.driver_name)
+    controller = ControllerService(cloud, options)
     server = CSIServer(
-        args.endpoint, identity=identity, controller=ControllerService(cloud, options),
+        args.endpoint, identity=identity, controller=controller,
         max_workers=args.max_workers, metrics=metrics,
     )
+    # Liveness: fails when the cloud client or a worker is wedged, not when the cloud is
+    # merely down (a restart would not cure that).
+    checks = HealthChecks()
+    checks.register("cloud", cloud.health)
+    checks.register("operations", controller.locks.health)
     loop_thread = None
     loop_stop = threading.Event()
     loop_result: list[int] = []
-    healthy = lambda: cloud.probe() is None  # noqa: E731
     if args.with_provisioner:
-        loop_thread, healthy = _start_loop(args, server, metrics, loop_stop, loop_result)
-    http = serve_http(args.http_endpoint, metrics, healthz=healthy) if args.http_endpoint else None
+        loop_thread = _start_loop(args, server, metrics, loop_stop, loop_result, checks)
+    http = serve_http(args.http_endpoint, metrics, healthz=checks) if args.http_endpoint else None
     try:
         server.run_until_signal()
     finally:
@@ -253,8 +262,8 @@ def run_controller(args: argparse.Namespace) -> int:
 
 def _start_loop(
     args: argparse.Namespace, server: CSIServer, metrics: Metrics,
-    stop: threading.Event, result: list[int],
-) -> tuple[threading.Thread, Callable[[], bool]]:
+    stop: threading.Event, result: list[int], checks: HealthChecks,
+) -> threading.Thread:
     """The watch loop beside our controller: it calls us through our own socket, as the
     sidecars would, and losing the leader lease stops the whole process."""
     from cinder_csi.loop.registry import RegistryDuty
@@ -275,7 +284,8 @@ def _start_loop(
 
     thread = threading.Thread(target=run, name="watch-loop", daemon=True)
     thread.start()
-    return thread, lambda: not loop.lost_lease
+    checks.register("leader", lambda: "lost the leader lease" if loop.lost_lease else None)
+    return thread
 
 
 def run_provisioner(args: argparse.Namespace) -> int:

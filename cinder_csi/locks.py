@@ -20,6 +20,9 @@ from dataclasses import dataclass
 from cinder_csi.deadline import Deadline
 from cinder_csi.errors import OperationInProgress
 
+# A call still holding its keys this long after its deadline means a wedged worker.
+OVERDUE_MARGIN_S = 60.0
+
 
 @dataclass(frozen=True)
 class Holder:
@@ -76,7 +79,7 @@ class OperationLocks:
                 if h.deadline is not None and now - h.deadline.at > margin
             }
 
-    def health(self, margin: float) -> str | None:
+    def health(self, margin: float = OVERDUE_MARGIN_S) -> str | None:
         """For /healthz: None, or which operations outlived their deadline (a wedged worker)."""
         late = self.overdue(margin)
         if not late:

@@ -58,6 +58,47 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+HealthCheck = Callable[[], "str | None"]
+
+
+class HealthChecks:
+    """Named liveness checks behind /healthz: each returns None when healthy, else why not.
+
+    Any part may register one (the controller: its cloud client and operation locks; the
+    node: its operation locks; the watch loop: leader lease, work queues). A check must not
+    block: it reads state that the work itself keeps up to date. A check that raises drops the
+    probe's connection, which a liveness probe counts as a failure too.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._checks: dict[str, HealthCheck] = {}
+
+    def register(self, name: str, check: HealthCheck) -> None:
+        with self._lock:
+            if name in self._checks:
+                raise ValueError(f"health check {name!r} is already registered")
+            self._checks[name] = check
+
+    def unregister(self, name: str) -> None:
+        with self._lock:
+            self._checks.pop(name, None)
+
+    def failures(self) -> dict[str, str]:
+        """Each failing check's name and reason."""
+        with self._lock:
+            checks = list(self._checks.items())
+        failed: dict[str, str] = {}
+        for name, check in checks:
+            reason = check()
+            if reason is not None:
+                failed[name] = reason
+        return failed
+
+    def __call__(self) -> bool:
+        return not self.failures()
+
+
 class HTTPEndpoint:
     """A running /metrics + /healthz server; `stop()` shuts it down and joins its thread."""
 
@@ -86,10 +127,13 @@ def _parse_host_port(endpoint: str) -> tuple[str, int]:
     return host.strip("[]"), int(port_text)
 
 
-def serve_http(endpoint: str, metrics: Metrics, healthz: Callable[[], bool]) -> HTTPEndpoint:
+def serve_http(
+    endpoint: str, metrics: Metrics, healthz: Callable[[], bool] | HealthChecks
+) -> HTTPEndpoint:
     """Serve GET /metrics and /healthz on `endpoint` ("host:port", port 0 picks one).
 
-    /healthz answers 200 "ok" when `healthz()` is true, else 503.
+    /healthz answers 200 "ok" when `healthz()` is true, else 503; with HealthChecks the 503
+    body names each failing check and why, one per line.
     """
     host, port = _parse_host_port(endpoint)
 
@@ -99,6 +143,11 @@ def serve_http(endpoint: str, metrics: Metrics, healthz: Callable[[], bool]) -> 
             if path == "/metrics":
                 self._reply(200, metrics.render(), CONTENT_TYPE_LATEST)
             elif path == "/healthz":
+                if isinstance(healthz, HealthChecks):
+                    failed = healthz.failures()
+                    body = "".join(f"{name}: {why}\n" for name, why in sorted(failed.items()))
+                    self._reply(503 if failed else 200, body.encode() if failed else b"ok\n")
+                    return
                 # A raising callback drops the connection, which probes read as unhealthy.
                 ok = bool(healthz())
                 self._reply(200 if ok else 503, b"ok\n" if ok else b"not ready\n")

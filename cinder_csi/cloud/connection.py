@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import openstack
@@ -22,6 +23,7 @@ from cinder_csi.cloud.messages import MessageApi
 from cinder_csi.cloud.quotas import QuotaApi
 from cinder_csi.cloud.session import ServiceSession
 from cinder_csi.cloud.snapshots import SnapshotApi
+from cinder_csi.cloud.tokens import TokenKeeper
 from cinder_csi.cloud.volumes import EXTEND_IN_USE_MICROVERSION, VolumeApi
 from cinder_csi.config import AuthSettings
 from cinder_csi.deadline import Deadline
@@ -33,11 +35,27 @@ log = logging.getLogger(__name__)
 CINDER_MICROVERSION = EXTEND_IN_USE_MICROVERSION
 NOVA_MICROVERSION = MULTIATTACH_MICROVERSION
 PROBE_CACHE_S = 5.0
+
+
+@dataclass(frozen=True)
+class CloudTimeouts:
+    """How long the cloud client waits, and when it counts as wedged."""
+
+    # Every request keystoneauth sends without a timeout of its own (token fetches, version
+    # discovery) gives up after this long; openstacksdk's api_timeout is unset by default.
+    session: float = 30.0
+    probe: float = 10.0
+    # A request still open this long past its own timeout means the HTTP client is wedged.
+    wedged_margin: float = 30.0
+    # The liveness check fails after this many probes in a row ran out of time (a hung
+    # Keystone or Cinder; refusals and errors do not count: a restart would not cure those).
+    probe_timeouts_unhealthy: int = 3
+
 # Thread pools call the cloud in parallel; requests' default of 10 pooled connections per host
 # would make most of them reconnect.
 HTTP_POOL_SIZE = 64
 
-def connect(auth: AuthSettings) -> Any:
+def connect(auth: AuthSettings, timeouts: CloudTimeouts | None = None) -> Any:
     """An openstacksdk Connection for these settings (no network I/O yet)."""
     try:
         if auth.cloud:
@@ -63,6 +81,7 @@ def connect(auth: AuthSettings) -> Any:
     except (os_exc.SDKException, ks_exc.ClientException, KeyError) as exc:
         raise errors.InvalidArgument(f"cannot configure the OpenStack connection: {exc}") from None
     _widen_connection_pool(conn)
+    conn.session.timeout = (timeouts or CloudTimeouts()).session
     return conn
 
 
@@ -80,16 +99,22 @@ def _widen_connection_pool(conn: Any) -> None:
 class Cloud:
     """Cinder and Nova, each behind its own lazily built session."""
 
-    def __init__(self, auth: AuthSettings, *, connection: Any = None) -> None:
+    def __init__(
+        self, auth: AuthSettings, *, connection: Any = None,
+        timeouts: CloudTimeouts | None = None,
+    ) -> None:
         self.auth = auth
+        self.timeouts = timeouts or CloudTimeouts()
         self._conn = connection
         self._lock = threading.Lock()
+        self.tokens = TokenKeeper(lambda: self.connection().session)
         self.block_storage = ServiceSession(
             "block-storage", lambda: self.connection().block_storage,
-            microversion=CINDER_MICROVERSION,
+            microversion=CINDER_MICROVERSION, tokens=self.tokens,
         )
         self.compute_session = ServiceSession(
-            "compute", lambda: self.connection().compute, microversion=NOVA_MICROVERSION
+            "compute", lambda: self.connection().compute, microversion=NOVA_MICROVERSION,
+            tokens=self.tokens,
         )
         self.volumes = VolumeApi(self.block_storage)
         self.snapshots = SnapshotApi(self.block_storage)
@@ -98,15 +123,19 @@ class Cloud:
         self.compute = ComputeApi(self.compute_session)
         self._probe_at = 0.0
         self._probe_result: str | None = None
+        self._probe_timeouts = 0
+        self._background_probe: threading.Thread | None = None
+        self._background_started = 0.0
 
     def connection(self) -> Any:
         with self._lock:
             if self._conn is None:
-                self._conn = connect(self.auth)
+                self._conn = connect(self.auth, self.timeouts)
             return self._conn
 
     def project_id(self, deadline: Deadline) -> str:
         conn = self.connection()
+        self.tokens.ensure(deadline)
         try:
             project = conn.current_project_id
         except (ks_exc.ClientException, os_exc.SDKException) as exc:
@@ -120,7 +149,8 @@ class Cloud:
         now = time.monotonic()
         if now - self._probe_at < PROBE_CACHE_S:
             return self._probe_result
-        deadline = Deadline.after(10.0)
+        deadline = Deadline.after(self.timeouts.probe)
+        timed_out = False
         try:
             self.block_storage.request(
                 "GET", "/volumes", what="probe", deadline=deadline, params={"limit": "1"}
@@ -128,5 +158,43 @@ class Cloud:
             result = None
         except errors.CinderCSIError as exc:
             result = f"Cinder is not reachable: {exc}"
+            timed_out = isinstance(exc, errors.Timeout) or deadline.expired()
+        with self._lock:
+            self._probe_timeouts = self._probe_timeouts + 1 if timed_out else 0
         self._probe_at, self._probe_result = now, result
         return result
+
+    def health(self) -> str | None:
+        """For the liveness check: None, or why the cloud client looks wedged. Never blocks:
+        it reads what the requests and probes in flight show, and starts a probe in the
+        background when the last one is stale."""
+        self._probe_in_background()
+        limits = self.timeouts
+        reasons = []
+        for session in (self.block_storage, self.compute_session):
+            late = session.in_flight.overdue(limits.wedged_margin)
+            if late is not None:
+                reasons.append(f"a {session.service} request is {late:.0f}s past its timeout")
+        fetching = self.tokens.fetching_for()
+        if fetching is not None and fetching > limits.session + limits.wedged_margin:
+            reasons.append(f"a Keystone token request has been open for {fetching:.0f}s")
+        with self._lock:
+            timeouts = self._probe_timeouts
+            probing = self._background_probe
+            started = self._background_started
+        if probing is not None and probing.is_alive():
+            running = time.monotonic() - started
+            if running > limits.probe + limits.wedged_margin:
+                reasons.append(f"the cloud probe has been running for {running:.0f}s")
+        if timeouts >= limits.probe_timeouts_unhealthy:
+            reasons.append(f"the last {timeouts} cloud probes ran out of time")
+        return "; ".join(reasons) or None
+
+    def _probe_in_background(self) -> None:
+        with self._lock:
+            busy = self._background_probe is not None and self._background_probe.is_alive()
+            if busy or time.monotonic() - self._probe_at < PROBE_CACHE_S:
+                return
+            thread = threading.Thread(target=self.probe, name="cloud-probe", daemon=True)
+            self._background_probe, self._background_started = thread, time.monotonic()
+        thread.start()

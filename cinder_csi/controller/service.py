@@ -31,7 +31,7 @@ from cinder_csi.controller.publishing import Attacher
 from cinder_csi.csi import csi_pb2, csi_pb2_grpc
 from cinder_csi.csi import validation as v
 from cinder_csi.csi.call_context import deadline_from
-from cinder_csi.deadline import Deadline
+from cinder_csi.deadline import DEFAULT_TIMEOUT_S, Deadline
 from cinder_csi.locks import OperationLocks
 from cinder_csi.waiting import wait_for
 
@@ -72,6 +72,8 @@ class ControllerOptions:
     with_topology: bool = True
     ignore_volume_az: bool = False
     node_volume_attach_limit: int | None = None
+    # The bound of a call whose caller sent no deadline (gRPC would give it ~292 years).
+    default_call_timeout: float = DEFAULT_TIMEOUT_S
 
 
 def _timestamp(volume_or_snapshot: Volume | Snapshot) -> Timestamp:
@@ -111,6 +113,9 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         self.creator = VolumeCreator(cloud, self.options.cluster_id)
         self.attacher = Attacher(cloud, attach_limit=self.options.node_volume_attach_limit)
 
+    def _deadline(self, context: grpc.ServicerContext) -> Deadline:
+        return deadline_from(context, self.options.default_call_timeout)
+
     # -- capabilities -------------------------------------------------------------------------
 
     def ControllerGetCapabilities(
@@ -144,7 +149,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         capacity = request.capacity_range if request.HasField("capacity_range") else None
         size = v.size_gib(capacity)
         zone = self._zone(request, params)
-        deadline = deadline_from(context)
+        deadline = self._deadline(context)
         source_keys: list[str] = []
         snapshot_id = source_volid = None
         source = request.volume_content_source
@@ -281,7 +286,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         volume_id = v.require(request.volume_id, "volume_id")
         if not v.is_uuid(volume_id):
             return csi_pb2.DeleteVolumeResponse()  # cannot exist: already deleted
-        deadline = deadline_from(context)
+        deadline = self._deadline(context)
         with self.locks.hold([volume_id], "DeleteVolume", deadline):
             volume = self.cloud.volumes.find(volume_id, deadline)
             if volume is None:
@@ -312,7 +317,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         v.check_capability(request.volume_capability)
         volume_id = v.require_id(request.volume_id, "volume_id", "volume")
         node_id = v.require_id(request.node_id, "node_id", "node")
-        deadline = deadline_from(context)
+        deadline = self._deadline(context)
         with self.locks.hold([volume_id], "ControllerPublishVolume", deadline):
             volume = self.cloud.volumes.get(volume_id, deadline)
             reason = v.unsupported_multi_node_reason(
@@ -332,7 +337,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         volume_id = v.require(request.volume_id, "volume_id")
         if not v.is_uuid(volume_id) or (request.node_id and not v.is_uuid(request.node_id)):
             return csi_pb2.ControllerUnpublishVolumeResponse()  # nothing of that name is attached
-        deadline = deadline_from(context)
+        deadline = self._deadline(context)
         with self.locks.hold([volume_id], "ControllerUnpublishVolume", deadline):
             if request.node_id:
                 nodes: Iterable[str] = [request.node_id]
@@ -350,7 +355,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         if not request.volume_capabilities:
             raise errors.InvalidArgument("volume_capabilities is required")
         volume_id = v.require_id(volume_id, "volume_id", "volume")
-        volume = self.cloud.volumes.get(volume_id, deadline_from(context))
+        volume = self.cloud.volumes.get(volume_id, self._deadline(context))
         try:
             v.check_capabilities(request.volume_capabilities)
         except errors.InvalidArgument as exc:
@@ -376,7 +381,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
             raise errors.InvalidArgument("max_entries must not be negative")
         token = Token.decode(request.starting_token) if request.starting_token else None
         limit = request.max_entries or 1000
-        deadline = deadline_from(context)
+        deadline = self._deadline(context)
         try:
             page = self.cloud.volumes.list_page(
                 deadline=deadline, limit=limit, marker=token.volume_id if token else None
@@ -421,7 +426,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         self, request: csi_pb2.ControllerGetVolumeRequest, context: grpc.ServicerContext
     ) -> csi_pb2.ControllerGetVolumeResponse:
         volume_id = v.require_id(request.volume_id, "volume_id", "volume")
-        volume = self.cloud.volumes.get(volume_id, deadline_from(context))
+        volume = self.cloud.volumes.get(volume_id, self._deadline(context))
         return csi_pb2.ControllerGetVolumeResponse(
             volume=self._listed_volume(volume),
             status=csi_pb2.ControllerGetVolumeResponse.VolumeStatus(
@@ -442,7 +447,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
             request.HasField("volume_capability")
             and request.volume_capability.WhichOneof("access_type") == "block"
         )
-        deadline = deadline_from(context)
+        deadline = self._deadline(context)
         with self.locks.hold([volume_id], "ControllerExpandVolume", deadline):
             volume = self.cloud.volumes.get(volume_id, deadline)
             if volume.size_gib < size:
@@ -488,7 +493,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         if PARAM_TYPE in params:
             v.cinder_text(params[PARAM_TYPE], f"mutable parameter {PARAM_TYPE}")
         volume_id = v.require_id(request.volume_id, "volume_id", "volume")
-        deadline = deadline_from(context)
+        deadline = self._deadline(context)
         with self.locks.hold([volume_id], "ControllerModifyVolume", deadline):
             volume = self.cloud.volumes.get(volume_id, deadline)
             new_type = params.get(PARAM_TYPE)
@@ -518,7 +523,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
     ) -> csi_pb2.GetCapacityResponse:
         params = dict(request.parameters)
         _unknown(params, VOLUME_PARAMS, "StorageClass")
-        deadline = deadline_from(context)
+        deadline = self._deadline(context)
         quotas = self.cloud.quotas.usage(self.cloud.project_id(deadline), deadline)
         names = ["gigabytes"]
         if params.get(PARAM_TYPE):
@@ -555,7 +560,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
             )
         force = params.get("force-create", "true").lower() in ("true", "1", "yes")
         source_id = v.require_id(request.source_volume_id, "source_volume_id", "source volume")
-        deadline = deadline_from(context)
+        deadline = self._deadline(context)
         with self.locks.hold([name], "CreateSnapshot", deadline):
             existing = self.cloud.snapshots.find_by_name(name, deadline)
             if existing:
@@ -604,7 +609,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         snapshot_id = v.require(request.snapshot_id, "snapshot_id")
         if not v.is_uuid(snapshot_id):
             return csi_pb2.DeleteSnapshotResponse()
-        deadline = deadline_from(context)
+        deadline = self._deadline(context)
         with self.locks.hold([snapshot_id], "DeleteSnapshot", deadline):
             snapshot = self.cloud.snapshots.find(snapshot_id, deadline)
             if snapshot is None:
@@ -624,7 +629,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
     ) -> csi_pb2.ListSnapshotsResponse:
         if request.max_entries < 0:
             raise errors.InvalidArgument("max_entries must not be negative")
-        deadline = deadline_from(context)
+        deadline = self._deadline(context)
         if request.snapshot_id:
             found = (
                 self.cloud.snapshots.find(request.snapshot_id, deadline)

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 
 import grpc
 
-from cinder_csi.deadline import Deadline, for_rpc
+from cinder_csi.deadline import DEFAULT_TIMEOUT_S, Deadline, for_rpc
 
 REQUEST_ID_HEADER = "x-request-id"
 # time_remaining() of a call without a deadline is "infinite future"; anything past this is it.
@@ -44,10 +44,12 @@ def current_request_id() -> str | None:
     return _request_id.get()
 
 
-def deadline_from(context: grpc.ServicerContext) -> Deadline:
+def deadline_from(
+    context: grpc.ServicerContext, default_s: float = DEFAULT_TIMEOUT_S
+) -> Deadline:
     """The deadline of the work done for this call: a little before the caller's (see
-    deadline.for_rpc), or the project default when the caller sent none."""
+    deadline.for_rpc), or `default_s` from now when the caller sent none."""
     remaining = context.time_remaining()
     if remaining is None or remaining >= _NO_DEADLINE_S:
-        return for_rpc(None)
+        return Deadline.after(default_s)
     return for_rpc(remaining)

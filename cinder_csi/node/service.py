@@ -23,7 +23,7 @@ from cinder_csi import DEFAULT_FS_TYPE, FS_TYPES, TOPOLOGY_KEY, errors
 from cinder_csi.csi import csi_pb2, csi_pb2_grpc
 from cinder_csi.csi import validation as v
 from cinder_csi.csi.call_context import deadline_from
-from cinder_csi.deadline import Deadline
+from cinder_csi.deadline import DEFAULT_TIMEOUT_S, Deadline
 from cinder_csi.host import DeviceFinder, MetadataSource, Mounter, check_volume_id, stats
 from cinder_csi.locks import OperationLocks
 
@@ -43,6 +43,8 @@ class NodeOptions:
     max_volumes_per_node: int = 25
     with_topology: bool = True
     additional_topology: Mapping[str, str] = field(default_factory=dict)
+    # The bound of a call whose caller sent no deadline (gRPC would give it ~292 years).
+    default_call_timeout: float = DEFAULT_TIMEOUT_S
 
 
 class NodeService(csi_pb2_grpc.NodeServicer):
@@ -61,6 +63,9 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         self.options = options or NodeOptions()
         self.locks = locks or OperationLocks()
         self._root = os.path.realpath(self.options.kubelet_root)
+
+    def _deadline(self, context: grpc.ServicerContext) -> Deadline:
+        return deadline_from(context, self.options.default_call_timeout)
 
     # -- paths --------------------------------------------------------------------------------
 
@@ -124,7 +129,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         volume_id = self._volume_id(request.volume_id)
         staging = self._checked_path(request.staging_target_path, "staging_target_path")
         cap = self._capability(request)
-        deadline = deadline_from(context)
+        deadline = self._deadline(context)
         with self.locks.hold([volume_id], "NodeStageVolume", deadline):
             device = self._device(volume_id, deadline)
             if cap.WhichOneof("access_type") == "block":
@@ -142,7 +147,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
     ) -> csi_pb2.NodeUnstageVolumeResponse:
         volume_id = self._volume_id(request.volume_id)
         staging = self._checked_path(request.staging_target_path, "staging_target_path")
-        deadline = deadline_from(context)
+        deadline = self._deadline(context)
         with self.locks.hold([volume_id], "NodeUnstageVolume", deadline):
             self.mounter.unmount(staging, deadline)
         return csi_pb2.NodeUnstageVolumeResponse()
@@ -157,7 +162,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         staging = self._checked_path(request.staging_target_path, "staging_target_path")
         cap = self._capability(request)
         readonly = request.readonly or cap.access_mode.mode in v.READ_ONLY_MODES
-        deadline = deadline_from(context)
+        deadline = self._deadline(context)
         with self.locks.hold([volume_id], "NodePublishVolume", deadline):
             if cap.WhichOneof("access_type") == "block":
                 device = self._device(volume_id, deadline)
@@ -195,7 +200,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
     ) -> csi_pb2.NodeUnpublishVolumeResponse:
         volume_id = self._volume_id(request.volume_id)
         target = self._checked_path(request.target_path, "target_path")
-        deadline = deadline_from(context)
+        deadline = self._deadline(context)
         with self.locks.hold([volume_id], "NodeUnpublishVolume", deadline):
             self.mounter.unmount(target, deadline)
             self._remove_target(target)
@@ -222,7 +227,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
     ) -> csi_pb2.NodeExpandVolumeResponse:
         volume_id = self._volume_id(request.volume_id)
         path = self._existing_volume_path(request.volume_path)
-        deadline = deadline_from(context)
+        deadline = self._deadline(context)
         with self.locks.hold([volume_id], "NodeExpandVolume", deadline):
             device = self._device(volume_id, deadline)
             self.finder.rescan(device, deadline)

@@ -11,7 +11,7 @@ from cinder_csi.csi.identity import IdentityService
 from cinder_csi.csi.server import CSIServer
 from cinder_csi.host import CommandRunner, DeviceFinder, MetadataSource, Mounter
 from cinder_csi.host.metadata import DEFAULT_METADATA_URL
-from cinder_csi.metrics import Metrics, serve_http
+from cinder_csi.metrics import HealthChecks, Metrics, serve_http
 from cinder_csi.node.service import NodeOptions, NodeService
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,7 @@ def build_node_service(args: argparse.Namespace) -> NodeService:
         max_volumes_per_node=config.block_storage.node_volume_attach_limit,
         with_topology=args.with_topology,
         additional_topology=dict(args.additional_topology),
+        default_call_timeout=args.default_call_timeout,
     )
     return NodeService(
         metadata=metadata,
@@ -57,9 +58,10 @@ def run(args: argparse.Namespace) -> int:
     identity = node_identity(args.driver_name, node)
     metrics = Metrics(args.driver_name)
     server = CSIServer(args.endpoint, identity=identity, node=node, metrics=metrics)
-    http = None
-    if args.http_endpoint:
-        http = serve_http(args.http_endpoint, metrics, healthz=lambda: node.probe() is None)
+    checks = HealthChecks()
+    checks.register("metadata", node.probe)
+    checks.register("operations", node.locks.health)
+    http = serve_http(args.http_endpoint, metrics, healthz=checks) if args.http_endpoint else None
     try:
         server.run_until_signal()
     finally:

@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -305,3 +306,21 @@ def wipe(standin: OpenStackStandIn, controller: csi_pb2_grpc.ControllerStub,
                                 timeout=timeout)
     wait_until(lambda: not standin.volumes() and not standin.snapshots(), timeout,
                "an empty cloud")
+
+
+def concurrently(calls: Mapping[str, Callable[[], Any]], join: float = 60.0
+                 ) -> dict[str, Outcome]:
+    """Run each RPC in its own thread at once; their outcomes by name."""
+    results: dict[str, Outcome] = {}
+
+    def run(name: str, call: Callable[[], Any]) -> None:
+        results[name] = outcome(call)
+
+    workers = [threading.Thread(target=run, args=item, daemon=True) for item in calls.items()]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(join)
+    missing = sorted(set(calls) - set(results))
+    assert not missing, f"calls still running after {join}s: {missing}"
+    return results
