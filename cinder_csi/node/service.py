@@ -118,7 +118,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
 
     def _device(self, volume_id: str, deadline: Deadline) -> Path:
         device = self.finder.find(volume_id, deadline)
-        self.finder.verify(volume_id, device)
+        self.finder.verify(volume_id, device, deadline)
         return device
 
     # -- stage --------------------------------------------------------------------------------

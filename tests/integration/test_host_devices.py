@@ -27,7 +27,7 @@ def attach(loops: LoopDevices, device: Path) -> DeviceFinder:
 
 
 def test_find_and_verify_through_the_by_id_link(loops: LoopDevices) -> None:
-    device = loops.create(64 * MIB)
+    device = loops.create(64 * MIB, name=VOLUME)  # its backing file names the volume
     finder = attach(loops, device)
     assert finder.find(VOLUME, Deadline.after(5)) == device
     finder.verify(VOLUME, device)

@@ -154,8 +154,18 @@ def test_verify_refuses_other_serial(host: Host) -> None:
     assert "ffffffff-0000-1111-2" in str(info.value) and VOLUME in str(info.value)
 
 
-def test_verify_accepts_link_to_exactly_this_device(host: Host) -> None:
-    device = host.device("loop3")  # loop devices have no serial
+def test_verify_refuses_a_link_alone_as_proof(host: Host) -> None:
+    # A by-id link is only as fresh as udev's last event: the device itself must say who it is.
+    device = host.device("loop3")  # no serial, no backing file that names a volume
+    host.link(f"virtio-{SHORT}", device)
+    with pytest.raises(FailedPrecondition, match="cannot prove"):
+        host.finder(FakeRunner()).verify(VOLUME, device)
+
+
+def test_verify_accepts_a_loop_device_backed_by_the_volumes_file(host: Host) -> None:
+    device = host.device("loop3")
+    (host.sys / "block" / "loop3" / "loop").mkdir()
+    (host.sys / "block" / "loop3" / "loop" / "backing_file").write_text(f"/srv/{VOLUME}.img\n")
     host.link(f"virtio-{SHORT}", device)
     host.finder(FakeRunner()).verify(VOLUME, device)
 
