@@ -149,8 +149,28 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         staging = self._checked_path(request.staging_target_path, "staging_target_path")
         deadline = self._deadline(context)
         with self.locks.hold([volume_id], "NodeUnstageVolume", deadline):
+            self._refuse_while_published(volume_id, staging)
             self.mounter.unmount(staging, deadline)
         return csi_pb2.NodeUnstageVolumeResponse()
+
+    def _refuse_while_published(self, volume_id: str, staging: Path) -> None:
+        """A publish bind-mount keeps the filesystem mounted when the staging mount goes;
+        the detach that follows an unstage would then pull the disk from under a mounted,
+        written filesystem. So unstage waits until every publication is gone."""
+        staged = self.mounter.table.mounts_at(staging)
+        if not staged:
+            return
+        device = staged[-1].major_minor
+        elsewhere = sorted({
+            m.mount_point for m in self.mounter.table.all()
+            if m.major_minor == device and Path(m.mount_point) != staging
+        })
+        if elsewhere:
+            shown = ", ".join(elsewhere[:3]) + (" ..." if len(elsewhere) > 3 else "")
+            raise errors.FailedPrecondition(
+                f"volume {volume_id} is still published at {shown}; NodeUnpublishVolume "
+                f"there before unstaging it from {staging}"
+            )
 
     # -- publish ------------------------------------------------------------------------------
 
