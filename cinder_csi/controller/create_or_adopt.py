@@ -4,8 +4,10 @@ The rules that keep volumes from leaking or doubling:
 - the CSI name is the Cinder volume name, and the lookup by name comes first, before sources
   or types are resolved: a retry finds the volume an earlier call made (even one that crashed
   before answering), even when its snapshot, source volume or type is gone by now;
-- a create POST that failed without a clear answer (timeout, 5xx) is followed by a lookup by
-  name before the error is returned, so a volume Cinder made anyway is adopted, not orphaned;
+- a create POST that failed without a clear answer (5xx, a lost connection) is followed by a
+  lookup by name before the error is returned, so a volume Cinder made anyway is adopted, not
+  orphaned; one still awaiting its answer when the caller's deadline comes is left running,
+  and a retry waits for it rather than posting a second volume (controller/pending.py);
 - a volume that ends in ``error`` is deleted before the call fails, so the retry starts clean.
   Only a deletion seen through to the end is reported as such: while the failed volume may
   still exist the call fails UNAVAILABLE ("still in progress" to every CO), never with a
@@ -23,6 +25,7 @@ from typing import NoReturn
 from cinder_csi import errors
 from cinder_csi.cloud.connection import Cloud
 from cinder_csi.cloud.models import VOLUME_ERROR_STATES, Volume
+from cinder_csi.controller.pending import PendingPosts, StillWaiting
 from cinder_csi.deadline import Deadline
 
 log = logging.getLogger(__name__)
@@ -66,6 +69,7 @@ class VolumeCreator:
     def __init__(self, cloud: Cloud, cluster_id: str) -> None:
         self.cloud = cloud
         self.cluster_id = cluster_id
+        self.pending: PendingPosts[Volume] = PendingPosts()
 
     def adopt(self, wanted: Wanted, deadline: Deadline) -> Volume | None:
         """The usable volume an earlier call made for this name, or None when there is none
@@ -144,12 +148,25 @@ class VolumeCreator:
 
     def _create_or_adopt(self, spec: VolumeSpec, deadline: Deadline) -> Volume:
         metadata = {CLUSTER_METADATA_KEY: self.cluster_id, **spec.metadata}
-        try:
+
+        def post(answer_by: Deadline) -> Volume:
             return self.cloud.volumes.create(
-                name=spec.name, size_gib=spec.size_gib, deadline=deadline,
+                name=spec.name, size_gib=spec.size_gib, deadline=answer_by,
                 volume_type=spec.volume_type, availability_zone=spec.availability_zone,
                 metadata=metadata, snapshot_id=spec.snapshot_id, source_volid=spec.source_volid,
             )
+
+        try:
+            volume, joined = self.pending.run(spec.name, post, deadline,
+                                              what=f"the create of volume {spec.name}")
+            if joined and volume.size_gib != spec.size_gib:
+                raise errors.AlreadyExists(
+                    f"volume {spec.name} is being created ({volume.id}) with "
+                    f"{volume.size_gib} GiB, not the {spec.size_gib} GiB requested"
+                )
+            return volume
+        except StillWaiting:
+            raise  # the POST is still awaiting its answer: the retry joins it
         except (errors.CloudUnavailable, errors.Timeout) as exc:
             if isinstance(exc, errors.RateLimited):
                 raise

@@ -22,6 +22,9 @@ DEVICE_PATH_KEY = "DevicePath"  # the publish_context key upstream uses
 READONLY_KEY_PREFIX = "cinder-csi-readonly-on-"
 # States from which an attach can start or is already under way.
 _ATTACHABLE = frozenset({"available", "in-use", "attaching", "reserved"})
+# An attach Nova accepted (reserved) or is carrying out: it may still land on the server, so
+# a detach must wait for it rather than answer "not attached".
+_ATTACH_UNDER_WAY = frozenset({"attaching", "reserved"})
 
 
 class Attacher:
@@ -84,7 +87,7 @@ class Attacher:
     def detach(self, volume_id: str, server_id: str, deadline: Deadline) -> None:
         volume = self.cloud.volumes.find(volume_id, deadline)
         if volume is None or server_id not in volume.attached_servers:
-            if volume is not None and volume.status == "attaching":
+            if volume is not None and volume.status in _ATTACH_UNDER_WAY:
                 # An attach to this server may still land; wait it out, then detach.
                 volume = self._settle(volume_id, deadline)
                 if server_id not in volume.attached_servers:

@@ -28,6 +28,7 @@ from cinder_csi.controller.create_or_adopt import (
 )
 from cinder_csi.controller.paging import Token, resume_after
 from cinder_csi.controller.publishing import Attacher
+from cinder_csi.controller.snapshot_creator import SnapshotCreator
 from cinder_csi.csi import csi_pb2, csi_pb2_grpc
 from cinder_csi.csi import validation as v
 from cinder_csi.csi.call_context import deadline_from
@@ -112,6 +113,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         self.locks = locks or OperationLocks()
         self.creator = VolumeCreator(cloud, self.options.cluster_id)
         self.attacher = Attacher(cloud, attach_limit=self.options.node_volume_attach_limit)
+        self.snapshots = SnapshotCreator(cloud)
 
     def _deadline(self, context: grpc.ServicerContext) -> Deadline:
         return deadline_from(context, self.options.default_call_timeout)
@@ -561,36 +563,11 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         force = params.get("force-create", "true").lower() in ("true", "1", "yes")
         source_id = v.require_id(request.source_volume_id, "source_volume_id", "source volume")
         deadline = self._deadline(context)
+        metadata = {k: params[k] for k in SNAPSHOT_METADATA_PARAMS if params.get(k)}
         with self.locks.hold([name], "CreateSnapshot", deadline):
-            existing = self.cloud.snapshots.find_by_name(name, deadline)
-            if existing:
-                snapshot = existing[0]
-                if snapshot.volume_id != source_id:
-                    raise errors.AlreadyExists(
-                        f"snapshot {name} already exists ({snapshot.id}) of volume "
-                        f"{snapshot.volume_id}, not of {source_id}"
-                    )
-            else:
-                if self.cloud.volumes.find(source_id, deadline) is None:
-                    raise errors.NotFound(f"source volume {source_id} does not exist")
-                metadata = {k: params[k] for k in SNAPSHOT_METADATA_PARAMS if params.get(k)}
-                snapshot = self.cloud.snapshots.create(
-                    volume_id=source_id, name=name, deadline=deadline, metadata=metadata,
-                    force=force,
-                )
-            if snapshot.status != "available":
-                try:
-                    snapshot = self.cloud.snapshots.wait_for_status(
-                        snapshot.id, "available", deadline.shorter(60.0)
-                    )
-                except errors.Timeout:
-                    snapshot = self.cloud.snapshots.get(snapshot.id, deadline)
-                except errors.FailedPrecondition:
-                    self.cloud.snapshots.delete(snapshot.id, deadline)
-                    raise errors.CloudUnavailable(
-                        f"Cinder could not create snapshot {name} ({snapshot.id}); it was "
-                        "deleted, a retry starts clean"
-                    ) from None
+            snapshot = self.snapshots.ensure(
+                name, source_id, metadata=metadata, force=force, deadline=deadline
+            )
         return csi_pb2.CreateSnapshotResponse(snapshot=self._csi_snapshot(snapshot))
 
     @staticmethod

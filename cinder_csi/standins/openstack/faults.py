@@ -118,6 +118,12 @@ class Faults:
         """Hold matching requests for `seconds` (cut short by reset/stop), then drop them."""
         return self._add(Rule("hang", self, count, service, method, _rx(path), seconds=seconds))
 
+    def drop(self, *, count: int | None = 1, service: str | None = None,
+             method: str | None = None, path: str | None = None) -> Rule:
+        """Reset the connection of the next `count` matching requests without carrying them
+        out (a connection reset, as from a restarting load balancer)."""
+        return self._add(Rule("disconnect", self, count, service, method, _rx(path)))
+
     def unreachable(self, service: str = "compute", *, count: int | None = None) -> Rule:
         """Close connections to `service` without an answer, as a dead endpoint does."""
         _check(service, SERVICES)

@@ -198,6 +198,10 @@ class OpenStackStandIn:
         with self._store.lock:
             self._store.quota.set(project_id, values)
 
+    def reset_volume_status(self, volume_id: str, status: str) -> None:
+        """What an operator does with `cinder reset-state` (os-reset_status)."""
+        self._store.reset_status(volume_id, None, status, None, None)
+
     def expire_tokens(self) -> None:
         """Forget every token, as after a Keystone key rotation; clients must re-authenticate."""
         self._identity.expire_tokens()
