@@ -227,14 +227,20 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         return csi_pb2.NodeUnpublishVolumeResponse()
 
     def _remove_target(self, target: Path) -> None:
-        """The spec asks us to delete what we created at the target path, once unmounted."""
+        """The spec asks us to delete what we created at the target path, once unmounted:
+        an empty directory (mount) or an empty file (block). Anything else at that path is
+        not ours, and data: it stays."""
         if self.mounter.table.is_mounted(target):
             return
         try:
-            if target.is_dir() and not target.is_symlink():
-                target.rmdir()
-            else:
+            st = os.lstat(target)
+            if stat.S_ISDIR(st.st_mode):
+                target.rmdir()  # fails, and keeps it, unless it is empty
+            elif stat.S_ISREG(st.st_mode) and st.st_size == 0:
                 target.unlink()
+            else:
+                log.warning("left %s in place after unpublish: not an empty file or "
+                            "directory, so not what NodePublishVolume made", target)
         except FileNotFoundError:
             return
         except OSError as exc:

@@ -4,11 +4,16 @@ nothing appears outside the kubelet root. Examples first, then generated input (
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cinder_csi.csi import csi_pb2
 from cinder_csi.standins.openstack import OpenStackStandIn
@@ -17,9 +22,11 @@ from tests.reliability.driver_env import (
     PluginProcess,
     audit,
     controller_process,
+    node_process,
     openstack_standin,
     outcome,
     specific,
+    wipe,
 )
 
 C = grpc.StatusCode
@@ -123,3 +130,223 @@ def test_other_calls_refuse_what_the_cloud_would_refuse(
     result = specific(outcome(send), call)
     assert result.code == code, result
     assert len(standin.requests()) == sent_before, "the request reached the cloud"
+
+
+# ---- generated input (hypothesis) ------------------------------------------------------------
+
+# Modest example counts: the whole suite must stay fast. Each example is a real RPC.
+EXAMPLES = 60
+SETTINGS = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                           HealthCheck.too_slow, HealthCheck.data_too_large])
+INT64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
+HOSTILE_TEXT = st.one_of(
+    st.text(max_size=40),
+    st.text(alphabet=st.characters(codec="utf-8"), min_size=200, max_size=400),
+    st.sampled_from(["", "\0", "../../etc", "a/b", "..", ".", " pvc ", "p" * 100_000,
+                     "\U0001F4BE", "pvc-\n-x", "0b3a9d2e-5f41-4c8e-9a77-1d2c3b4a5e6f"]),
+)
+IDS = st.one_of(st.uuids().map(str), HOSTILE_TEXT)
+# Valid values are drawn as often as hostile ones, so that calls get past the first check and
+# reach the cloud, the devices and the mounts.
+MODES = st.one_of(st.integers(min_value=1, max_value=7), st.integers(min_value=-1, max_value=20))
+
+
+@st.composite
+def capabilities(draw: st.DrawFn) -> csi_pb2.VolumeCapability:
+    cap = csi_pb2.VolumeCapability(
+        access_mode=csi_pb2.VolumeCapability.AccessMode(mode=draw(MODES)))
+    kind = draw(st.sampled_from(["mount", "mount", "block", "none"]))
+    if kind == "mount":
+        cap.mount.fs_type = draw(st.one_of(st.sampled_from(["", "ext4", "xfs"]),
+                                           st.sampled_from(["ntfs", "ext4\0"]),
+                                           st.text(max_size=20)))
+        cap.mount.mount_flags.extend(draw(st.lists(st.one_of(
+            st.sampled_from(["bind", "remount", "ro", "noatime", "rw,suid"]),
+            st.text(max_size=20)), max_size=3)))
+    elif kind == "block":
+        cap.block.SetInParent()
+    return cap
+
+
+MAPS = st.one_of(st.just({}), st.dictionaries(HOSTILE_TEXT, HOSTILE_TEXT, max_size=5),
+                 st.sampled_from([
+                     {f"k{i}": "v" * 100 for i in range(2000)},
+                     {"type": "t" * 300}, {"csi.storage.k8s.io/pvc/name": "\0"},
+                     {"availability": "az-b"}, {"csi.storage.k8s.io/pvc/name": "claim"},
+                 ]))
+
+
+@st.composite
+def create_requests(draw: st.DrawFn) -> csi_pb2.CreateVolumeRequest:
+    valid_name = st.from_regex(r"pvc-[a-z0-9]{1,12}", fullmatch=True)
+    request = csi_pb2.CreateVolumeRequest(
+        name=draw(st.one_of(valid_name, valid_name, HOSTILE_TEXT)),
+        parameters=draw(MAPS), secrets=draw(MAPS),
+        volume_capabilities=draw(st.lists(capabilities(), min_size=draw(st.sampled_from(
+            [1, 1, 0])), max_size=2)),
+    )
+    if draw(st.booleans()):
+        request.capacity_range.required_bytes = draw(st.one_of(
+            st.integers(min_value=0, max_value=8 * GIB), INT64))
+        request.capacity_range.limit_bytes = draw(st.one_of(st.just(0), INT64))
+    source = draw(st.sampled_from(["none", "none", "snapshot", "volume"]))
+    if source == "snapshot":
+        request.volume_content_source.snapshot.snapshot_id = draw(IDS)
+    elif source == "volume":
+        request.volume_content_source.volume.volume_id = draw(IDS)
+    if draw(st.booleans()):
+        request.accessibility_requirements.requisite.add().segments.update(draw(MAPS))
+    return request
+
+
+def controller_calls(controller: PluginProcess) -> st.SearchStrategy[tuple[str, Any]]:
+    stub = controller.controller
+    return st.one_of(
+        create_requests().map(lambda r: ("CreateVolume", partial(stub.CreateVolume, r))),
+        st.builds(csi_pb2.DeleteVolumeRequest, volume_id=IDS, secrets=MAPS).map(
+            lambda r: ("DeleteVolume", partial(stub.DeleteVolume, r))),
+        st.builds(csi_pb2.ControllerPublishVolumeRequest, volume_id=IDS, node_id=IDS,
+                  volume_capability=capabilities(), readonly=st.booleans(),
+                  volume_context=MAPS).map(
+            lambda r: ("ControllerPublishVolume", partial(stub.ControllerPublishVolume, r))),
+        st.builds(csi_pb2.ControllerUnpublishVolumeRequest, volume_id=IDS, node_id=IDS).map(
+            lambda r: ("ControllerUnpublishVolume",
+                       partial(stub.ControllerUnpublishVolume, r))),
+        st.builds(csi_pb2.ControllerExpandVolumeRequest, volume_id=IDS,
+                  capacity_range=st.builds(csi_pb2.CapacityRange, required_bytes=INT64,
+                                           limit_bytes=INT64)).map(
+            lambda r: ("ControllerExpandVolume", partial(stub.ControllerExpandVolume, r))),
+        st.builds(csi_pb2.ListVolumesRequest, max_entries=st.integers(-5, 5),
+                  starting_token=HOSTILE_TEXT).map(
+            lambda r: ("ListVolumes", partial(stub.ListVolumes, r))),
+        st.builds(csi_pb2.CreateSnapshotRequest, name=HOSTILE_TEXT, source_volume_id=IDS,
+                  parameters=MAPS).map(
+            lambda r: ("CreateSnapshot", partial(stub.CreateSnapshot, r))),
+        st.builds(csi_pb2.ListSnapshotsRequest, max_entries=st.integers(-5, 5),
+                  starting_token=HOSTILE_TEXT, snapshot_id=IDS, source_volume_id=IDS).map(
+            lambda r: ("ListSnapshots", partial(stub.ListSnapshots, r))),
+        st.builds(csi_pb2.ValidateVolumeCapabilitiesRequest, volume_id=IDS,
+                  volume_capabilities=st.lists(capabilities(), max_size=2),
+                  parameters=MAPS).map(
+            lambda r: ("ValidateVolumeCapabilities",
+                       partial(stub.ValidateVolumeCapabilities, r))),
+        st.builds(csi_pb2.GetCapacityRequest, parameters=MAPS).map(
+            lambda r: ("GetCapacity", partial(stub.GetCapacity, r))),
+    )
+
+
+def test_generated_controller_input_gets_specific_answers(
+    standin: OpenStackStandIn, controller: PluginProcess
+) -> None:
+    standin.add_server("node-h", "az-a")
+    created: set[str] = set()
+
+    @SETTINGS
+    @given(data=st.data())
+    def one(data: st.DataObject) -> None:
+        method, call = data.draw(controller_calls(controller))
+        result = specific(outcome(lambda: call(timeout=10)), method)
+        if method == "CreateVolume" and result.ok:
+            created.add(call.args[0].name)
+        assert controller.identity.Probe(csi_pb2.ProbeRequest(), timeout=10).ready.value
+
+    one()
+    # Every volume the cloud holds was answered OK to a CreateVolume; no name twice.
+    audit(standin, dict.fromkeys(created, 1))
+    wipe(standin, controller.controller)
+
+
+@pytest.fixture(scope="module")
+def node_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PluginProcess, Path]]:
+    """`cinder-csi node` over an empty fake /sys and a no-op udevadm: a device search misses
+    quickly and nudges nothing on the machine running the tests."""
+    workdir = tmp_path_factory.mktemp("hostile-node")
+    kubelet, by_id, sys_root, bin_dir = (workdir / d for d in ("kubelet", "by-id", "sys", "bin"))
+    for directory in (kubelet, by_id, sys_root, bin_dir, workdir / "outside"):
+        directory.mkdir()
+    (kubelet / "escape").symlink_to(workdir / "outside")
+    (bin_dir / "udevadm").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "udevadm").chmod(0o755)
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ.get('PATH', '')}")
+    with node_process(workdir / "run", "0b3a9d2e-5f41-4c8e-9a77-1d2c3b4a5e6f", by_id, kubelet,
+                      "--sys-root", str(sys_root), "--default-call-timeout", "1",
+                      env=env) as node:
+        yield node, workdir
+
+
+def paths(kubelet: Path, outside: Path) -> st.SearchStrategy[str]:
+    inside = st.from_regex(r"[a-z0-9]{1,8}(/[a-z0-9]{1,8}){0,3}", fullmatch=True).map(
+        lambda rel: str(kubelet / rel))
+    return st.one_of(inside, st.sampled_from([
+        str(kubelet), str(kubelet / ".." / "outside" / "x"), str(kubelet / "escape" / "y"),
+        str(outside / "z"), "relative/path", "", "/", "/etc/passwd", str(kubelet) + "\0x",
+        str(kubelet / ("d" * 300) / "x"), str(kubelet / "a") * 400,
+        str(kubelet / "pods" / "p" / "volumes" / "mount"),
+    ]), HOSTILE_TEXT)
+
+
+def node_calls(node: PluginProcess, workdir: Path) -> st.SearchStrategy[tuple[str, Any]]:
+    stub, where = node.node, paths(workdir / "kubelet", workdir / "outside")
+    return st.one_of(
+        st.builds(csi_pb2.NodeStageVolumeRequest, volume_id=IDS, staging_target_path=where,
+                  volume_capability=capabilities(), volume_context=MAPS,
+                  publish_context=MAPS, secrets=MAPS).map(
+            lambda r: ("NodeStageVolume", partial(stub.NodeStageVolume, r))),
+        st.builds(csi_pb2.NodeUnstageVolumeRequest, volume_id=IDS,
+                  staging_target_path=where).map(
+            lambda r: ("NodeUnstageVolume", partial(stub.NodeUnstageVolume, r))),
+        st.builds(csi_pb2.NodePublishVolumeRequest, volume_id=IDS, staging_target_path=where,
+                  target_path=where, volume_capability=capabilities(),
+                  readonly=st.booleans(), volume_context=MAPS).map(
+            lambda r: ("NodePublishVolume", partial(stub.NodePublishVolume, r))),
+        st.builds(csi_pb2.NodeUnpublishVolumeRequest, volume_id=IDS, target_path=where).map(
+            lambda r: ("NodeUnpublishVolume", partial(stub.NodeUnpublishVolume, r))),
+        st.builds(csi_pb2.NodeGetVolumeStatsRequest, volume_id=IDS, volume_path=where).map(
+            lambda r: ("NodeGetVolumeStats", partial(stub.NodeGetVolumeStats, r))),
+        st.builds(csi_pb2.NodeExpandVolumeRequest, volume_id=IDS, volume_path=where,
+                  capacity_range=st.builds(csi_pb2.CapacityRange, required_bytes=INT64)).map(
+            lambda r: ("NodeExpandVolume", partial(stub.NodeExpandVolume, r))),
+    )
+
+
+def tree(root: Path, skip: Path) -> set[str]:
+    found = set()
+    for directory, dirs, files in os.walk(root):
+        if Path(directory) == skip:
+            dirs.clear()
+            continue
+        found.update(os.path.join(directory, name) for name in [*dirs, *files])
+    return found
+
+
+def test_generated_node_input_gets_specific_answers_and_stays_inside_the_kubelet_root(
+    node_host: tuple[PluginProcess, Path],
+) -> None:
+    node, workdir = node_host
+    before = tree(workdir, skip=workdir / "kubelet")
+
+    @settings(SETTINGS, max_examples=2 * EXAMPLES)
+    @given(data=st.data())
+    def one(data: st.DataObject) -> None:
+        method, call = data.draw(node_calls(node, workdir))
+        specific(outcome(lambda: call(timeout=3)), method)
+        assert node.identity.Probe(csi_pb2.ProbeRequest(), timeout=5).ready.value
+
+    one()
+    appeared = tree(workdir, skip=workdir / "kubelet") - before
+    assert not {p for p in appeared if not p.startswith(str(workdir / "run"))}, appeared
+    assert not os.listdir(workdir / "outside")
+
+
+def test_unpublish_never_deletes_what_it_did_not_make(
+    node_host: tuple[PluginProcess, Path],
+) -> None:
+    node, workdir = node_host
+    data = workdir / "kubelet" / "pods" / "other" / "volumes" / "empty-dir" / "data.db"
+    data.parent.mkdir(parents=True)
+    data.write_text("another pod's data")
+    result = specific(outcome(lambda: node.node.NodeUnpublishVolume(
+        csi_pb2.NodeUnpublishVolumeRequest(volume_id="0b3a9d2e-5f41-4c8e-9a77-1d2c3b4a5e6f",
+                                           target_path=str(data)), timeout=5)))
+    assert data.read_text() == "another pod's data", result
