@@ -35,6 +35,23 @@ CAPABILITIES = (
     NodeCap.VOLUME_CONDITION, NodeCap.SINGLE_NODE_MULTI_WRITER,
 )
 FSTYPE_CONTEXT_KEYS = ("fsType", "csi.storage.k8s.io/fstype")
+# Linux limits of a path and of one of its components, in bytes.
+PATH_MAX = 4096
+NAME_MAX = 255
+
+
+def _make_mount_point(path: Path, *, directory: bool) -> None:
+    """The directory (mount) or empty file (block) to mount on; what the file system refuses
+    (a file where a directory is needed, a read-only parent) is the caller's to fix."""
+    try:
+        if directory:
+            path.mkdir(parents=True, exist_ok=True)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if not path.exists():
+                path.touch(mode=0o600)
+    except OSError as exc:
+        raise errors.FailedPrecondition(f"cannot make mount point {path}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -74,6 +91,12 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         v.require(value, field_name)
         if not os.path.isabs(value) or "\0" in value:
             raise errors.InvalidArgument(f"{field_name} {value!r} must be an absolute path")
+        encoded = value.encode(errors="surrogateescape")
+        if len(encoded) >= PATH_MAX or any(len(p) > NAME_MAX for p in encoded.split(b"/")):
+            raise errors.InvalidArgument(
+                f"{field_name} is longer than a path can be ({len(encoded)} bytes, or a "
+                f"component over {NAME_MAX})"
+            )
         resolved = os.path.realpath(value)
         if os.path.commonpath([resolved, self._root]) != self._root or resolved == self._root:
             raise errors.InvalidArgument(
@@ -135,7 +158,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             if cap.WhichOneof("access_type") == "block":
                 return csi_pb2.NodeStageVolumeResponse()  # published straight from the device
             fstype = self._fstype(cap, request.volume_context)
-            staging.mkdir(parents=True, exist_ok=True)
+            _make_mount_point(staging, directory=True)
             self.mounter.format_and_mount(
                 device, staging, fstype, list(cap.mount.mount_flags), deadline
             )
@@ -186,9 +209,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         with self.locks.hold([volume_id], "NodePublishVolume", deadline):
             if cap.WhichOneof("access_type") == "block":
                 device = self._device(volume_id, deadline)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                if not target.exists():
-                    target.touch(mode=0o600)
+                _make_mount_point(target, directory=False)
                 self.mounter.bind_mount(device, target, readonly=readonly, deadline=deadline)
             else:
                 staged = self.mounter.table.mounts_at(staging)
@@ -198,7 +219,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                     )
                 if cap.access_mode.mode == v.Mode.SINGLE_NODE_SINGLE_WRITER:
                     self._refuse_second_publication(volume_id, staged[-1].source, staging, target)
-                target.mkdir(parents=True, exist_ok=True)
+                _make_mount_point(target, directory=True)
                 self.mounter.bind_mount(staging, target, readonly=readonly, deadline=deadline)
         return csi_pb2.NodePublishVolumeResponse()
 

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from cinder_csi.csi import csi_pb2
 from cinder_csi.standins.openstack import OpenStackStandIn
-from tests.integration.csi_helpers import GIB, create_request
+from tests.integration.csi_helpers import GIB, create_request, mount_cap
 from tests.reliability.driver_env import (
     PluginProcess,
     audit,
@@ -350,3 +350,35 @@ def test_unpublish_never_deletes_what_it_did_not_make(
         csi_pb2.NodeUnpublishVolumeRequest(volume_id="0b3a9d2e-5f41-4c8e-9a77-1d2c3b4a5e6f",
                                            target_path=str(data)), timeout=5)))
     assert data.read_text() == "another pod's data", result
+
+
+def test_stage_onto_a_path_the_file_system_refuses_is_a_specific_error(
+    node_host: tuple[PluginProcess, Path],
+) -> None:
+    node, workdir = node_host
+    volume = "3f6a1c2e-8b4d-4e5f-9a0b-1c2d3e4f5a6b"
+    # A device the plugin can prove is the volume (its backing file names it)...
+    device = workdir / "fakedev"
+    device.write_bytes(b"")
+    (workdir / "sys" / "block" / "fakedev" / "loop").mkdir(parents=True)
+    (workdir / "sys" / "block" / "fakedev" / "loop" / "backing_file").write_text(
+        f"/srv/{volume}.img\n")
+    link = workdir / "by-id" / f"virtio-{volume[:20]}"
+    link.symlink_to(device)
+    blocker = workdir / "kubelet" / "plugins" / "a-file"
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_text("")
+    try:
+        # ...staged where a file stands in the way of the directory: the caller's to fix.
+        blocked = specific(outcome(lambda: node.node.NodeStageVolume(
+            csi_pb2.NodeStageVolumeRequest(
+                volume_id=volume, staging_target_path=str(blocker / "globalmount"),
+                volume_capability=mount_cap()), timeout=5)))
+        assert blocked.code == C.FAILED_PRECONDITION, blocked
+        too_long = specific(outcome(lambda: node.node.NodeStageVolume(
+            csi_pb2.NodeStageVolumeRequest(
+                volume_id=volume, staging_target_path=str(workdir / "kubelet" / ("d" * 256)),
+                volume_capability=mount_cap()), timeout=5)))
+        assert too_long.code == C.INVALID_ARGUMENT, too_long
+    finally:
+        link.unlink()
