@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+import pytest
 
 from cinder_csi.csi import csi_pb2, csi_pb2_grpc
 from cinder_csi.standins.openstack import OpenStackStandIn
@@ -324,3 +325,44 @@ def concurrently(calls: Mapping[str, Callable[[], Any]], join: float = 60.0
     missing = sorted(set(calls) - set(results))
     assert not missing, f"calls still running after {join}s: {missing}"
     return results
+
+
+# ---- fixtures shared by the driver's modules ------------------------------------------------
+
+
+def module_standin(label: str, *, volume_types: Sequence[str] = ()) -> Any:
+    """A module-scoped fixture `standin`: the OpenStack stand-in for one test module."""
+
+    @pytest.fixture(scope="module", name="standin")
+    def fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenStackStandIn]:
+        with openstack_standin(tmp_path_factory.mktemp(label) / "openstack") as running:
+            for name in volume_types:
+                running.add_volume_type(name)
+            yield running
+
+    return fixture
+
+
+def module_controller(label: str, *extra: str, http: bool = False) -> Any:
+    """A module-scoped fixture `plugin`: `cinder-csi controller` against `standin`."""
+
+    @pytest.fixture(scope="module", name="plugin")
+    def fixture(standin: OpenStackStandIn, tmp_path_factory: pytest.TempPathFactory
+                ) -> Iterator[PluginProcess]:
+        workdir = tmp_path_factory.mktemp(f"{label}-controller")
+        with controller_process(workdir, standin, *extra, http=http) as running:
+            yield running
+
+    return fixture
+
+
+def empty_cloud_after_each() -> Any:
+    """An autouse fixture: after each test, everything the test left is removed through the
+    driver (`wipe`), so each test's audit sees only its own volumes."""
+
+    @pytest.fixture(autouse=True, name="empty_cloud")
+    def fixture(standin: OpenStackStandIn, plugin: PluginProcess) -> Iterator[None]:
+        yield
+        wipe(standin, plugin.controller)
+
+    return fixture

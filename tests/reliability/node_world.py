@@ -6,7 +6,6 @@ detached, and none may be left."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -18,23 +17,16 @@ from pathlib import Path
 from cinder_csi.csi import csi_pb2
 from cinder_csi.standins.openstack import OpenStackStandIn
 from tests.integration.csi_helpers import create_request, mount_cap
+from tests.integration.loop_devices import MIB, sha256
 from tests.integration.node_env import loop_devices_backed_by, unmount_below
+
+__all__ = ["MIB", "NodeWorld", "blkid", "has", "node_world", "run", "sha256"]
 from tests.reliability.driver_env import (
     PluginProcess,
     controller_process,
     node_argv,
     openstack_standin,
 )
-
-MIB = 1024 * 1024
-
-
-def sha256(device: Path) -> str:
-    digest = hashlib.sha256()
-    with device.open("rb") as handle:
-        while chunk := handle.read(8 * MIB):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def blkid(device: Path) -> dict[str, str]:

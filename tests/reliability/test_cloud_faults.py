@@ -11,7 +11,7 @@ twice, no attachment left that should not be, and the operation's effect there e
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,8 +25,8 @@ from tests.reliability.driver_env import (
     Outcome,
     PluginProcess,
     audit,
-    controller_process,
-    openstack_standin,
+    module_controller,
+    module_standin,
     outcome,
     specific,
     wait_until,
@@ -214,20 +214,9 @@ FAULTS = [
           frozenset({C.DEADLINE_EXCEEDED}), timeout=FAILS_FAST, ops=("publish", "unpublish")),
     Fault("hung-keystone", hung_keystone, FAILING, timeout=FAILS_FAST),
 ]
+standin = module_standin("faults")
+plugin = module_controller("faults")
 CASES = [pytest.param(fault, op, id=f"{fault.name}-{op}") for fault in FAULTS for op in fault.ops]
-
-
-@pytest.fixture(scope="module")
-def standin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenStackStandIn]:
-    with openstack_standin(tmp_path_factory.mktemp("faults") / "openstack") as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def plugin(standin: OpenStackStandIn, tmp_path_factory: pytest.TempPathFactory
-           ) -> Iterator[PluginProcess]:
-    with controller_process(tmp_path_factory.mktemp("faults-controller"), standin) as running:
-        yield running
 
 
 @pytest.mark.parametrize(("fault", "op"), CASES)

@@ -8,12 +8,10 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
 import grpc
-import pytest
 
 from cinder_csi.cloud.connection import Cloud, CloudTimeouts
 from cinder_csi.config import load_cloud_config
@@ -26,38 +24,21 @@ from tests.reliability.driver_env import (
     PluginProcess,
     audit,
     concurrently,
-    controller_process,
+    empty_cloud_after_each,
+    module_controller,
+    module_standin,
     node_process,
-    openstack_standin,
     outcome,
     specific,
     wait_until,
-    wipe,
 )
 
 C = grpc.StatusCode
 KEYSTONE_TOKENS = r"auth/tokens"
 
-
-@pytest.fixture(scope="module")
-def standin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenStackStandIn]:
-    with openstack_standin(tmp_path_factory.mktemp("bounds") / "openstack") as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def plugin(standin: OpenStackStandIn, tmp_path_factory: pytest.TempPathFactory
-           ) -> Iterator[PluginProcess]:
-    workdir = tmp_path_factory.mktemp("bounds-controller")
-    with controller_process(workdir, standin, "--default-call-timeout", "3",
-                            http=True) as running:
-        yield running
-
-
-@pytest.fixture(autouse=True)
-def empty_cloud(standin: OpenStackStandIn, plugin: PluginProcess) -> Iterator[None]:
-    yield
-    wipe(standin, plugin.controller)
+standin = module_standin("bounds")
+plugin = module_controller("bounds", "--default-call-timeout", "3", http=True)
+empty_cloud = empty_cloud_after_each()
 
 
 def in_thread(call: object, join: float) -> Outcome:

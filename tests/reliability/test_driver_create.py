@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 
 import grpc
-import pytest
 
 from cinder_csi.csi import csi_pb2
 from cinder_csi.standins.openstack import OpenStackStandIn
@@ -17,36 +15,20 @@ from tests.integration.csi_helpers import GIB, create_request
 from tests.reliability.driver_env import (
     PluginProcess,
     audit,
-    controller_process,
-    openstack_standin,
+    empty_cloud_after_each,
+    module_controller,
+    module_standin,
     outcome,
     specific,
     wait_until,
-    wipe,
 )
 
 C = grpc.StatusCode
 NO_VALID_BACKEND = "No valid backend was found. Not enough capacity on any backend."
 
-
-@pytest.fixture(scope="module")
-def standin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenStackStandIn]:
-    with openstack_standin(tmp_path_factory.mktemp("create") / "openstack") as running:
-        running.add_volume_type("fast")
-        yield running
-
-
-@pytest.fixture(scope="module")
-def plugin(standin: OpenStackStandIn, tmp_path_factory: pytest.TempPathFactory
-           ) -> Iterator[PluginProcess]:
-    with controller_process(tmp_path_factory.mktemp("create-controller"), standin) as running:
-        yield running
-
-
-@pytest.fixture(autouse=True)
-def empty_cloud(standin: OpenStackStandIn, plugin: PluginProcess) -> Iterator[None]:
-    yield
-    wipe(standin, plugin.controller)
+standin = module_standin("create", volume_types=["fast"])
+plugin = module_controller("create")
+empty_cloud = empty_cloud_after_each()
 
 
 def create(plugin: PluginProcess, name: str, timeout: float = 20, **kwargs: object) -> str:

@@ -4,8 +4,6 @@ retry (upstream cloud-provider-openstack #1003, #2553)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import grpc
 import pytest
 
@@ -15,33 +13,18 @@ from tests.integration.csi_helpers import create_request, mount_cap
 from tests.reliability.driver_env import (
     PluginProcess,
     audit,
-    controller_process,
-    openstack_standin,
+    empty_cloud_after_each,
+    module_controller,
+    module_standin,
     outcome,
     specific,
-    wipe,
 )
 
 C = grpc.StatusCode
 
-
-@pytest.fixture(scope="module")
-def standin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenStackStandIn]:
-    with openstack_standin(tmp_path_factory.mktemp("detach") / "openstack") as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def plugin(standin: OpenStackStandIn, tmp_path_factory: pytest.TempPathFactory
-           ) -> Iterator[PluginProcess]:
-    with controller_process(tmp_path_factory.mktemp("detach-controller"), standin) as running:
-        yield running
-
-
-@pytest.fixture(autouse=True)
-def empty_cloud(standin: OpenStackStandIn, plugin: PluginProcess) -> Iterator[None]:
-    yield
-    wipe(standin, plugin.controller)
+standin = module_standin("detach")
+plugin = module_controller("detach")
+empty_cloud = empty_cloud_after_each()
 
 
 def published(plugin: PluginProcess, standin: OpenStackStandIn, name: str) -> tuple[str, str]:

@@ -21,9 +21,9 @@ from tests.integration.csi_helpers import GIB, create_request, mount_cap
 from tests.reliability.driver_env import (
     PluginProcess,
     audit,
-    controller_process,
+    module_controller,
+    module_standin,
     node_process,
-    openstack_standin,
     outcome,
     specific,
     wipe,
@@ -32,18 +32,8 @@ from tests.reliability.driver_env import (
 C = grpc.StatusCode
 TOPOLOGY_KEY = "topology.cinder.csi.openstack.org/zone"
 
-
-@pytest.fixture(scope="module")
-def standin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenStackStandIn]:
-    with openstack_standin(tmp_path_factory.mktemp("hostile") / "openstack") as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def controller(standin: OpenStackStandIn, tmp_path_factory: pytest.TempPathFactory
-               ) -> Iterator[PluginProcess]:
-    with controller_process(tmp_path_factory.mktemp("hostile-controller"), standin) as running:
-        yield running
+standin = module_standin("hostile")
+plugin = module_controller("hostile")
 
 
 def zone_topology(zone: str) -> csi_pb2.TopologyRequirement:
@@ -83,46 +73,46 @@ REFUSED: dict[str, tuple[Callable[[], Any], grpc.StatusCode]] = {
 
 @pytest.mark.parametrize("case", sorted(REFUSED))
 def test_input_the_cloud_would_refuse_is_refused_before_any_cloud_call(
-    standin: OpenStackStandIn, controller: PluginProcess, case: str
+    standin: OpenStackStandIn, plugin: PluginProcess, case: str
 ) -> None:
     build, code = REFUSED[case]
     sent_before = len(standin.requests())
-    result = specific(outcome(lambda: controller.controller.CreateVolume(build(), timeout=20)),
+    result = specific(outcome(lambda: plugin.controller.CreateVolume(build(), timeout=20)),
                       case)
     assert result.code == code, result
     assert len(standin.requests()) == sent_before, "the request reached the cloud"
     assert len(result.details) < 1000, "the error echoes the whole input"
-    assert controller.identity.Probe(csi_pb2.ProbeRequest(), timeout=10).ready.value
+    assert plugin.identity.Probe(csi_pb2.ProbeRequest(), timeout=10).ready.value
     audit(standin, {})
 
 
 @pytest.mark.parametrize("call", ["snapshot name", "snapshot metadata", "modify type",
                                   "expand beyond Cinder", "listing token", "list snapshots"])
 def test_other_calls_refuse_what_the_cloud_would_refuse(
-    standin: OpenStackStandIn, controller: PluginProcess, call: str
+    standin: OpenStackStandIn, plugin: PluginProcess, call: str
 ) -> None:
     volume_id = "0b3a9d2e-5f41-4c8e-9a77-1d2c3b4a5e6f"
     requests: dict[str, tuple[Callable[[], Any], grpc.StatusCode]] = {
-        "snapshot name": (lambda: controller.controller.CreateSnapshot(
+        "snapshot name": (lambda: plugin.controller.CreateSnapshot(
             csi_pb2.CreateSnapshotRequest(name="s" * 256, source_volume_id=volume_id),
             timeout=20), C.INVALID_ARGUMENT),
-        "snapshot metadata": (lambda: controller.controller.CreateSnapshot(
+        "snapshot metadata": (lambda: plugin.controller.CreateSnapshot(
             csi_pb2.CreateSnapshotRequest(
                 name="snap", source_volume_id=volume_id,
                 parameters={"csi.storage.k8s.io/volumesnapshot/name": "\0"}),
             timeout=20), C.INVALID_ARGUMENT),
-        "modify type": (lambda: controller.controller.ControllerModifyVolume(
+        "modify type": (lambda: plugin.controller.ControllerModifyVolume(
             csi_pb2.ControllerModifyVolumeRequest(
                 volume_id=volume_id, mutable_parameters={"type": "t" * 1000}),
             timeout=20), C.INVALID_ARGUMENT),
-        "expand beyond Cinder": (lambda: controller.controller.ControllerExpandVolume(
+        "expand beyond Cinder": (lambda: plugin.controller.ControllerExpandVolume(
             csi_pb2.ControllerExpandVolumeRequest(
                 volume_id=volume_id, capacity_range=csi_pb2.CapacityRange(
                     required_bytes=2**62)), timeout=20), C.OUT_OF_RANGE),
-        "listing token": (lambda: controller.controller.ListVolumes(
+        "listing token": (lambda: plugin.controller.ListVolumes(
             csi_pb2.ListVolumesRequest(starting_token="eyJpZCI6ICIuLi8uLiIsICJhdCI6ICIyMDIwLTAxLTAxIn0"),
             timeout=20), C.ABORTED),
-        "list snapshots": (lambda: controller.controller.ListSnapshots(
+        "list snapshots": (lambda: plugin.controller.ListSnapshots(
             csi_pb2.ListSnapshotsRequest(starting_token="x" * 10_000), timeout=20), C.ABORTED),
     }
     send, code = requests[call]
@@ -200,8 +190,8 @@ def create_requests(draw: st.DrawFn) -> csi_pb2.CreateVolumeRequest:
     return request
 
 
-def controller_calls(controller: PluginProcess) -> st.SearchStrategy[tuple[str, Any]]:
-    stub = controller.controller
+def controller_calls(plugin: PluginProcess) -> st.SearchStrategy[tuple[str, Any]]:
+    stub = plugin.controller
     return st.one_of(
         create_requests().map(lambda r: ("CreateVolume", partial(stub.CreateVolume, r))),
         st.builds(csi_pb2.DeleteVolumeRequest, volume_id=IDS, secrets=MAPS).map(
@@ -237,7 +227,7 @@ def controller_calls(controller: PluginProcess) -> st.SearchStrategy[tuple[str, 
 
 
 def test_generated_controller_input_gets_specific_answers(
-    standin: OpenStackStandIn, controller: PluginProcess
+    standin: OpenStackStandIn, plugin: PluginProcess
 ) -> None:
     standin.add_server("node-h", "az-a")
     created: set[str] = set()
@@ -245,16 +235,16 @@ def test_generated_controller_input_gets_specific_answers(
     @SETTINGS
     @given(data=st.data())
     def one(data: st.DataObject) -> None:
-        method, call = data.draw(controller_calls(controller))
+        method, call = data.draw(controller_calls(plugin))
         result = specific(outcome(lambda: call(timeout=10)), method)
         if method == "CreateVolume" and result.ok:
             created.add(call.args[0].name)
-        assert controller.identity.Probe(csi_pb2.ProbeRequest(), timeout=10).ready.value
+        assert plugin.identity.Probe(csi_pb2.ProbeRequest(), timeout=10).ready.value
 
     one()
     # Every volume the cloud holds was answered OK to a CreateVolume; no name twice.
     audit(standin, dict.fromkeys(created, 1))
-    wipe(standin, controller.controller)
+    wipe(standin, plugin.controller)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from cinder_csi.errors import FailedPrecondition
 from cinder_csi.host.commands import CommandResult
 from cinder_csi.host.devices import DeviceFinder
 from cinder_csi.host.identity import Identifier, judge, parse_vpd80, parse_vpd83
-from tests.unit.host_fakes import FakeRunner
+from tests.unit.host_fakes import FakeDevTree, FakeRunner
 
 VOLUME = "0b3a9d2e-5f41-4c8e-9a77-1d2c3b4a5e6f"
 OTHER = "7c1d4e2f-9a8b-4c3d-8e7f-6a5b4c3d2e1f"
@@ -29,15 +29,11 @@ def vpd83(*designators: tuple[int, int, bytes]) -> bytes:
     return bytes([0, 0x83]) + len(body).to_bytes(2, "big") + body
 
 
-class Node:
-    """A fake /dev, /dev/disk/by-id and /sys with SCSI and virtio disks."""
+class Node(FakeDevTree):
+    """A fake /dev, /dev/disk/by-id and /sys with SCSI and virtio disks, and udev's view."""
 
     def __init__(self, root: Path) -> None:
-        self.dev = root / "dev"
-        self.by_id = self.dev / "disk" / "by-id"
-        self.sys = root / "sys"
-        self.by_id.mkdir(parents=True)
-        (self.sys / "block").mkdir(parents=True)
+        super().__init__(root)
         self.udev: dict[str, dict[str, str]] = {}
 
     def disk(self, name: str, *, serial: str | None = None, pg80: bytes | None = None,
@@ -54,9 +50,6 @@ class Node:
             (block / "device" / "vpd_pg83").write_bytes(pg83)
         self.udev[str(node)] = udev or {}
         return node
-
-    def link(self, name: str, device: Path) -> None:
-        (self.by_id / name).symlink_to(device)
 
     def runner(self, *, udev_fails: bool = False) -> FakeRunner:
         def answer(argv: tuple[str, ...]) -> CommandResult | tuple[int, str, str] | None:

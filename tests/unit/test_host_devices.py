@@ -8,21 +8,14 @@ import pytest
 from cinder_csi.deadline import Deadline
 from cinder_csi.errors import FailedPrecondition, InvalidArgument, NotFound
 from cinder_csi.host.devices import DeviceFinder
-from tests.unit.host_fakes import FakeRunner
+from tests.unit.host_fakes import FakeDevTree, FakeRunner
 
 VOLUME = "0b3a9d2e-5f41-4c8e-9a77-1d2c3b4a5e6f"
 SHORT = VOLUME[:20]
 
 
-class Host:
+class Host(FakeDevTree):
     """A fake /dev, /dev/disk/by-id and /sys under tmp_path."""
-
-    def __init__(self, root: Path) -> None:
-        self.dev = root / "dev"
-        self.by_id = self.dev / "disk" / "by-id"
-        self.sys = root / "sys"
-        self.by_id.mkdir(parents=True)
-        (self.sys / "block").mkdir(parents=True)
 
     def device(self, name: str, serial: str | None = None, sectors: int = 2048) -> Path:
         node = self.dev / name
@@ -35,11 +28,6 @@ class Host:
         cls.mkdir(parents=True)
         (cls / "size").write_text(f"{sectors}\n")
         return node
-
-    def link(self, name: str, device: Path) -> Path:
-        link = self.by_id / name
-        link.symlink_to(device)
-        return link
 
     def finder(self, runner: FakeRunner) -> DeviceFinder:
         return DeviceFinder(
