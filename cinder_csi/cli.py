@@ -219,8 +219,11 @@ def run_controller(args: argparse.Namespace) -> int:
     from cinder_csi.controller.service import ControllerOptions, ControllerService
     from cinder_csi.csi.identity import IdentityService
     from cinder_csi.csi.server import CSIServer
+    from cinder_csi.csi.validation import cinder_text
     from cinder_csi.metrics import HealthChecks, Metrics, serve_http
 
+    # Every volume carries the cluster id in its metadata; refuse one Cinder would refuse.
+    cinder_text(args.cluster, "--cluster")
     config = load_cloud_config(args.cloud_config, cloud=args.cloud, clouds_file=args.clouds_file)
     log.info("starting controller %s %s, cloud %r", args.driver_name, version(), config.auth)
     cloud = Cloud(config.auth)

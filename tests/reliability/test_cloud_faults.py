@@ -48,7 +48,7 @@ KEY_REQUEST = {
 # The status each operation passes through in Cinder, for the "stuck" fault.
 TRANSITION = {"create": "creating", "delete": "deleting", "publish": "attaching",
               "unpublish": "detaching", "expand": "extending", "snapshot": "creating"}
-FAILS_FAST = 3.0  # the RPC timeout of calls a fault makes fail or hang
+FAILS_FAST = 2.0  # the RPC timeout of calls a fault makes fail or hang
 SUCCEEDS = 20.0  # the RPC timeout of calls that should get through
 
 

@@ -5,6 +5,8 @@ nothing appears outside the kubelet root. Examples first, then generated input (
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
@@ -316,7 +318,7 @@ def test_generated_node_input_gets_specific_answers_and_stays_inside_the_kubelet
     node, workdir = node_host
     before = tree(workdir, skip=workdir / "kubelet")
 
-    @settings(SETTINGS, max_examples=2 * EXAMPLES)
+    @settings(SETTINGS, max_examples=EXAMPLES + EXAMPLES // 2)
     @given(data=st.data())
     def one(data: st.DataObject) -> None:
         method, call = data.draw(node_calls(node, workdir))
@@ -372,3 +374,12 @@ def test_stage_onto_a_path_the_file_system_refuses_is_a_specific_error(
         assert too_long.code == C.INVALID_ARGUMENT, too_long
     finally:
         link.unlink()
+
+
+def test_a_cluster_id_cinder_would_refuse_stops_the_controller_at_start(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "cinder_csi.cli", "controller", "--cluster", "c" * 300,
+         "--endpoint", f"unix://{tmp_path / 'c.sock'}"],
+        capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2, result.stderr
+    assert "--cluster is 300 characters long" in result.stderr
