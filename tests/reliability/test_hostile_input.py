@@ -7,12 +7,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import grpc
+import openstack
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -383,3 +386,27 @@ def test_a_cluster_id_cinder_would_refuse_stops_the_controller_at_start(tmp_path
         capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 2, result.stderr
     assert "--cluster is 300 characters long" in result.stderr
+
+
+def test_the_stand_in_refuses_what_cinder_refuses(standin: OpenStackStandIn) -> None:
+    """The other half of the examples above: what the driver now refuses first is what the
+    cloud would answer 414 or 400 to (so a regression shows as a cloud error, not silence)."""
+    long_url = f"{standin.base_url}/volume/v3/volumes/detail?name={'n' * 9000}"
+    try:
+        urllib.request.urlopen(long_url, timeout=10)
+        status = 200
+    except urllib.error.HTTPError as error:
+        status = error.code
+    assert status == 414
+    cloud = standin.clouds_yaml()["clouds"]["sandbox"]
+    conn = openstack.connect(auth=cloud["auth"], region_name=cloud["region_name"],
+                             load_yaml_config=False, load_envvars=False)
+    try:
+        for body in ({"name": "n" * 256, "size": 1}, {"name": "a\nb", "size": 1},
+                     {"size": 2**31}, {"size": 1, "metadata": {"k": "v" * 256}}):
+            answer = conn.block_storage.post("/volumes", json={"volume": body},
+                                             raise_exc=False)
+            assert answer.status_code == 400, (body, answer.text)
+    finally:
+        conn.close()
+    assert not standin.volumes()
