@@ -15,6 +15,7 @@ move to a node in the other zone (Nova's default ``cross_az_attach``), as on man
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import secrets
 import signal
@@ -52,10 +53,23 @@ APPLIED_KINDS = ("Namespace", "CSIDriver", "StorageClass", "PersistentVolumeClai
 MANIFEST_PARTS = ("driver", "registry")
 
 
+# The build ships manifests/ inside the package under this name (see setup.py).
+MANIFESTS_PACKAGE = "cinder_csi.manifests"
+
+
 def manifests_dir() -> Path | None:
-    """manifests/ of the checkout this package runs from, if there is one."""
-    candidate = Path(__file__).resolve().parents[2] / "manifests"  # cinder_csi/sandbox/ -> root
-    return candidate if (candidate / "kustomization.yaml").exists() else None
+    """The deployment manifests: those shipped with the installed package, else (running from
+    a bare checkout) the manifests/ beside the package."""
+    try:
+        spec = importlib.util.find_spec(MANIFESTS_PACKAGE)
+    except ModuleNotFoundError:
+        spec = None
+    places = list(spec.submodule_search_locations or ()) if spec is not None else []
+    places.append(str(Path(__file__).resolve().parents[2] / "manifests"))  # checkout root
+    for place in places:
+        if (Path(place) / "kustomization.yaml").exists():
+            return Path(place)
+    return None
 
 
 def manifest_objects(root: Path) -> list[dict[str, object]]:
@@ -162,8 +176,12 @@ class Sandbox:
         assert self.kube is not None
         root = manifests_dir()
         if root is None:
-            self._say("no manifests/ next to this package: applying none")
-            return
+            raise RuntimeError(
+                f"the deployment manifests are missing: neither the package {MANIFESTS_PACKAGE} "
+                "nor a manifests/ beside it exists; reinstall cinder-csi (its CSIDriver and "
+                "StorageClasses are what the sandbox applies)"
+            )
+        self._say(f"applying the CSIDriver, StorageClasses and registry claim of {root}")
         for obj in manifest_objects(root):
             kind = str(obj["kind"])
             if kind == "PersistentVolumeClaim" and not self.loop:
@@ -175,7 +193,7 @@ class Sandbox:
             store = self.kube.store
             if store.try_get(_plural(kind), _name(obj), namespace=_namespace(obj)) is None:
                 store.create(_plural(kind), obj)
-            self._say(f"applied {kind} {_name(obj)} from manifests/")
+            self._say(f"applied {kind} {_name(obj)}")
 
     def _write_configs(self) -> None:
         assert self.openstack is not None
