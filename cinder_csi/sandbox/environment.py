@@ -160,7 +160,8 @@ class Sandbox:
         for index, server_id in enumerate(self.server_ids):
             self._spawn(f"node-{index}", [
                 "node", "--endpoint", f"unix://{self.node_socket(index)}",
-                "--cloud-config", str(self.state_dir / "cloud.conf"),
+                # As deployed: the node plugin gets settings, never the credentials.
+                "--cloud-config", str(self.state_dir / "node.conf"),
                 "--kubelet-root", str(self.kubelet_root),
                 "--by-id-dir", str(self.state_dir / "nodes" / f"node-{index}" / "by-id"),
                 "--metadata-url", self.openstack.metadata_url(server_id),
@@ -211,6 +212,8 @@ class Sandbox:
             "ignore-volume-az = true\n"
         )
         conf.chmod(0o600)
+        (self.state_dir / "node.conf").write_text(
+            "[BlockStorage]\nignore-volume-az = true\n[Metadata]\nsearch-order = metadataService\n")
         clouds = self.state_dir / "clouds.yaml"
         cloud = {"auth": {
             "auth_url": self.openstack.auth_url, "username": SANDBOX_USER,
