@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import logging
 import os
 import signal
@@ -44,6 +45,16 @@ def key_value(text: str) -> tuple[str, str]:
     return key, value
 
 
+def name_list(text: str) -> list[str]:
+    """A Go string-slice flag: comma-separated, each value optionally double-quoted (upstream's
+    manifests write --cloud-name="zone-one"; pflag reads that as zone-one)."""
+    try:
+        rows = list(csv.reader([text], skipinitialspace=True))
+    except csv.Error as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+    return [value.strip() for value in (rows[0] if rows else [""])]
+
+
 def _add_logging(parser: argparse.ArgumentParser, default_level: str = "INFO") -> None:
     parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", default_level),
                         help=f"DEBUG, INFO, WARNING or ERROR (default: $LOG_LEVEL or "
@@ -71,10 +82,11 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 def _add_controller(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("controller", help="serve the CSI Identity and Controller services")
     _add_common(parser)
-    parser.add_argument("--cloud-name", action="append", default=[],
+    parser.add_argument("--cloud-name", action="extend", type=name_list, default=[],
                         help='serve the cloud of this cloud.conf section: "" for [Global], '
                              'NAME for [Global "NAME"]; requests pick one with the secret key '
-                             '"cloud" (repeatable; default: every [Global] section)')
+                             '"cloud" (repeatable or comma-separated; default: every [Global] '
+                             "section)")
     parser.add_argument("--cloud", default=os.environ.get("OS_CLOUD"),
                         help="clouds.yaml entry for the default cloud, instead of [Global] "
                              "credentials (default: $OS_CLOUD)")
@@ -186,7 +198,7 @@ def _add_registry_command(sub: argparse._SubParsersAction[argparse.ArgumentParse
 def _add_node(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("node", help="serve the CSI Identity and Node services")
     _add_common(parser)
-    parser.add_argument("--cloud-name", action="append", default=[],
+    parser.add_argument("--cloud-name", action="extend", type=name_list, default=[],
                         help="upstream's cloud selection; accepted and ignored: the node "
                              "plugin talks to no cloud")
     parser.add_argument("--node-id", default="",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cinder_csi.cli import flag_reference, main
+from cinder_csi.cli import build_parser, flag_reference, main
 
 REFERENCE = flag_reference()
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
@@ -45,3 +45,14 @@ def test_readme_names_every_flag(name: str) -> None:
     absent = [flag for flag, _ in REFERENCE[name][1:]
               if flag.startswith("--") and f"`{flag}" not in README and flag not in README]
     assert not absent, f"README lacks {name} flags: {', '.join(absent)}"
+
+
+@pytest.mark.parametrize(("argv", "names"), [
+    (['--cloud-name="zone-one"'], ["zone-one"]),  # upstream's manifests quote it
+    (["--cloud-name", "a,b", "--cloud-name=c"], ["a", "b", "c"]),
+    (['--cloud-name=""'], [""]),  # the plain [Global]
+    ([], []),
+])
+def test_cloud_name_reads_like_the_go_flag(argv: list[str], names: list[str]) -> None:
+    args = build_parser().parse_args(["controller", *argv])
+    assert args.cloud_name == names
