@@ -66,9 +66,14 @@ class CloudSet:
         return self.named(self.name_in(secrets))
 
     def probe(self) -> str | None:
-        """None when every cloud answers, else why (the first that does not)."""
+        """None while some cloud answers, else why none does. One cloud being down must not
+        make the controller look dead (and be restarted): it still serves the others, and a
+        restart would not bring that cloud back."""
+        problems = []
         for name, cloud in self:
             problem = cloud.probe()
-            if problem is not None:
-                return f"{cloud.auth.section()}: {problem}" if len(self) > 1 or name else problem
-        return None
+            if problem is None:
+                return None
+            problems.append(f"{cloud.auth.section()}: {problem}" if len(self) > 1 or name
+                            else problem)
+        return "; ".join(problems)

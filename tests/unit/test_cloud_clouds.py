@@ -35,13 +35,17 @@ def test_an_unknown_cloud_is_invalid_argument_naming_the_served_ones(
     assert "'east'" in info.value.message
 
 
-def test_probe_names_the_cloud_that_does_not_answer() -> None:
-    class Down(Cloud):
-        def probe(self) -> str | None:
-            return "unreachable" if self.auth.name == "east" else None
+def test_ready_while_some_cloud_answers_else_names_each() -> None:
+    down: set[str] = {"east"}
 
-    made = CloudSet.from_settings({n: AuthSettings(name=n) for n in ("", "east")}, Down)
-    assert made.probe() == '[Global "east"]: unreachable'
+    class Probed(Cloud):
+        def probe(self) -> str | None:
+            return "unreachable" if self.auth.name in down else None
+
+    made = CloudSet.from_settings({n: AuthSettings(name=n) for n in ("", "east")}, Probed)
+    assert made.probe() is None
+    down.add("")
+    assert made.probe() == '[Global]: unreachable; [Global "east"]: unreachable'
 
 
 def test_no_cloud_is_refused() -> None:
