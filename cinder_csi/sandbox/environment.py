@@ -338,7 +338,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"state directory: {sandbox.state_dir}", flush=True)
     code = 0
     try:
-        sandbox.start()
+        try:
+            sandbox.start()
+        except RuntimeError as exc:  # what could not start, and where its log is
+            print(f"cinder-csi sandbox: {exc}", file=sys.stderr, flush=True)
+            return 1
         assert sandbox.openstack is not None and sandbox.kube is not None
         print(f"openstack stand-in: {sandbox.openstack.auth_url}", flush=True)
         print(f"kubernetes stand-in: {sandbox.kube.url} (kubeconfig {sandbox.kubeconfig})",

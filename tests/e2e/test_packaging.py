@@ -71,3 +71,20 @@ def test_sandbox_demo_runs_from_the_installed_wheel(wheel: Path, tmp_path: Path)
     assert "applied StorageClass standard" in out and "applied CSIDriver" in out
     assert "demo complete" in out
     assert loop_devices_backed_by(state) == []
+
+
+def test_an_install_without_its_manifests_says_so(wheel: Path, tmp_path: Path) -> None:
+    """No silent 'applied nothing, then wait for Bound forever': a clear error, exit 1."""
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
+                    str(target), str(wheel)], check=True, timeout=300, capture_output=True)
+    subprocess.run(["rm", "-rf", str(target / "cinder_csi" / "manifests")], check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "cinder_csi.cli", "sandbox", "--demo",
+         "--state-dir", str(tmp_path / "state")],
+        capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(target)},
+    )
+    assert result.returncode == 1
+    assert "deployment manifests are missing" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
