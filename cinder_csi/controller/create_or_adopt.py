@@ -21,6 +21,10 @@ from cinder_csi.deadline import Deadline
 log = logging.getLogger(__name__)
 
 CLUSTER_METADATA_KEY = "cinder.csi.openstack.org/cluster"
+MESSAGE_FILTER_MICROVERSION = "3.5"
+# Cinder's scheduler says "Could not find any available weighted backend" both when no backend
+# has room and when none serves the type; older releases said "No valid host".
+_NO_BACKEND_MARKERS = ("no valid", "capacity", "could not find any available")
 
 
 @dataclass(frozen=True)
@@ -136,20 +140,24 @@ class Provisioner:
             + (f": {reason}" if reason else "")
             + "; the failed volume was deleted, a retry starts clean"
         )
-        if reason and ("no valid" in reason.lower() or "capacity" in reason.lower()):
+        if reason and any(marker in reason.lower() for marker in _NO_BACKEND_MARKERS):
             raise errors.QuotaExceeded(message)
         raise errors.CloudUnavailable(message)
 
     def _failure_reason(self, volume_id: str, deadline: Deadline) -> str | None:
-        """Cinder's user message for the volume (API 3.3+), when it left one."""
+        """Cinder's newest user message for the volume, when it left one. Cinder filters
+        messages only from API 3.5 (earlier it lists the whole project's), so check too."""
         try:
             resp = self.cloud.block_storage.request(
                 "GET", "/messages", what=f"messages of volume {volume_id}",
                 deadline=deadline.shorter(5.0), params={"resource_uuid": volume_id},
-                microversion="3.3",
+                microversion=MESSAGE_FILTER_MICROVERSION,
             )
         except errors.CinderCSIError:
             return None
-        messages = (resp.body or {}).get("messages") or []
-        texts = [str(m.get("user_message")) for m in messages if m.get("user_message")]
-        return texts[-1] if texts else None
+        messages = [
+            m for m in (resp.body or {}).get("messages") or ()
+            if m.get("resource_uuid") == volume_id and m.get("user_message")
+        ]
+        newest = max(messages, key=lambda m: str(m.get("created_at") or ""), default=None)
+        return str(newest["user_message"]) if newest else None
