@@ -7,7 +7,7 @@ from typing import Any
 from . import block_storage_views as views
 from . import layout, listing
 from .block_store import BlockStore
-from .errors import ApiError, bad_request, forbidden, not_found
+from .errors import ApiError, bad_request, not_found, policy_refusal
 from .identity import Identity
 from .microversion import CINDER
 from .models import Snapshot, Volume, VolumeRequest
@@ -215,12 +215,12 @@ class BlockStorageApi:
             self.store.retype(volume_id, owner, str(spec["new_type"]),
                               str(spec.get("migration_policy") or "never"))
         elif "os-reset_status" in body:
-            self._admin_only(request)
+            self._admin_only(request, "volume_extension:volume_admin_actions:reset_status")
             spec = request.json_object("os-reset_status")
             self.store.reset_status(volume_id, owner, spec.get("status"),
                                     spec.get("attach_status"), spec.get("migration_status"))
         elif "os-force_delete" in body:
-            self._admin_only(request)
+            self._admin_only(request, "volume_extension:volume_admin_actions:force_delete")
             self.store.delete_volume(volume_id, owner, force=True)
         elif "os-set_bootable" in body:
             spec = request.json_object("os-set_bootable")
@@ -320,11 +320,11 @@ class BlockStorageApi:
         body = request.json_object()
         snapshot_id, owner = request.params["id"], self._owner(request)
         if "os-reset_status" in body:
-            self._admin_only(request)
+            self._admin_only(request, "volume_extension:snapshot_admin_actions:reset_status")
             status = request.json_object("os-reset_status").get("status")
             self.store.reset_snapshot_status(snapshot_id, owner, str(status))
         elif "os-force_delete" in body:
-            self._admin_only(request)
+            self._admin_only(request, "volume_extension:snapshot_admin_actions:force_delete")
             self.store.reset_snapshot_status(snapshot_id, owner, "error")
             self.store.delete_snapshot(snapshot_id, owner)
         else:
@@ -368,8 +368,7 @@ class BlockStorageApi:
         assert request.auth is not None
         target = request.params["project"]
         if target != request.auth.project_id and not request.auth.is_admin:
-            raise forbidden(f"Policy doesn't allow volume_extension:quotas:show to be performed "
-                            f"on project {target}.")
+            raise policy_refusal("volume_extension:quotas:show")
         return target
 
     def _quota_keys(self) -> list[str]:
@@ -383,7 +382,7 @@ class BlockStorageApi:
         for key in self._quota_keys():
             limit = self.store.quota.limit(target, key)
             body[key] = ({"limit": limit, "in_use": used.get(key, 0),
-                          "reserved": reserved.get(key, 0), "allocated": 0}
+                          "reserved": reserved.get(key, 0)}
                          if with_usage else limit)
         return Response(200, {"quota_set": body})
 
@@ -393,7 +392,7 @@ class BlockStorageApi:
         return Response(200, {"quota_set": body})
 
     def _update_quota(self, request: Request) -> Response:
-        self._admin_only(request)
+        self._admin_only(request, "volume_extension:quotas:update")
         values = request.json_object("quota_set")
         keys = set(self._quota_keys())
         bad = sorted(k for k in values if k not in keys)
@@ -404,6 +403,13 @@ class BlockStorageApi:
         except (TypeError, ValueError):
             raise bad_request("Quota limit must be an integer.") from None
         target = request.params["project"]
+        used, reserved = self.store.quota_usage(target)
+        for key, limit in sorted(parsed.items()):
+            usage = used.get(key, 0) + reserved.get(key, 0)
+            if 0 <= limit < usage:
+                raise bad_request(
+                    f"Quota {key} limit must be equal or greater than existing resources. "
+                    f"Current usage is {usage} and the requested limit is {limit}.")
         with self.store.lock:
             self.store.quota.set(target, parsed)
         return Response(200, {"quota_set": {k: self.store.quota.limit(target, k)
@@ -442,10 +448,10 @@ class BlockStorageApi:
     def _volume_view(self, request: Request, volume: Volume) -> dict[str, Any]:
         return views.volume_detail(request, volume, self.store.type_name(volume.type_id))
 
-    def _admin_only(self, request: Request) -> None:
+    def _admin_only(self, request: Request, rule: str) -> None:
         assert request.auth is not None
         if not request.auth.is_admin:
-            raise forbidden("Policy doesn't allow this action to be performed.")
+            raise policy_refusal(rule)
 
 
 def _metadata_body(request: Request, key: str) -> dict[str, str]:

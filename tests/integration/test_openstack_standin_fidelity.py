@@ -1,0 +1,132 @@
+"""The stand-in answers as real Cinder 29 and Nova 34 do where the real tier (tests/real) saw
+them differ: every expectation here was observed on the realstack rig, as a member user (the
+way a CSI controller runs), through openstacksdk."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openstack
+import openstack.connection
+import pytest
+import requests
+
+from cinder_csi.standins.openstack_api import OpenStackStandIn
+
+FAST = (0.01, 0.03)
+CINDER = "3.42"
+NOVA = "2.60"
+
+
+@pytest.fixture
+def standin(tmp_path: Path) -> Iterator[OpenStackStandIn]:
+    with OpenStackStandIn(tmp_path / "os", transition_delay=FAST) as made:
+        made.add_user("demo", "demo", "demo")
+        yield made
+
+
+def connect(standin: OpenStackStandIn, user: str, password: str) -> openstack.connection.Connection:
+    return openstack.connect(
+        auth_url=standin.auth_url, username=user, password=password, project_name="demo",
+        user_domain_name="Default", project_domain_name="Default", region_name="RegionOne",
+        load_yaml_config=False, load_envvars=False)
+
+
+@pytest.fixture
+def member(standin: OpenStackStandIn) -> openstack.connection.Connection:
+    return connect(standin, "demo", "demo")
+
+
+@pytest.fixture
+def admin(standin: OpenStackStandIn) -> openstack.connection.Connection:
+    return connect(standin, "admin", "secret")
+
+
+def cinder(conn: openstack.connection.Connection, method: str, path: str,
+           **kwargs: Any) -> requests.Response:
+    kwargs.setdefault("microversion", CINDER)
+    response: requests.Response = conn.block_storage.request(path, method, raise_exc=False,
+                                                             **kwargs)
+    return response
+
+
+def nova(conn: openstack.connection.Connection, method: str, path: str,
+         **kwargs: Any) -> requests.Response:
+    kwargs.setdefault("microversion", NOVA)
+    response: requests.Response = conn.compute.request(path, method, raise_exc=False, **kwargs)
+    return response
+
+
+def fault(response: requests.Response, name: str, code: int) -> dict[str, Any]:
+    assert response.status_code == code, response.text
+    body: dict[str, Any] = response.json()[name]
+    assert body["code"] == code
+    return body
+
+
+def new_volume(conn: openstack.connection.Connection, name: str = "v", size: int = 1,
+               **fields: Any) -> str:
+    response = cinder(conn, "POST", "/volumes",
+                      json={"volume": {"name": name, "size": size, **fields}})
+    assert response.status_code == 202, response.text
+    return str(response.json()["volume"]["id"])
+
+
+def wait_status(conn: openstack.connection.Connection, volume_id: str, *statuses: str,
+                timeout: float = 10.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        volume: dict[str, Any] = cinder(conn, "GET", f"/volumes/{volume_id}").json()["volume"]
+        if volume["status"] in statuses:
+            return volume
+        assert time.monotonic() < deadline, f"volume {volume_id} still {volume['status']}"
+        time.sleep(0.02)
+
+
+# --- quotas -----------------------------------------------------------------------------------
+
+
+def test_a_quota_413_carries_retry_after_zero_like_cinder(
+        standin: OpenStackStandIn, member: openstack.connection.Connection) -> None:
+    standin.set_quota("demo", gigabytes=1)
+    response = cinder(member, "POST", "/volumes", json={"volume": {"name": "big", "size": 2}})
+    body = fault(response, "overLimit", 413)
+    assert response.headers["Retry-After"] == "0" and body["retryAfter"] == "0"
+    assert body["message"].startswith("VolumeSizeExceedsAvailableQuota: ")
+
+
+def test_quota_usage_has_no_allocated_field(member: openstack.connection.Connection) -> None:
+    project = member.current_project_id
+    quota = cinder(member, "GET", f"/os-quota-sets/{project}", params={"usage": "True"})
+    assert set(quota.json()["quota_set"]["gigabytes"]) == {"limit", "in_use", "reserved"}
+
+
+def test_a_limit_below_usage_is_refused(
+        member: openstack.connection.Connection, admin: openstack.connection.Connection) -> None:
+    new_volume(member)
+    project = member.current_project_id
+    response = cinder(admin, "PUT", f"/os-quota-sets/{project}",
+                      json={"quota_set": {"volumes": 0}})
+    assert fault(response, "badRequest", 400)["message"] == (
+        "Quota volumes limit must be equal or greater than existing resources. Current usage "
+        "is 1 and the requested limit is 0.")
+    assert cinder(admin, "PUT", f"/os-quota-sets/{project}",
+                  json={"quota_set": {"volumes": 1}}).status_code == 200
+
+
+def test_policy_refusals_name_the_rule(member: openstack.connection.Connection) -> None:
+    project = member.current_project_id
+    response = cinder(member, "PUT", f"/os-quota-sets/{project}",
+                      json={"quota_set": {"volumes": 10}})
+    assert fault(response, "forbidden", 403)["message"] == (
+        "Policy doesn't allow volume_extension:quotas:update to be performed.")
+    volume_id = new_volume(member)
+    response = cinder(member, "POST", f"/volumes/{volume_id}/action",
+                      json={"os-reset_status": {"status": "error"}})
+    assert fault(response, "forbidden", 403)["message"] == (
+        "Policy doesn't allow volume_extension:volume_admin_actions:reset_status to be "
+        "performed.")
+
