@@ -130,3 +130,38 @@ def test_policy_refusals_name_the_rule(member: openstack.connection.Connection) 
         "Policy doesn't allow volume_extension:volume_admin_actions:reset_status to be "
         "performed.")
 
+
+# --- Nova attachments -------------------------------------------------------------------------
+
+
+def test_a_second_attach_is_a_400_naming_the_holder_even_mid_attach(
+        standin: OpenStackStandIn, member: openstack.connection.Connection) -> None:
+    node0 = standin.add_server("node-0", "nova")
+    node1 = standin.add_server("node-1", "nova")
+    volume_id = new_volume(member)
+    wait_status(member, volume_id, "available")
+    held = standin.faults.stick("reserved", volume=volume_id)
+    attach = {"volumeAttachment": {"volumeId": volume_id}}
+    assert nova(member, "POST", f"/servers/{node0}/os-volume_attachments",
+                json=attach).status_code == 200
+    # Nova lists the attachment from its POST on; Cinder only once the volume is in-use.
+    listed = nova(member, "GET", f"/servers/{node0}/os-volume_attachments").json()
+    assert [a["volumeId"] for a in listed["volumeAttachments"]] == [volume_id]
+    assert wait_status(member, volume_id, "reserved")["attachments"] == []
+    message = f"Invalid volume: volume {volume_id} is already attached to instances: {node0}"
+    for server in (node0, node1):
+        again = nova(member, "POST", f"/servers/{server}/os-volume_attachments", json=attach)
+        assert fault(again, "badRequest", 400)["message"] == message
+    standin.faults.remove(held)
+    wait_status(member, volume_id, "in-use")
+    again = nova(member, "POST", f"/servers/{node1}/os-volume_attachments", json=attach)
+    assert fault(again, "badRequest", 400)["message"] == message
+
+
+def test_detach_of_what_is_not_attached_names_instance_and_volume(
+        standin: OpenStackStandIn, member: openstack.connection.Connection) -> None:
+    node0 = standin.add_server("node-0", "nova")
+    volume_id = new_volume(member)
+    response = nova(member, "DELETE", f"/servers/{node0}/os-volume_attachments/{volume_id}")
+    assert fault(response, "itemNotFound", 404)["message"] == (
+        f"Instance {node0} is not attached to volume {volume_id}")

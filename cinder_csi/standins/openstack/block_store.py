@@ -453,17 +453,20 @@ class BlockStore:
     def attach(self, volume_id: str, server: Server, *, multiattach_allowed: bool) -> Attachment:
         with self.lock:
             volume = self._volume(volume_id, server.project_id)
-            if any(a.server_id == server.id for a in volume.attachments):
-                raise conflict(f"Invalid volume: volume {volume.id} already attached to "
-                               f"server {server.id}.")
+            holders = [a.server_id for a in volume.attachments]
+            # Nova answers 400 (Cinder's InvalidVolume), whatever state the other attachment
+            # is in: reserved and attaching count, as in Cinder's attachment reservation.
+            if server.id in holders or (holders and not volume.multiattach):
+                raise bad_request(f"Invalid volume: volume {volume.id} is already attached to "
+                                  f"instances: {','.join(holders)}")
             if volume.multiattach and not multiattach_allowed:
                 raise bad_request("Multiattach volume support is only available starting with "
                                   "compute API version 2.60.")
             allowed = ("available", "in-use") if volume.multiattach else ("available",)
             if volume.status not in allowed:
-                raise conflict(f"Invalid volume: Volume {volume.id} status must be available or "
-                               f"downloading to reserve, but the current status is "
-                               f"{volume.status}.")
+                raise bad_request(f"Invalid volume: Volume {volume.id} status must be available "
+                                  f"or downloading to reserve, but the current status is "
+                                  f"{volume.status}.")
             used = {a.device for a in self.attachments(server.id)}
             device = next((f"/dev/vd{c}" for c in "bcdefghijklmnopqrstuvwxyz"
                            if f"/dev/vd{c}" not in used), None)
@@ -505,10 +508,13 @@ class BlockStore:
             volume = self._volume(volume_id, project_id)
             attachment = next((a for a in volume.attachments if a.server_id == server_id), None)
             if attachment is None:
-                raise not_found(f"Volume {volume_id} is not attached to server {server_id}.")
+                raise not_found(f"Instance {server_id} is not attached to volume {volume_id}")
             if attachment.status != "attached" or volume.status != "in-use":
-                raise bad_request("Invalid volume: Unable to detach volume. Volume status must "
-                                  "be 'in-use' and attach_status must be 'attached' to detach.")
+                # Nova passes Cinder's refusal on, wrapped in its own.
+                raise bad_request(
+                    "Invalid volume: Invalid input received: Invalid volume: Unable to detach "
+                    "volume. Volume status must be 'in-use' and attach_status must be "
+                    f"'attached' to detach. (HTTP 400) (Request-ID: req-{uuid.uuid4()})")
             self._replace(volume, dataclasses.replace(attachment, status="detaching"))
             self._later_attachment("detach", volume.id, attachment.id, "detaching",
                                    lambda v: self._finish_detach(v, attachment.id))

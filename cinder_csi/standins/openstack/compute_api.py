@@ -118,7 +118,7 @@ class ComputeApi:
         found = next((a for a in self.store.attachments(server.id) if a.volume_id == volume_id),
                      None)
         if found is None:
-            raise not_found(f"Volume {volume_id} is not attached to server {server.id}")
+            raise not_found(f"Instance {server.id} is not attached to volume {volume_id}")
         return found
 
     def _show_attachment(self, request: Request) -> Response:
