@@ -165,3 +165,56 @@ def test_detach_of_what_is_not_attached_names_instance_and_volume(
     response = nova(member, "DELETE", f"/servers/{node0}/os-volume_attachments/{volume_id}")
     assert fault(response, "itemNotFound", 404)["message"] == (
         f"Instance {node0} is not attached to volume {volume_id}")
+
+
+# --- scheduling failures and user messages ----------------------------------------------------
+
+
+def test_a_type_no_backend_serves_ends_in_error_with_a_user_message(
+        standin: OpenStackStandIn, member: openstack.connection.Connection) -> None:
+    standin.add_volume_type("nowhere", extra_specs={"volume_backend_name": "no-such-backend"})
+    first = new_volume(member, "first", volume_type="nowhere")
+    second = new_volume(member, "second", volume_type="nowhere")
+    for volume_id in (first, second):
+        assert wait_status(member, volume_id, "error", "available")["status"] == "error"
+
+    assert cinder(member, "GET", "/messages", microversion="3.0").status_code == 404
+    # Before 3.5 Cinder ignores the filter and lists the whole project's messages.
+    unfiltered = cinder(member, "GET", "/messages", params={"resource_uuid": first},
+                        microversion="3.3").json()["messages"]
+    assert {m["resource_uuid"] for m in unfiltered} == {first, second}
+    (message,) = cinder(member, "GET", "/messages", params={"resource_uuid": first},
+                        microversion="3.5").json()["messages"]
+    assert message["user_message"] == (
+        "schedule allocate volume:Could not find any available weighted backend.")
+    assert message["event_id"] == "VOLUME_VOLUME_001_003"
+    assert (message["resource_type"], message["message_level"]) == ("VOLUME", "ERROR")
+    assert message["request_id"].startswith("req-")
+    shown = cinder(member, "GET", f"/messages/{message['id']}", microversion="3.3")
+    assert shown.json()["message"] == message
+
+
+def test_no_backend_with_room_ends_in_error_too(
+        member: openstack.connection.Connection) -> None:
+    huge = new_volume(member, "huge", 60_000)
+    assert wait_status(member, huge, "error", "available")["status"] == "error"
+    (message,) = cinder(member, "GET", "/messages", params={"resource_uuid": huge},
+                        microversion="3.5").json()["messages"]
+    assert message["event_id"] == "VOLUME_VOLUME_001_003"
+
+
+def test_a_retype_no_backend_can_take_is_rolled_back_silently(
+        standin: OpenStackStandIn, member: openstack.connection.Connection) -> None:
+    standin.add_volume_type("nowhere", extra_specs={"volume_backend_name": "no-such-backend"})
+    standin.faults.slow("retype", 0.5)
+    volume_id = new_volume(member)
+    wait_status(member, volume_id, "available")
+    response = cinder(member, "POST", f"/volumes/{volume_id}/action",
+                      json={"os-retype": {"new_type": "nowhere",
+                                          "migration_policy": "on-demand"}})
+    assert response.status_code == 202
+    assert cinder(member, "GET", f"/volumes/{volume_id}").json()["volume"]["status"] == (
+        "retyping")
+    volume = wait_status(member, volume_id, "available")
+    assert volume["volume_type"] == "__DEFAULT__"
+    assert cinder(member, "GET", "/messages", microversion="3.5").json()["messages"] == []

@@ -16,12 +16,17 @@ from .wire import Request, Response, Router
 
 # First path segments that are collections, so a URL without a project id is recognisable.
 _COLLECTIONS = frozenset({"volumes", "snapshots", "types", "os-quota-sets", "limits",
-                          "os-availability-zone", "attachments", "backups", "extensions"})
+                          "os-availability-zone", "attachments", "backups", "extensions",
+                          "messages"})
 _VOLUME_FILTERS = frozenset({"name", "status", "metadata", "availability_zone", "bootable",
                              "size", "volume_type", "id"})
 _VOLUME_SORT = frozenset({"id", "name", "status", "size", "availability_zone", "created_at",
                           "updated_at", "volume_type"})
 _SNAPSHOT_FILTERS = frozenset({"name", "status", "volume_id", "metadata", "id"})
+_MESSAGE_FILTERS = frozenset({"resource_uuid", "resource_type", "event_id", "request_id",
+                              "message_level"})
+MESSAGES_MICROVERSION = (3, 3)
+MESSAGE_FILTERS_MICROVERSION = (3, 5)
 _SNAPSHOT_SORT = frozenset({"id", "name", "status", "size", "created_at", "updated_at",
                             "volume_id"})
 
@@ -94,6 +99,9 @@ class BlockStorageApi:
         r.add("PUT", "/os-quota-sets/{project}", self._update_quota)
         r.add("GET", "/limits", self._limits)
         r.add("GET", "/os-availability-zone", self._zones)
+        r.add("GET", "/messages", self._list_messages)
+        r.add("GET", "/messages/{id}", self._show_message)
+        r.add("DELETE", "/messages/{id}", self._delete_message)
         return r
 
     # --- volumes --------------------------------------------------------------------------
@@ -171,6 +179,7 @@ class BlockStorageApi:
             snapshot_id=body.get("snapshot_id"),
             source_volid=body.get("source_volid"),
             multiattach=bool(body.get("multiattach")),
+            request_id=request.request_id,
         )
         assert request.auth is not None and request.project_id is not None
         volume = self.store.create_volume(vreq, request.project_id, request.auth.user_id)
@@ -438,6 +447,41 @@ class BlockStorageApi:
         return Response(200, {"availabilityZoneInfo": [
             {"zoneName": zone, "zoneState": {"available": True}} for zone in self.store.zones
         ]})
+
+    # --- user messages --------------------------------------------------------------------
+
+    def _messages_supported(self, request: Request) -> None:
+        if not request.at_least(*MESSAGES_MICROVERSION):
+            raise not_found("The resource could not be found.")
+
+    def _list_messages(self, request: Request) -> Response:
+        self._messages_supported(request)
+        with self.store.lock:
+            found = self.store.messages.of_project(self._owner(request))
+        if request.at_least(*MESSAGE_FILTERS_MICROVERSION):
+            # Before 3.5 Cinder ignores every filter and lists the project's messages.
+            listing.check_filters(request, _MESSAGE_FILTERS)
+            for key in _MESSAGE_FILTERS:
+                wanted = request.arg(key)
+                if wanted is not None:
+                    found = [m for m in found if str(getattr(m, key)) == wanted]
+        return Response(200, {"messages": [m.view(request.service_url) for m in found]})
+
+    def _show_message(self, request: Request) -> Response:
+        self._messages_supported(request)
+        with self.store.lock:
+            found = self.store.messages.get(request.params["id"], self._owner(request))
+        if found is None:
+            raise not_found(f"Message {request.params['id']} could not be found.")
+        return Response(200, {"message": found.view(request.service_url)})
+
+    def _delete_message(self, request: Request) -> Response:
+        self._messages_supported(request)
+        with self.store.lock:
+            found = self.store.messages.pop(request.params["id"], self._owner(request))
+        if found is None:
+            raise not_found(f"Message {request.params['id']} could not be found.")
+        return Response(204)
 
     # --- helpers --------------------------------------------------------------------------
 

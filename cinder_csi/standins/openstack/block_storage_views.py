@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from . import timefmt
+from .backend import Backend
 from .models import Snapshot, Volume, VolumeType
 from .wire import Request
 
-BACKEND_HOST = "standin@lvmdriver-1#lvmdriver-1"
+BACKEND_HOST = Backend().host
 
 
 def links(request: Request, kind: str, item_id: str) -> list[dict[str, str]]:

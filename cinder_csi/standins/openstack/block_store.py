@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from . import backing, loopdev, quotas
+from . import messages as msg
+from .backend import Backend
 from .errors import bad_request, conflict, not_found
 from .faults import Faults
 from .models import Attachment, Snapshot, Volume, VolumeRequest, VolumeType, copy_volume
@@ -52,6 +54,7 @@ class BlockStore:
         faults: Faults,
         scheduler: Scheduler,
         delay: tuple[float, float],
+        backend: Backend | None = None,
     ) -> None:
         self.lock = threading.RLock()
         self.state_dir = state_dir
@@ -60,6 +63,8 @@ class BlockStore:
         self.scheduler = scheduler
         self.delay = delay
         self.quota = quotas.QuotaBook()
+        self.backend = backend or Backend()
+        self.messages = msg.MessageBook()
         self.devices = loopdev.LoopDevices()
         self._types: dict[str, VolumeType] = {}
         self._volumes: dict[str, Volume] = {}
@@ -233,12 +238,21 @@ class BlockStore:
                 source_volid=request.source_volid,
             )
             self._volumes[volume.id] = volume
-            self._later("create", volume.id, lambda v: self._finish_create(v, copy_from))
+            self._later("create", volume.id,
+                        lambda v: self._finish_create(v, copy_from, request.request_id))
             return copy_volume(volume)
 
-    def _finish_create(self, volume: Volume, copy_from: Path | None) -> None:
+    def _finish_create(self, volume: Volume, copy_from: Path | None,
+                       request_id: str | None) -> None:
+        placed = (self.backend.serves(self._types[volume.type_id])
+                  and self.backend.has_room(volume.size, self._allocated_gb(volume.id)))
+        if not placed:
+            self._fail(volume, "error", msg.SCHEDULE_ALLOCATE_VOLUME, msg.NO_BACKEND_AVAILABLE,
+                       request_id)
+            return
         if self.faults.take_failure("fail_create", volume.id, volume.name or ""):
-            self._set_status(volume, "error")
+            self._fail(volume, "error", msg.CREATE_VOLUME_FROM_BACKEND,
+                       msg.DRIVER_FAILED_CREATE, request_id)
             return
         target = self.volume_file(volume.id)
         if copy_from is not None and copy_from.exists():
@@ -246,6 +260,16 @@ class BlockStore:
         else:
             backing.create(target, volume.size)
         self._set_status(volume, "available")
+
+    def _allocated_gb(self, excluding: str) -> int:
+        return sum(v.size for v in self._volumes.values()
+                   if v.id != excluding and v.status not in ("error", "deleting"))
+
+    def _fail(self, volume: Volume, status: str, action: msg.Part, detail: msg.Part,
+              request_id: str | None) -> None:
+        """End an asynchronous operation in ``status``, leaving Cinder's user message."""
+        self._set_status(volume, status)
+        self.messages.add(volume.project_id, volume.id, action, detail, request_id)
 
     def update_volume(self, volume_id: str, project_id: str | None,
                       changes: Mapping[str, Any]) -> Volume:
@@ -323,7 +347,8 @@ class BlockStore:
     def _finish_extend(self, volume: Volume, new_size: int) -> None:
         volume.pending_gigabytes = 0
         if self.faults.take_failure("fail_extend", volume.id, volume.name or ""):
-            self._set_status(volume, "error_extending")
+            self._fail(volume, "error_extending", msg.EXTEND_VOLUME, msg.DRIVER_FAILED_EXTEND,
+                       None)
             return
         path = self.volume_file(volume.id)
         if path.exists():
@@ -354,6 +379,11 @@ class BlockStore:
             self._later("retype", volume.id, lambda v: self._finish_retype(v, vtype))
 
     def _finish_retype(self, volume: Volume, vtype: VolumeType) -> None:
+        if not self.backend.serves(vtype):
+            # Cinder's scheduler finds no backend for the new type and quietly puts the
+            # volume back as it was: old type, old status, no user message.
+            self._settle(volume)
+            return
         volume.type_id = vtype.id
         volume.multiattach = vtype.multiattach
         self._settle(volume)

@@ -84,6 +84,7 @@ class VolumeRequest:
     snapshot_id: str | None
     source_volid: str | None
     multiattach: bool
+    request_id: str | None = None  # for the user message a failed create leaves
 
 
 def copy_volume(volume: Volume) -> Volume:
