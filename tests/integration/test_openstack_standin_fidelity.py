@@ -218,3 +218,133 @@ def test_a_retype_no_backend_can_take_is_rolled_back_silently(
     volume = wait_status(member, volume_id, "available")
     assert volume["volume_type"] == "__DEFAULT__"
     assert cinder(member, "GET", "/messages", microversion="3.5").json()["messages"] == []
+
+
+# --- views as a member sees them --------------------------------------------------------------
+
+
+def test_volume_views_of_a_member(member: openstack.connection.Connection,
+                                  admin: openstack.connection.Connection) -> None:
+    created = cinder(member, "POST", "/volumes",
+                     json={"volume": {"name": "v", "size": 1}}).json()["volume"]
+    # Cinder's os-vol-* attributes extend show and list, not the create answer.
+    assert not [k for k in created if k.startswith("os-vol-")]
+    shown = cinder(member, "GET", f"/volumes/{created['id']}").json()["volume"]
+    assert "os-vol-tenant-attr:tenant_id" in shown
+    assert not {"migration_status", "provider_id", "os-vol-host-attr:host"} & set(shown)
+    as_admin = cinder(admin, "GET", f"/volumes/{created['id']}").json()["volume"]
+    assert {"migration_status", "provider_id", "os-vol-host-attr:host"} <= set(as_admin)
+
+
+def test_snapshot_create_answer_has_no_extended_attributes(
+        member: openstack.connection.Connection) -> None:
+    volume_id = new_volume(member)
+    wait_status(member, volume_id, "available")
+    created = cinder(member, "POST", "/snapshots",
+                     json={"snapshot": {"volume_id": volume_id, "name": "s"}}).json()["snapshot"]
+    assert not [k for k in created if k.startswith("os-extended-snapshot-attributes:")]
+    shown = cinder(member, "GET", f"/snapshots/{created['id']}").json()["snapshot"]
+    assert "os-extended-snapshot-attributes:project_id" in shown
+
+
+def test_type_views_hide_admin_fields_and_sensitive_specs(
+        standin: OpenStackStandIn, member: openstack.connection.Connection,
+        admin: openstack.connection.Connection) -> None:
+    standin.add_volume_type("gold", multiattach=True,
+                            extra_specs={"volume_backend_name": "lvmdriver-1"})
+    listed = {t["name"]: t for t in cinder(member, "GET", "/types").json()["volume_types"]}
+    assert set(listed["gold"]) == {"id", "name", "is_public", "description", "extra_specs",
+                                   "os-volume-type-access:is_public"}
+    assert listed["gold"]["extra_specs"] == {"multiattach": "<is> True"}
+    default = cinder(member, "GET", "/types/default").json()["volume_type"]
+    assert set(default) == {"id", "name", "is_public", "description", "extra_specs"}
+    as_admin = {t["name"]: t for t in cinder(admin, "GET", "/types").json()["volume_types"]}
+    assert as_admin["gold"]["extra_specs"]["volume_backend_name"] == "lvmdriver-1"
+    assert "qos_specs_id" in as_admin["gold"]
+
+
+# --- error texts, versions, authentication ----------------------------------------------------
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ({"name": "v", "size": 1, "availability_zone": "mars"},
+     "Availability zone 'mars' is invalid."),
+    ({"name": "v", "size": 0},
+     "Invalid input for field/attribute size. Value: 0. 0 is less than the minimum of 1"),
+])
+def test_create_refusals_are_worded_as_cinder_words_them(
+        member: openstack.connection.Connection, body: dict[str, Any], message: str) -> None:
+    response = cinder(member, "POST", "/volumes", json={"volume": body})
+    assert fault(response, "badRequest", 400)["message"] == message
+
+
+def test_action_and_listing_refusals_are_worded_as_cinder_words_them(
+        standin: OpenStackStandIn, member: openstack.connection.Connection) -> None:
+    standin.faults.slow("extend", 1.0)
+    volume_id = new_volume(member)
+    wait_status(member, volume_id, "available")
+
+    def refusal(method: str, path: str, **kwargs: Any) -> str:
+        return str(fault(cinder(member, method, path, **kwargs), "badRequest", 400)["message"])
+
+    assert refusal("POST", f"/volumes/{volume_id}/action",
+                   json={"os-retype": {"new_type": "__DEFAULT__"}}).startswith(
+        "Invalid volume: Retype needs volume to be in available or in-use state")
+    assert refusal("POST", f"/volumes/{volume_id}/action", json={"os-bogus": {}}) == (
+        "There is no such action: os-bogus. Verify the request body and Content-Type header "
+        "and try again.")
+    assert refusal("GET", "/volumes/detail", params={"bogus": "x"}) == (
+        "Invalid filters bogus are found in query options.")
+    assert refusal("GET", "/volumes/detail", params={"sort": "bogus:asc"}) == (
+        "Invalid input received: Invalid sort key")
+    missing = "6a0e9b45-0000-4000-8000-000000000000"
+    response = cinder(member, "GET", "/volumes/detail", params={"marker": missing})
+    assert fault(response, "itemNotFound", 404)["message"] == (
+        f"Volume {missing} could not be found.")
+    growing = cinder(member, "POST", f"/volumes/{volume_id}/action",
+                     json={"os-extend": {"new_size": 2}})
+    assert growing.status_code == 202
+    assert refusal("POST", f"/volumes/{volume_id}/action",
+                   json={"os-extend": {"new_size": 3}}).startswith(
+        f"Invalid volume: Volume {volume_id} status must be '{{'status': 'available'}}' to "
+        "extend, currently ")
+
+
+def test_a_refused_microversion_is_echoed_and_the_maxima_are_current(
+        member: openstack.connection.Connection) -> None:
+    refused = cinder(member, "GET", "/volumes", microversion="3.99")
+    assert refused.status_code == 406
+    assert refused.headers["OpenStack-API-Version"] == "volume 3.99"
+    assert "maximum is 3.71" in refused.json()["computeFault"]["message"]
+    refused = nova(member, "GET", "/servers", microversion="2.105")
+    assert refused.status_code == 406
+    assert refused.headers["OpenStack-API-Version"] == "compute 2.105"
+    assert "maximum is 2.104" in refused.json()["computeFault"]["message"]
+
+
+def test_nova_from_2_96_to_2_104(standin: OpenStackStandIn,
+                                 member: openstack.connection.Connection) -> None:
+    server = standin.add_server("node-0", "nova")
+    shown = nova(member, "GET", f"/servers/{server}", microversion="2.100").json()["server"]
+    assert shown["pinned_availability_zone"] is None and shown["scheduler_hints"] == {}
+    volume_id = new_volume(member)
+    wait_status(member, volume_id, "available")
+    accepted = nova(member, "POST", f"/servers/{server}/os-volume_attachments",
+                    json={"volumeAttachment": {"volumeId": volume_id}}, microversion="2.101")
+    assert accepted.status_code == 202 and not accepted.content
+    assert nova(member, "GET", "/servers", params={"bogus": "1"},
+                microversion="2.102").status_code == 400
+    assert nova(member, "GET", "/servers", params={"bogus": "1"},
+                microversion="2.101").status_code == 200
+
+
+def test_a_401_says_where_keystone_is(standin: OpenStackStandIn,
+                                      member: openstack.connection.Connection) -> None:
+    endpoint = member.block_storage.get_endpoint()
+    refused = requests.get(f"{endpoint}/volumes", headers={"X-Auth-Token": "bogus"}, timeout=5)
+    assert refused.status_code == 401
+    assert refused.headers["WWW-Authenticate"] == f'Keystone uri="{standin.auth_url}"'
+    wrong = requests.post(f"{standin.auth_url}/auth/tokens", timeout=5, json={"auth": {
+        "identity": {"methods": ["password"], "password": {"user": {
+            "name": "demo", "password": "wrong", "domain": {"name": "Default"}}}}}})
+    assert wrong.status_code == 401 and "WWW-Authenticate" in wrong.headers

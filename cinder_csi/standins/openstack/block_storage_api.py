@@ -166,6 +166,9 @@ class BlockStorageApi:
             except (TypeError, ValueError):
                 raise bad_request(f"Invalid input received: Invalid input for field/attribute "
                                   f"size. Value: {size}.") from None
+            if size < 1:  # Cinder's request schema, before anything else is looked at
+                raise bad_request(f"Invalid input for field/attribute size. Value: {size}. "
+                                  f"{size} is less than the minimum of 1")
         metadata = body.get("metadata") or {}
         if not isinstance(metadata, dict):
             raise bad_request("Invalid input received: metadata must be a dict.")
@@ -183,7 +186,8 @@ class BlockStorageApi:
         )
         assert request.auth is not None and request.project_id is not None
         volume = self.store.create_volume(vreq, request.project_id, request.auth.user_id)
-        return Response(202, {"volume": self._volume_view(request, volume)})
+        return Response(202, {"volume": views.created_volume(
+            request, volume, self.store.type_name(volume.type_id))})
 
     def _show_volume(self, request: Request) -> Response:
         volume = self.store.get_volume(request.params["id"], self._owner(request))
@@ -237,7 +241,7 @@ class BlockStorageApi:
             self.store.set_bootable(volume_id, owner, bootable)
             return Response(200)
         else:
-            raise bad_request(f"There is no such action: {', '.join(body) or 'none'}")
+            raise _no_such_action(body)
         return Response(202)
 
     def _show_metadata(self, request: Request) -> Response:
@@ -308,7 +312,7 @@ class BlockStorageApi:
             name=body.get("name"), description=body.get("description"), force=force,
             metadata={str(k): str(v) for k, v in metadata.items()},
         )
-        return Response(202, {"snapshot": views.snapshot(request, snap)})
+        return Response(202, {"snapshot": views.created_snapshot(request, snap)})
 
     def _show_snapshot(self, request: Request) -> Response:
         snap = self.store.get_snapshot(request.params["id"], self._owner(request))
@@ -337,7 +341,7 @@ class BlockStorageApi:
             self.store.reset_snapshot_status(snapshot_id, owner, "error")
             self.store.delete_snapshot(snapshot_id, owner)
         else:
-            raise bad_request(f"There is no such action: {', '.join(body) or 'none'}")
+            raise _no_such_action(body)
         return Response(202)
 
     def _show_snapshot_metadata(self, request: Request) -> Response:
@@ -353,23 +357,25 @@ class BlockStorageApi:
     # --- types, quotas, limits, zones -----------------------------------------------------
 
     def _list_types(self, request: Request) -> Response:
-        return Response(200, {"volume_types": [views.volume_type(t) for t in self.store.types()]})
+        return Response(200, {"volume_types": [views.volume_type(request, t)
+                                               for t in self.store.types()]})
 
     def _default_type(self, request: Request) -> Response:
-        return Response(200, {"volume_type": views.volume_type(self.store.get_type("__DEFAULT__"))})
+        default = self.store.get_type("__DEFAULT__")
+        return Response(200, {"volume_type": views.volume_type(request, default, access=False)})
 
     def _show_type(self, request: Request) -> Response:
-        return Response(200, {"volume_type": views.volume_type(self.store.get_type(
+        return Response(200, {"volume_type": views.volume_type(request, self.store.get_type(
             request.params["id"]))})
 
     def _extra_specs(self, request: Request) -> Response:
-        return Response(200, {"extra_specs": self.store.get_type(
-            request.params["id"]).extra_specs})
+        vtype = self.store.get_type(request.params["id"])
+        return Response(200, {"extra_specs": views.visible_extra_specs(request, vtype)})
 
     def _extra_spec(self, request: Request) -> Response:
         vtype = self.store.get_type(request.params["id"])
         key = request.params["key"]
-        if key not in vtype.extra_specs:
+        if key not in views.visible_extra_specs(request, vtype):
             raise not_found(f"Volume Type {vtype.id} has no extra specs with key {key}.")
         return Response(200, {key: vtype.extra_specs[key]})
 
@@ -496,6 +502,11 @@ class BlockStorageApi:
         assert request.auth is not None
         if not request.auth.is_admin:
             raise policy_refusal(rule)
+
+
+def _no_such_action(body: dict[str, Any]) -> ApiError:
+    return bad_request(f"There is no such action: {', '.join(body) or 'none'}. Verify the "
+                       "request body and Content-Type header and try again.")
 
 
 def _metadata_body(request: Request, key: str) -> dict[str, str]:

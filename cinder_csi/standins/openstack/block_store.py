@@ -38,6 +38,11 @@ _DELETE_REFUSED = (
     "group, have snapshots, awaiting a transfer, or be disassociated from snapshots after "
     "volume transfer."
 )
+_RETYPE_REFUSED = (
+    "Invalid volume: Retype needs volume to be in available or in-use state, not be part of "
+    "an active migration or a consistency group, requested type has to be different that the "
+    "one from the volume, and for in-use volumes front-end qos specs cannot change."
+)
 _MULTIATTACH_PARAM = (
     "Invalid input received: multiattach parameter has been removed. The default behavior "
     "is to use multiattach enabled volume types. Contact your administrator to create a "
@@ -218,8 +223,7 @@ class BlockStore:
                 raise bad_request(_MULTIATTACH_PARAM)
             zone = request.availability_zone
             if zone is not None and zone not in self.zones:
-                raise bad_request(f"Invalid input received: Availability zone '{zone}' is "
-                                  "invalid.")
+                raise bad_request(f"Availability zone '{zone}' is invalid.")
             if zone is not None and source_az is not None and zone != source_az:
                 raise bad_request("Invalid input received: Volume must be in the same "
                                   f"availability zone as the {what}")
@@ -329,9 +333,11 @@ class BlockStore:
             volume = self._volume(volume_id, project_id)
             allowed = ("available", "in-use") if in_use_allowed else ("available",)
             if volume.status not in allowed:
+                # Cinder prints its status filter as a dict (and names only 'available',
+                # even when in-use volumes may grow).
                 raise bad_request(f"Invalid volume: Volume {volume.id} status must be "
-                                  f"{' or '.join(repr(s) for s in allowed)} to extend, "
-                                  f"currently {volume.status}.")
+                                  f"'{{'status': 'available'}}' to extend, currently "
+                                  f"{volume.status}.")
             if new_size <= volume.size:
                 raise bad_request("Invalid input received: New size for extend must be greater "
                                   f"than current size. (current: {volume.size}, extended: "
@@ -365,8 +371,7 @@ class BlockStore:
             if policy not in ("never", "on-demand"):
                 raise bad_request(f"Invalid input received: Invalid migration_policy: {policy}.")
             if vtype.id == volume.type_id:
-                raise bad_request(f"Invalid input received: New volume_type same as original: "
-                                  f"{new_type}.")
+                raise bad_request(_RETYPE_REFUSED)
             if volume.status not in ("available", "in-use"):
                 raise bad_request(f"Invalid volume: Volume {volume.id} status must be available "
                                   f"or in-use, but current status is: {volume.status}.")
