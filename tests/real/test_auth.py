@@ -86,34 +86,23 @@ def round_trip(args: list[str], workdir: Path, cloud: Cloud, ledger: Ledger, rea
     assert "UNAVAILABLE" not in log
 
 
-def test_application_credential_by_id_in_cloud_conf(
-        app_credential: AppCredential, cloud: Cloud, ledger: Ledger, real: RealEnv,
+@pytest.mark.parametrize("by", ["id", "name"])
+def test_application_credential_in_cloud_conf(
+        by: str, app_credential: AppCredential, cloud: Cloud, ledger: Ledger, real: RealEnv,
         session: Session, tmp_path: Path) -> None:
+    identify = ({"application-credential-id": app_credential.id} if by == "id" else {
+        "username": app_credential.username, "user-domain-name": app_credential.user_domain,
+        "application-credential-name": app_credential.name})
     conf = write_conf(tmp_path / "cloud.conf", {
-        "auth-url": app_credential.auth_url,
-        "application-credential-id": app_credential.id,
+        "auth-url": app_credential.auth_url, **identify,
         "application-credential-secret": app_credential.secret,
         "region": app_credential.region,
     })
+    label = f"appcred-{by}"
     round_trip(["--cloud-config", str(conf), "--cluster", session.cluster], tmp_path, cloud,
-               ledger, real, "appcred-id")
-    log = (tmp_path / "appcred-id.log").read_text()
+               ledger, real, label)
+    log = (tmp_path / f"{label}.log").read_text()
     assert app_credential.secret not in log, "the secret reached the log"
-
-
-def test_application_credential_by_name_in_cloud_conf(
-        app_credential: AppCredential, cloud: Cloud, ledger: Ledger, real: RealEnv,
-        session: Session, tmp_path: Path) -> None:
-    conf = write_conf(tmp_path / "cloud.conf", {
-        "auth-url": app_credential.auth_url,
-        "username": app_credential.username,
-        "user-domain-name": app_credential.user_domain,
-        "application-credential-name": app_credential.name,
-        "application-credential-secret": app_credential.secret,
-        "region": app_credential.region,
-    })
-    round_trip(["--cloud-config", str(conf), "--cluster", session.cluster], tmp_path, cloud,
-               ledger, real, "appcred-name")
 
 
 def clouds_yaml(path: Path, name: str, app_credential: AppCredential) -> Path:

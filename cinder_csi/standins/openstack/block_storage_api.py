@@ -9,6 +9,7 @@ from . import layout, listing
 from .block_store import BlockStore
 from .errors import ApiError, bad_request, not_found, policy_refusal
 from .identity import Identity
+from .messages import Message
 from .microversion import CINDER
 from .models import Snapshot, Volume, VolumeRequest
 from .quotas import DEFAULTS
@@ -474,20 +475,22 @@ class BlockStorageApi:
         return Response(200, {"messages": [m.view(request.service_url) for m in found]})
 
     def _show_message(self, request: Request) -> Response:
-        self._messages_supported(request)
-        with self.store.lock:
-            found = self.store.messages.get(request.params["id"], self._owner(request))
-        if found is None:
-            raise not_found(f"Message {request.params['id']} could not be found.")
+        found = self._message(request, remove=False)
         return Response(200, {"message": found.view(request.service_url)})
 
     def _delete_message(self, request: Request) -> Response:
+        self._message(request, remove=True)
+        return Response(204)
+
+    def _message(self, request: Request, *, remove: bool) -> Message:
         self._messages_supported(request)
         with self.store.lock:
-            found = self.store.messages.pop(request.params["id"], self._owner(request))
+            book = self.store.messages
+            lookup = book.pop if remove else book.get
+            found = lookup(request.params["id"], self._owner(request))
         if found is None:
             raise not_found(f"Message {request.params['id']} could not be found.")
-        return Response(204)
+        return found
 
     # --- helpers --------------------------------------------------------------------------
 
