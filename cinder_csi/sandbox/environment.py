@@ -52,7 +52,7 @@ MANIFEST_PARTS = ("driver", "registry")
 
 def manifests_dir() -> Path | None:
     """manifests/ of the checkout this package runs from, if there is one."""
-    candidate = Path(__file__).resolve().parent.parent / "manifests"
+    candidate = Path(__file__).resolve().parents[2] / "manifests"  # cinder_csi/sandbox/ -> root
     return candidate if (candidate / "kustomization.yaml").exists() else None
 
 

@@ -21,6 +21,7 @@ import yaml
 
 from cinder_csi import cli
 from cinder_csi.config import load_cloud_config
+from cinder_csi.sandbox.environment import manifest_objects, manifests_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "manifests"
@@ -190,6 +191,12 @@ def build(request: pytest.FixtureRequest) -> list[Obj]:
 
 # --------------------------------------------------------------------------------------------
 # both builds: schema, labels, namespaces, images
+
+
+def test_the_sandbox_applies_this_checkouts_manifests() -> None:
+    assert manifests_dir() == MANIFESTS
+    kinds = {str(obj["kind"]) for obj in manifest_objects(MANIFESTS)}
+    assert {"CSIDriver", "StorageClass"} <= kinds
 
 
 def test_every_object_validates_against_the_kubernetes_schema(build: list[Obj]) -> None:
