@@ -22,7 +22,7 @@ from cinder_csi.cloud.backups import BackupApi
 from cinder_csi.cloud.compute import MULTIATTACH_MICROVERSION, ComputeApi
 from cinder_csi.cloud.messages import MessageApi
 from cinder_csi.cloud.quotas import QuotaApi
-from cinder_csi.cloud.session import ServiceSession
+from cinder_csi.cloud.session import ServiceSession, keystone_refusal
 from cinder_csi.cloud.snapshots import SnapshotApi
 from cinder_csi.cloud.volumes import EXTEND_IN_USE_MICROVERSION, VolumeApi
 from cinder_csi.config import AuthSettings
@@ -148,6 +148,8 @@ class Cloud:
         conn = self.connection()
         try:
             project = conn.current_project_id
+        except ks_exc.Unauthorized as exc:
+            raise keystone_refusal("the project id", exc) from None
         except (ks_exc.ClientException, os_exc.SDKException) as exc:
             raise errors.CloudUnavailable(f"cannot authenticate to the cloud: {exc}") from None
         if not project:

@@ -197,10 +197,7 @@ class ServiceSession:
                 f"reached: {exc}"
             ) from None
         except ks_exc.Unauthorized as exc:
-            raise errors.CloudUnavailable(
-                f"authentication to the cloud failed while reaching {what}: {exc}; "
-                "check the credentials in cloud.conf / clouds.yaml"
-            ) from None
+            raise keystone_refusal(what, exc) from None
         except (ks_exc.ConnectFailure, ks_exc.ConnectTimeout, ks_exc.UnknownConnectionError) as exc:
             error = errors.CloudUnavailable(f"{self.service} unreachable on {method} {what}: {exc}")
             if idempotent:
@@ -244,6 +241,16 @@ def none_if_missing(call: Callable[[], T]) -> T | None:
         return call()
     except errors.NotFound:
         return None
+
+
+def keystone_refusal(what: str, exc: ks_exc.Unauthorized) -> errors.CloudUnavailable:
+    """keystoneauth raises Unauthorized only for Keystone's own 401 (a service's 401 is
+    re-authenticated, or comes back as a status), so name Keystone and the URL it answered."""
+    where = f" at {exc.url}" if getattr(exc, "url", None) else ""
+    return errors.CloudUnavailable(
+        f"Keystone{where} refused the credentials while reaching {what}: {exc}; check the "
+        "user, password or application credential in cloud.conf / clouds.yaml"
+    )
 
 
 def _version_tuple(text: str) -> tuple[int, int]:

@@ -26,6 +26,9 @@ from cinder_csi.deadline import Deadline
 log = logging.getLogger(__name__)
 
 CLUSTER_METADATA_KEY = "cinder.csi.openstack.org/cluster"
+# Cinder's scheduler says "Could not find any available weighted backend" both when no backend
+# has room and when none serves the type; older releases said "No valid host".
+_NO_BACKEND_MARKERS = ("no valid", "capacity", "could not find any available")
 
 
 @dataclass(frozen=True)
@@ -145,7 +148,7 @@ class VolumeCreator:
             + (f": {reason}" if reason else "")
             + "; the failed volume was deleted, a retry starts clean"
         )
-        if reason and ("no valid" in reason.lower() or "capacity" in reason.lower()):
+        if reason and any(marker in reason.lower() for marker in _NO_BACKEND_MARKERS):
             raise errors.QuotaExceeded(message)
         raise errors.CloudUnavailable(message)
 

@@ -61,15 +61,21 @@ class Attacher:
         try:
             self.cloud.compute.attach(server_id, volume_id, deadline)
         except (errors.FailedPrecondition, errors.InvalidArgument) as exc:
-            # Nova refuses (409, or 400 "invalid volume") when an attach is already under way
-            # or another caller won the race; Cinder's view decides which.
-            current = self.cloud.volumes.get(volume_id, deadline)
-            if server_id not in current.attached_servers and current.status != "attaching":
+            # Nova refuses (400 "already attached to instances") while an attach it accepted
+            # earlier (ours before a crash, or another caller's) is still reserved/attaching;
+            # Cinder lists the attachment only once it is in-use, Nova lists it from the start.
+            if not self._under_way(volume_id, server_id, deadline):
                 raise errors.FailedPrecondition(
                     f"Nova refused to attach volume {volume_id} to {server_id}: {exc.message}"
                 ) from None
             log.info("attach of %s to %s already under way", volume_id, server_id)
         return self._context(self._until_attached(volume_id, server_id, deadline), server_id)
+
+    def _under_way(self, volume_id: str, server_id: str, deadline: Deadline) -> bool:
+        if server_id in self.cloud.volumes.get(volume_id, deadline).attached_servers:
+            return True
+        return any(a.volume_id == volume_id
+                   for a in self.cloud.compute.attachments(server_id, deadline))
 
     def _check_attach_limit(self, server_id: str, deadline: Deadline) -> None:
         if not self.attach_limit:
@@ -84,7 +90,7 @@ class Attacher:
     def detach(self, volume_id: str, server_id: str, deadline: Deadline) -> None:
         volume = self.cloud.volumes.find(volume_id, deadline)
         if volume is None or server_id not in volume.attached_servers:
-            if volume is not None and volume.status == "attaching":
+            if volume is not None and volume.status in ("reserved", "attaching"):
                 # An attach to this server may still land; wait it out, then detach.
                 volume = self._settle(volume_id, deadline)
                 if server_id not in volume.attached_servers:

@@ -537,10 +537,18 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
                 )
             if volume.status != "retyping":
                 cloud.volumes.retype(volume_id, target.name, deadline)
-            cloud.volumes.wait_for_status(
+            done = cloud.volumes.wait_for_status(
                 volume_id, ("available", "in-use"), deadline,
                 what=f"volume {volume_id} to be retyped to {target.name}",
             )
+            if done.volume_type not in (target.name, target.id):
+                # Cinder rolls a retype back silently (no backend takes the type, or the
+                # migration failed): the status settles, the type stays.
+                raise errors.FailedPrecondition(
+                    f"Cinder did not retype volume {volume_id} to {target.name}: it is still "
+                    f"of type {done.volume_type!r} (no backend of that type took it, or the "
+                    "migration failed; the cloud's scheduler and volume logs say which)"
+                )
         return csi_pb2.ControllerModifyVolumeResponse()
 
     # -- capacity -----------------------------------------------------------------------------

@@ -114,6 +114,7 @@ def test_wrong_password_is_not_ready_and_unavailable(
             handle.controller.CreateVolume(create_request("pvc-bad"), timeout=30)
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "wrong" not in info.value.details()
+        assert "Keystone at http" in info.value.details()
     finally:
         handle.channel.close()
         server.stop(0)

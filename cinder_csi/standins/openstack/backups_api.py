@@ -8,7 +8,7 @@ from . import listing, timefmt
 from .backups import BackupStore
 from .block_storage_views import links
 from .block_store import BlockStore
-from .errors import bad_request, forbidden
+from .errors import bad_request, policy_refusal
 from .models import Backup, VolumeRequest
 from .wire import Request, Response, Router
 
@@ -112,7 +112,7 @@ class BackupsApi:
             raise bad_request(f"There is no such action: {', '.join(body) or 'none'}")
         assert request.auth is not None
         if not request.auth.is_admin:
-            raise forbidden("Policy doesn't allow this action to be performed.")
+            raise policy_refusal("backup:backup-reset_status")
         self.backups.reset_status(request.params["id"],
                                   str(request.json_object("os-reset_status").get("status")))
         return Response(202)

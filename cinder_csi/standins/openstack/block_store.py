@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from . import backing, loopdev, quotas
+from . import messages as msg
+from .backend import Backend
 from .errors import bad_request, conflict, not_found
 from .faults import Faults
 from .models import (
@@ -44,6 +46,11 @@ _DELETE_REFUSED = (
     "error_extending or error_managing and must not be migrating, attached, belong to a "
     "group, have snapshots, awaiting a transfer, or be disassociated from snapshots after "
     "volume transfer."
+)
+_RETYPE_REFUSED = (
+    "Invalid volume: Retype needs volume to be in available or in-use state, not be part of "
+    "an active migration or a consistency group, requested type has to be different that the "
+    "one from the volume, and for in-use volumes front-end qos specs cannot change."
 )
 _MULTIATTACH_PARAM = (
     "Invalid input received: multiattach parameter has been removed. The default behavior "
@@ -72,6 +79,7 @@ class BlockStore:
         faults: Faults,
         scheduler: Scheduler,
         delay: tuple[float, float],
+        backend: Backend | None = None,
     ) -> None:
         self.lock = threading.RLock()
         self.state_dir = state_dir
@@ -80,6 +88,8 @@ class BlockStore:
         self.scheduler = scheduler
         self.delay = delay
         self.quota = quotas.QuotaBook()
+        self.backend = backend or Backend()
+        self.messages = msg.MessageBook()
         self.devices = loopdev.LoopDevices()
         self._types: dict[str, VolumeType] = {}
         self._volumes: dict[str, Volume] = {}
@@ -240,8 +250,7 @@ class BlockStore:
                 raise bad_request(_MULTIATTACH_PARAM)
             zone = request.availability_zone
             if zone is not None and zone not in self.zones:
-                raise bad_request(f"Invalid input received: Availability zone '{zone}' is "
-                                  "invalid.")
+                raise bad_request(f"Availability zone '{zone}' is invalid.")
             if zone is not None and source_az is not None and zone != source_az:
                 raise bad_request("Invalid input received: Volume must be in the same "
                                   f"availability zone as the {what}")
@@ -264,15 +273,22 @@ class BlockStore:
             if backup_id and self.restores is not None:
                 self.restores.begin_restore(backup_id)
             self._later("create", volume.id,
-                        lambda v: self._finish_create(v, copy_from, backup_id))
+                        lambda v: self._finish_create(v, copy_from, backup_id, request.request_id))
             return copy_volume(volume)
 
-    def _finish_create(self, volume: Volume, copy_from: Path | None,
-                       backup_id: str | None = None) -> None:
+    def _finish_create(self, volume: Volume, copy_from: Path | None, backup_id: str | None,
+                       request_id: str | None) -> None:
         if backup_id and self.restores is not None:
             self.restores.end_restore(backup_id)
+        placed = (self.backend.serves(self._types[volume.type_id])
+                  and self.backend.has_room(volume.size, self._allocated_gb(volume.id)))
+        if not placed:
+            self._fail(volume, "error", msg.SCHEDULE_ALLOCATE_VOLUME, msg.NO_BACKEND_AVAILABLE,
+                       request_id)
+            return
         if self.faults.take_failure("fail_create", volume.id, volume.name or ""):
-            self._set_status(volume, "error_restoring" if backup_id else "error")
+            self._fail(volume, "error_restoring" if backup_id else "error",
+                       msg.CREATE_VOLUME_FROM_BACKEND, msg.DRIVER_FAILED_CREATE, request_id)
             return
         target = self.volume_file(volume.id)
         if copy_from is not None and copy_from.exists():
@@ -280,6 +296,16 @@ class BlockStore:
         else:
             backing.create(target, volume.size)
         self._set_status(volume, "available")
+
+    def _allocated_gb(self, excluding: str) -> int:
+        return sum(v.size for v in self._volumes.values()
+                   if v.id != excluding and v.status not in ("error", "deleting"))
+
+    def _fail(self, volume: Volume, status: str, action: msg.Part, detail: msg.Part,
+              request_id: str | None) -> None:
+        """End an asynchronous operation in ``status``, leaving Cinder's user message."""
+        self._set_status(volume, status)
+        self.messages.add(volume.project_id, volume.id, action, detail, request_id)
 
     def update_volume(self, volume_id: str, project_id: str | None,
                       changes: Mapping[str, Any]) -> Volume:
@@ -339,9 +365,11 @@ class BlockStore:
             volume = self._volume(volume_id, project_id)
             allowed = ("available", "in-use") if in_use_allowed else ("available",)
             if volume.status not in allowed:
+                # Cinder prints its status filter as a dict (and names only 'available',
+                # even when in-use volumes may grow).
                 raise bad_request(f"Invalid volume: Volume {volume.id} status must be "
-                                  f"{' or '.join(repr(s) for s in allowed)} to extend, "
-                                  f"currently {volume.status}.")
+                                  f"'{{'status': 'available'}}' to extend, currently "
+                                  f"{volume.status}.")
             if new_size <= volume.size:
                 raise bad_request("Invalid input received: New size for extend must be greater "
                                   f"than current size. (current: {volume.size}, extended: "
@@ -357,7 +385,8 @@ class BlockStore:
     def _finish_extend(self, volume: Volume, new_size: int) -> None:
         volume.pending_gigabytes = 0
         if self.faults.take_failure("fail_extend", volume.id, volume.name or ""):
-            self._set_status(volume, "error_extending")
+            self._fail(volume, "error_extending", msg.EXTEND_VOLUME, msg.DRIVER_FAILED_EXTEND,
+                       None)
             return
         path = self.volume_file(volume.id)
         if path.exists():
@@ -374,8 +403,7 @@ class BlockStore:
             if policy not in ("never", "on-demand"):
                 raise bad_request(f"Invalid input received: Invalid migration_policy: {policy}.")
             if vtype.id == volume.type_id:
-                raise bad_request(f"Invalid input received: New volume_type same as original: "
-                                  f"{new_type}.")
+                raise bad_request(_RETYPE_REFUSED)
             if volume.status not in ("available", "in-use"):
                 raise bad_request(f"Invalid volume: Volume {volume.id} status must be available "
                                   f"or in-use, but current status is: {volume.status}.")
@@ -388,6 +416,11 @@ class BlockStore:
             self._later("retype", volume.id, lambda v: self._finish_retype(v, vtype))
 
     def _finish_retype(self, volume: Volume, vtype: VolumeType) -> None:
+        if not self.backend.serves(vtype):
+            # Cinder's scheduler finds no backend for the new type and quietly puts the
+            # volume back as it was: old type, old status, no user message.
+            self._settle(volume)
+            return
         volume.type_id = vtype.id
         volume.multiattach = vtype.multiattach
         self._settle(volume)
@@ -529,17 +562,20 @@ class BlockStore:
     def attach(self, volume_id: str, server: Server, *, multiattach_allowed: bool) -> Attachment:
         with self.lock:
             volume = self._volume(volume_id, server.project_id)
-            if any(a.server_id == server.id for a in volume.attachments):
-                raise conflict(f"Invalid volume: volume {volume.id} already attached to "
-                               f"server {server.id}.")
+            holders = [a.server_id for a in volume.attachments]
+            # Nova answers 400 (Cinder's InvalidVolume), whatever state the other attachment
+            # is in: reserved and attaching count, as in Cinder's attachment reservation.
+            if server.id in holders or (holders and not volume.multiattach):
+                raise bad_request(f"Invalid volume: volume {volume.id} is already attached to "
+                                  f"instances: {','.join(holders)}")
             if volume.multiattach and not multiattach_allowed:
                 raise bad_request("Multiattach volume support is only available starting with "
                                   "compute API version 2.60.")
             allowed = ("available", "in-use") if volume.multiattach else ("available",)
             if volume.status not in allowed:
-                raise conflict(f"Invalid volume: Volume {volume.id} status must be available or "
-                               f"downloading to reserve, but the current status is "
-                               f"{volume.status}.")
+                raise bad_request(f"Invalid volume: Volume {volume.id} status must be available "
+                                  f"or downloading to reserve, but the current status is "
+                                  f"{volume.status}.")
             used = {a.device for a in self.attachments(server.id)}
             device = next((f"/dev/vd{c}" for c in "bcdefghijklmnopqrstuvwxyz"
                            if f"/dev/vd{c}" not in used), None)
@@ -581,10 +617,13 @@ class BlockStore:
             volume = self._volume(volume_id, project_id)
             attachment = next((a for a in volume.attachments if a.server_id == server_id), None)
             if attachment is None:
-                raise not_found(f"Volume {volume_id} is not attached to server {server_id}.")
+                raise not_found(f"Instance {server_id} is not attached to volume {volume_id}")
             if attachment.status != "attached" or volume.status != "in-use":
-                raise bad_request("Invalid volume: Unable to detach volume. Volume status must "
-                                  "be 'in-use' and attach_status must be 'attached' to detach.")
+                # Nova passes Cinder's refusal on, wrapped in its own.
+                raise bad_request(
+                    "Invalid volume: Invalid input received: Invalid volume: Unable to detach "
+                    "volume. Volume status must be 'in-use' and attach_status must be "
+                    f"'attached' to detach. (HTTP 400) (Request-ID: req-{uuid.uuid4()})")
             self._replace(volume, dataclasses.replace(attachment, status="detaching"))
             self._later_attachment("detach", volume.id, attachment.id, "detaching",
                                    lambda v: self._finish_detach(v, attachment.id))

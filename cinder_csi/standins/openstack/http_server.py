@@ -134,6 +134,11 @@ class _Handler(BaseHTTPRequestHandler):
                 raise ApiError(faults.status, faults.message, headers=faults.headers)
         except ApiError as error:
             response = Response(error.status, error.body(service), error.headers)
+            if error.status == 401:
+                # Keystone, and keystonemiddleware in front of each service, say where to
+                # authenticate.
+                auth_url = f"{self.server.base_url}{layout.IDENTITY}/v3"
+                response.headers.setdefault("WWW-Authenticate", f'Keystone uri="{auth_url}"')
         if faults.lose_answer:
             self._drop(path, url.query, request_id)
             return

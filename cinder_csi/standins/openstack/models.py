@@ -86,6 +86,7 @@ class VolumeRequest:
     source_volid: str | None
     multiattach: bool
     backup_id: str | None = None
+    request_id: str | None = None  # for the user message a failed create leaves
 
 
 def copy_volume(volume: Volume) -> Volume:
