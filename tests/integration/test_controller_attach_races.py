@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import openstack
-from cinder_csi.standins.openstack_api import OpenStackStandIn
+from cinder_csi.standins.openstack import OpenStackStandIn
 
 from cinder_csi.csi import csi_pb2
 from tests.integration.conftest import ControllerHandle

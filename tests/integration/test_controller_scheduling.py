@@ -5,7 +5,7 @@ retype Cinder rolls back is not reported as done."""
 from __future__ import annotations
 
 import grpc
-from cinder_csi.standins.openstack_api import OpenStackStandIn
+from cinder_csi.standins.openstack import OpenStackStandIn
 
 from cinder_csi.csi import csi_pb2
 from cinder_csi.standins.kube.client import wait_until

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cinder_csi.standins.kube_api import KubeStandIn
+from cinder_csi.standins.kube import KubeStandIn
 
 from cinder_csi import DEFAULT_DRIVER_NAME, TOPOLOGY_KEY
 from cinder_csi.controller.create_or_adopt import CLUSTER_METADATA_KEY

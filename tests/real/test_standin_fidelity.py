@@ -19,7 +19,7 @@ from typing import Any
 import openstack
 import openstack.connection
 import pytest
-from cinder_csi.standins.openstack_api import OpenStackStandIn
+from cinder_csi.standins.openstack import OpenStackStandIn
 
 from tests.real.cloud_check import Cloud
 from tests.real.conftest import Ledger
