@@ -12,9 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import openstack
-from cinder_csi.standins.openstack import OpenStackStandIn
 
 from cinder_csi.csi import csi_pb2
+from cinder_csi.standins.openstack import OpenStackStandIn
 from tests.integration.conftest import ControllerHandle
 from tests.integration.csi_helpers import create_request, mount_cap
 

@@ -5,10 +5,10 @@ retype Cinder rolls back is not reported as done."""
 from __future__ import annotations
 
 import grpc
-from cinder_csi.standins.openstack import OpenStackStandIn
 
 from cinder_csi.csi import csi_pb2
 from cinder_csi.standins.kube.client import wait_until
+from cinder_csi.standins.openstack import OpenStackStandIn
 from tests.integration.conftest import ControllerHandle
 from tests.integration.csi_helpers import create_request, expect_code
 

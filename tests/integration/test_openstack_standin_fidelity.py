@@ -13,6 +13,7 @@ import openstack
 import openstack.connection
 import pytest
 import requests
+
 from cinder_csi.standins.openstack import OpenStackStandIn
 
 FAST = (0.01, 0.03)

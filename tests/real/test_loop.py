@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cinder_csi.standins.kube import KubeStandIn
 
 from cinder_csi import DEFAULT_DRIVER_NAME, TOPOLOGY_KEY
 from cinder_csi.controller.create_or_adopt import CLUSTER_METADATA_KEY
+from cinder_csi.standins.kube import KubeStandIn
 from tests.real.cloud_check import Cloud, until
 from tests.real.conftest import Session
 from tests.real.controller_process import ControllerProcess

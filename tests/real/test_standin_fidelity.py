@@ -19,8 +19,8 @@ from typing import Any
 import openstack
 import openstack.connection
 import pytest
-from cinder_csi.standins.openstack import OpenStackStandIn
 
+from cinder_csi.standins.openstack import OpenStackStandIn
 from tests.real.cloud_check import Cloud
 from tests.real.conftest import Ledger
 from tests.real.env import RealEnv
