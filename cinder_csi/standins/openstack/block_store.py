@@ -14,6 +14,7 @@ import subprocess
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,9 @@ class BlockStore:
         self._volumes: dict[str, Volume] = {}
         self._snapshots: dict[str, Snapshot] = {}
         self._seq = 0
+        # Transitions running per operation, and those waiting for a slot (Faults.limit).
+        self._running: dict[str, int] = {}
+        self._waiting: dict[str, deque[Callable[[], None]]] = {}
         self.add_type(DEFAULT_TYPE, description="Default Volume Type")
 
     # --- paths ----------------------------------------------------------------------------
@@ -562,14 +566,35 @@ class BlockStore:
         def fire() -> None:
             with self.lock:
                 volume = self._volumes.get(volume_id)
-                if volume is None or not still_due(volume):
-                    return
-                if self.faults.is_stuck(volume.id, volume.name or "", volume.status):
+                if volume is not None and still_due(volume) and self.faults.is_stuck(
+                        volume.id, volume.name or "", volume.status):
                     self.scheduler.call_later(STUCK_POLL, fire)
                     return
-                finish(volume)
+                self._release(operation)
+                if volume is not None and still_due(volume):
+                    finish(volume)
 
-        self.scheduler.call_later(self._pause(operation, fraction), fire)
+        self._when_free(operation, lambda: self.scheduler.call_later(
+            self._pause(operation, fraction), fire))
+
+    def _when_free(self, operation: str, start: Callable[[], None]) -> None:
+        """Start now, or once a slot frees when the operation's concurrency is limited.
+        Caller holds the lock."""
+        limit = self.faults.concurrency(operation)
+        running = self._running.get(operation, 0)
+        if limit is not None and running >= limit:
+            self._waiting.setdefault(operation, deque()).append(start)
+            return
+        self._running[operation] = running + 1
+        start()
+
+    def _release(self, operation: str) -> None:
+        """One transition ended (or was voided): the next waiting one takes its slot."""
+        waiting = self._waiting.get(operation)
+        if waiting:
+            waiting.popleft()()  # the slot passes on; the running count stays
+            return
+        self._running[operation] = max(0, self._running.get(operation, 0) - 1)
 
     def _later_attachment(self, operation: str, volume_id: str, attachment_id: str,
                           expected: str, finish: Callable[[Volume], None]) -> None:
