@@ -64,6 +64,7 @@ class BlockStore:
         self.devices = loopdev.LoopDevices()
         self._types: dict[str, VolumeType] = {}
         self._volumes: dict[str, Volume] = {}
+        self._named: dict[str | None, set[str]] = {}  # name -> ids: a name filter is no scan
         self._snapshots: dict[str, Snapshot] = {}
         self._seq = 0
         # Transitions running per operation, and those waiting for a slot (Faults.limit).
@@ -124,11 +125,21 @@ class BlockStore:
 
     # --- reads ----------------------------------------------------------------------------
 
-    def volumes(self, project_id: str | None = None) -> list[Volume]:
-        """Copies, safe to read without the lock."""
+    def volumes(self, project_id: str | None = None, *, name: str | None = None,
+                match: Callable[[Volume], bool] | None = None) -> list[Volume]:
+        """Copies, safe to read without the lock, of the volumes ``match`` accepts (all when
+        None), of one project and with exactly this ``name`` when given."""
         with self.lock:
-            return [copy_volume(v) for v in self._volumes.values()
-                    if project_id is None or v.project_id == project_id]
+            found = (self._volumes.values() if name is None else
+                     [self._volumes[i] for i in self._named.get(name, ())])
+            return [copy_volume(v) for v in found
+                    if (project_id is None or v.project_id == project_id)
+                    and (match is None or match(v))]
+
+    def _rename(self, volume: Volume, name: str | None) -> None:
+        self._named.get(volume.name, set()).discard(volume.id)
+        self._named.setdefault(name, set()).add(volume.id)
+        volume.name = name
 
     def snapshots(self, project_id: str | None = None) -> list[Snapshot]:
         with self.lock:
@@ -174,6 +185,8 @@ class BlockStore:
             return quotas.in_use(usages, project_id), reserved
 
     def _check_quota(self, project_id: str, deltas: Mapping[str, int]) -> None:
+        if all(self.quota.limit(project_id, key) < 0 for key in (*deltas, "per_volume_gigabytes")):
+            return  # unlimited: no need to add up every volume's usage
         used, reserved = self.quota_usage(project_id)
         quotas.check(self.quota, project_id, used, reserved, deltas)
 
@@ -237,6 +250,7 @@ class BlockStore:
                 source_volid=request.source_volid,
             )
             self._volumes[volume.id] = volume
+            self._named.setdefault(volume.name, set()).add(volume.id)
             self._later("create", volume.id, lambda v: self._finish_create(v, copy_from))
             return copy_volume(volume)
 
@@ -256,7 +270,7 @@ class BlockStore:
         with self.lock:
             volume = self._volume(volume_id, project_id)
             if "name" in changes:
-                volume.name = changes["name"]
+                self._rename(volume, changes["name"])
             if "description" in changes:
                 volume.description = changes["description"]
             if "metadata" in changes:
@@ -302,6 +316,7 @@ class BlockStore:
             del self._snapshots[snap.id]
         backing.remove(self.volume_file(volume.id))
         del self._volumes[volume.id]
+        self._named.get(volume.name, set()).discard(volume.id)
 
     def extend(self, volume_id: str, project_id: str | None, new_size: int,
                *, in_use_allowed: bool) -> None:
