@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import random
 import socket
 import sys
 import threading
@@ -220,7 +221,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
-        self.send_header("Audit-Id", str(uuid.uuid4()))
+        # A UUID's shape from the process's PRNG: uuid4() reads os.urandom on every answer.
+        self.send_header("Audit-Id", str(uuid.UUID(int=random.getrandbits(128), version=4)))
         self.send_header("Cache-Control", "no-cache, private")
         if retry_after is not None:
             self.send_header("Retry-After", str(retry_after))

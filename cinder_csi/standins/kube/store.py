@@ -16,6 +16,7 @@ import base64
 import binascii
 import builtins
 import copy
+import itertools
 import json
 import queue
 import random
@@ -99,8 +100,8 @@ class Subscription:
 
     def get(self, timeout: float | None = None) -> Change | None:
         """The next change, or None on timeout or once closed."""
-        if self.closed:
-            return None
+        if self.closed or (timeout == 0 and self._queue.empty()):
+            return None  # a drained queue is the common case: no exception raised for it
         try:
             return self._queue.get(timeout=timeout)
         except queue.Empty:
@@ -380,8 +381,12 @@ class Store:
                 raise errors.expired(f"too old resource version: {rv} ({self._compacted + 1})")
             if not self._log or rv >= self._rv:
                 return []
-            first = self._log[0].rv
-            return list(self._log)[max(0, rv + 1 - first) :]
+            # The newest ones, read from the end: a watch that keeps up wants a few changes,
+            # and copying a window of tens of thousands for each would cost more than they do.
+            wanted = min(len(self._log), self._rv - rv)
+            newest = list(itertools.islice(reversed(self._log), wanted))
+            newest.reverse()
+            return newest
 
     # ----------------------------------------------------------------- writes
 
