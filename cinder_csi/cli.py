@@ -17,7 +17,6 @@ from cinder_csi import DEFAULT_DRIVER_NAME, errors, version
 from cinder_csi.logs import setup_logging
 
 if TYPE_CHECKING:
-    from cinder_csi.cloud.connection import Cloud
     from cinder_csi.csi.server import CSIServer
     from cinder_csi.loop.registry import RegistrySpec
     from cinder_csi.loop.runner import LoopOptions
@@ -129,7 +128,8 @@ def _add_registry_command(sub: argparse._SubParsersAction[argparse.ArgumentParse
     parser = sub.add_parser("registry", help="ensure or show the image registry's volume")
     parser.add_argument("action", choices=("ensure", "status"))
     parser.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"))
-    parser.add_argument("--cloud-config", action="append", type=Path, default=[])
+    parser.add_argument("--csi-address", default=None,
+                        help="the CSI controller's socket; checks a pre-created --volume-id")
     parser.add_argument("--driver-name", default=DEFAULT_DRIVER_NAME)
     parser.add_argument("--log-level", default="WARNING")
     parser.add_argument("--log-file", type=Path, default=None)
@@ -238,7 +238,7 @@ def run_controller(args: argparse.Namespace) -> int:
     loop_result: list[int] = []
     healthy = lambda: cloud.probe() is None  # noqa: E731
     if args.with_provisioner:
-        loop_thread, healthy = _start_loop(args, server, metrics, cloud, loop_stop, loop_result)
+        loop_thread, healthy = _start_loop(args, server, metrics, loop_stop, loop_result)
     http = serve_http(args.http_endpoint, metrics, healthz=healthy) if args.http_endpoint else None
     try:
         server.run_until_signal()
@@ -252,7 +252,7 @@ def run_controller(args: argparse.Namespace) -> int:
 
 
 def _start_loop(
-    args: argparse.Namespace, server: CSIServer, metrics: Metrics, cloud: Cloud,
+    args: argparse.Namespace, server: CSIServer, metrics: Metrics,
     stop: threading.Event, result: list[int],
 ) -> tuple[threading.Thread, Callable[[], bool]]:
     """The watch loop beside our controller: it calls us through our own socket, as the
@@ -263,7 +263,7 @@ def _start_loop(
     options = loop_options(args, args.endpoint)
     if args.registry:
         spec = registry_spec(args)
-        options = replace(options, extra=(lambda ctx: RegistryDuty(ctx, spec, cloud=cloud),))
+        options = replace(options, extra=(lambda ctx: RegistryDuty(ctx, spec),))
     loop = WatchLoop(options, registry=metrics.registry)
     server.start()
 
@@ -289,25 +289,24 @@ def run_provisioner(args: argparse.Namespace) -> int:
 
 
 def run_registry(args: argparse.Namespace) -> int:
-    from cinder_csi.cloud.connection import Cloud
-    from cinder_csi.config import load_cloud_config
+    from cinder_csi.loop.csi_client import CSIClient
     from cinder_csi.loop.kube.client import KubeOptions, build_clients
     from cinder_csi.loop.kube.events import EventRecorder
-    from cinder_csi.loop.registry import RegistryVolume
+    from cinder_csi.loop.registry import CHECK_TIMEOUT_S, RegistryVolume
 
     spec = registry_spec(args)
-    cloud = None
-    if args.cloud_config:
-        cloud = Cloud(load_cloud_config(args.cloud_config).auth)
+    csi = CSIClient(args.csi_address, timeout=CHECK_TIMEOUT_S) if args.csi_address else None
     clients = build_clients(KubeOptions(kubeconfig=args.kubeconfig))
     try:
         recorder = EventRecorder(clients.rest(), "cinder-csi-registry")
-        volume = RegistryVolume(clients.rest(), spec, cloud=cloud, recorder=recorder)
+        volume = RegistryVolume(clients.rest(), spec, csi=csi, recorder=recorder)
         status = volume.ensure() if args.action == "ensure" else volume.status()
         print(status.render())
         return 0 if status.ready or (args.action == "ensure" and not status.problems) else 1
     finally:
         clients.close()
+        if csi is not None:
+            csi.close()
 
 
 def run_node(args: argparse.Namespace) -> int:

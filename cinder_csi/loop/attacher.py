@@ -10,15 +10,15 @@ For each VolumeAttachment whose ``spec.attacher`` is our driver:
   CSINode, else of the VA annotation (so a node that is gone still gets its volumes detached);
   then clear the status, then drop our finalizer; or ``status.detachError``;
 - the PV finalizer goes once no VolumeAttachment names the PV any more;
-- every ``reconcile_period`` one paged ListVolumes finds attached VAs whose volume the driver no
-  longer reports published on that node, and marks them detached so they are attached again.
+- every ``reconcile_period`` one paged ListVolumes (``attach_reconcile``) finds attached VAs
+  whose volume the driver no longer reports published on that node; they are marked detached
+  and attached again.
 
 Attach and detach have their own queues and worker pools, so a burst of detaches cannot
-delay attaches (kubernetes-csi/external-attacher#761).
-
-This module holds the informer handlers, the queues and the attach/detach/PV-finalizer steps.
-What a VA resolves to is in ``attach_targets``, our patches in ``attach_writes``, how an attempt
-is reported and retried in ``attach_outcomes``, the ListVolumes pass in ``attach_reconcile``.
+delay attaches (kubernetes-csi/external-attacher#761). A failed attempt is counted, written to
+the VA's ``attachError``/``detachError`` and reported as a Warning Event (only when its message
+changed since the last one), all redacted; it comes back after the queue's backoff, sooner
+when the call may still be running in the driver.
 """
 
 from __future__ import annotations
@@ -28,45 +28,52 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from kubernetes.client.exceptions import ApiException
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from cinder_csi.csi import csi_pb2
-from cinder_csi.loop.attach_common import (
-    ATTACH,
-    DETACH,
-    PV_PATH,
-    VA_PATH,
-    AttachMetrics,
-    AttemptFailed,
-    attached_by,
+from cinder_csi.loop.attach_reconcile import LostAttachments, Publication
+from cinder_csi.loop.caches import BY_NODE, BY_PV
+from cinder_csi.loop.capabilities import (
+    RPC,
+    publish_readonly,
+    secret_ref,
+    volume_capability,
+)
+from cinder_csi.loop.context import LoopContext
+from cinder_csi.loop.errors import AttemptFailed, CapabilityError, rpc_code, rpc_error_text
+from cinder_csi.loop.kube.client import (
+    API_ERRORS,
+    MERGE_PATCH,
+    STRATEGIC_MERGE_PATCH,
+    api_error_text,
+)
+from cinder_csi.loop.kube.informer import Handlers, Informer
+from cinder_csi.loop.kube.objects import (
+    Obj,
+    annotations_of,
     deleting,
     finalizers_of,
     meta_of,
     name_of,
-    rpc_code,
-    rpc_message,
+    pv_path,
+    read_secret,
+    resource_version,
+    timestamp,
+    va_path,
 )
-from cinder_csi.loop.attach_outcomes import AttachOutcomes
-from cinder_csi.loop.attach_reconcile import AttachReconciler
-from cinder_csi.loop.attach_targets import AttachTargets
-from cinder_csi.loop.attach_writes import AttachWrites
-from cinder_csi.loop.caches import BY_NODE, BY_PV
-from cinder_csi.loop.capabilities import (
-    RPC,
-    CapabilityError,
-    DriverCapabilities,
-    publish_readonly,
-    volume_capability,
-)
-from cinder_csi.loop.context import LoopContext
-from cinder_csi.loop.kube.client import STRATEGIC_MERGE_PATCH
-from cinder_csi.loop.kube.informer import Handlers, Informer, Obj
 from cinder_csi.loop.kube.workqueue import WorkQueue
-from cinder_csi.loop.protocol import attacher_finalizer
+from cinder_csi.loop.protocol import ANN_VA_NODE_ID, attacher_finalizer
+from cinder_csi.metrics import OPERATION_BUCKETS
 
 log = logging.getLogger(__name__)
+
+ATTACH, DETACH = "attach", "detach"
+REASON_FAILED_ATTACH = "FailedAttachVolume"
+REASON_FAILED_DETACH = "FailedDetachVolume"
 
 
 @dataclass(frozen=True)
@@ -81,12 +88,86 @@ class AttachOptions:
     shutdown_timeout: float = 30.0
 
 
+class AttachMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.total = {
+            op: Counter(f"cinder_csi_{op}_total", f"VolumeAttachment {op} operations by result.",
+                        ["result"], registry=registry)
+            for op in (ATTACH, DETACH)
+        }
+        self.duration = {
+            op: Histogram(f"cinder_csi_{op}_duration_seconds",
+                          f"Time to {op} a volume for a VolumeAttachment, by result.",
+                          ["result"], buckets=OPERATION_BUCKETS, registry=registry)
+            for op in (ATTACH, DETACH)
+        }
+        self.lost = Counter(
+            "cinder_csi_attach_lost_total",
+            "Attached VolumeAttachments the driver no longer reported published (reconcile).",
+            registry=registry)
+
+    def observe(self, op: str, ok: bool, seconds: float) -> None:
+        result = "success" if ok else "failure"
+        self.total[op].labels(result).inc()
+        self.duration[op].labels(result).observe(seconds)
+
+
+def attached_by(va: Obj, driver: str) -> bool:
+    """The VolumeAttachment names ``driver`` as its attacher."""
+    return (va.get("spec") or {}).get("attacher") == driver
+
+
+def source_pv_name(va: Obj) -> str:
+    """The PV a VolumeAttachment names ("" for an inline volume)."""
+    source = (va.get("spec") or {}).get("source") or {}
+    return str(source.get("persistentVolumeName") or "")
+
+
 def _comparable(va: Obj) -> Obj:
     """A VA without the fields our own error writes change, to skip reacting to them."""
     meta = {k: v for k, v in meta_of(va).items() if k not in ("resourceVersion", "managedFields")}
     status = {k: v for k, v in (va.get("status") or {}).items()
               if k not in ("attachError", "detachError")}
     return {**va, "metadata": meta, "status": status}
+
+
+class OwnWrites:
+    """VolumeAttachment versions that our own last write to each VA superseded.
+
+    The informer lags behind our writes: a cache copy at one of these versions is older than
+    what we wrote, so acting on it would repeat the operation (its watch event brings us back).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._superseded: dict[str, set[str]] = {}  # VA name -> versions
+
+    def wrote(self, *versions: Obj) -> None:
+        """Remember the versions of a VA that our last write to it superseded."""
+        rvs = {resource_version(v) for v in versions} - {""}
+        with self._lock:
+            self._superseded[name_of(versions[0])] = rvs
+
+    def superseded(self, va: Obj) -> bool:
+        """``va`` is a copy older than our last write; a newer one forgets the write."""
+        name = name_of(va)
+        with self._lock:
+            seen = self._superseded.get(name)
+            if seen is None:
+                return False
+            if resource_version(va) in seen:
+                return True
+            del self._superseded[name]  # the cache caught up with (or passed) our write
+            return False
+
+    def forget(self, name: str) -> None:
+        with self._lock:
+            self._superseded.pop(name, None)
+
+    def __len__(self) -> int:
+        """How many VAs the cache has not yet shown our last write of."""
+        with self._lock:
+            return len(self._superseded)
 
 
 class AttachmentController:
@@ -97,24 +178,14 @@ class AttachmentController:
         self.options = options or AttachOptions()
         self.finalizer = attacher_finalizer(ctx.driver)
         self.metrics = AttachMetrics(ctx.registry)
-        self.capabilities = DriverCapabilities(ctx.csi)
         self.attach_queue = WorkQueue("va-attach", metrics=ctx.queue_metrics)
         self.detach_queue = WorkQueue("va-detach", metrics=ctx.queue_metrics)
         self.pv_queue = WorkQueue("va-pv", metrics=ctx.queue_metrics)
-        self.targets = AttachTargets(ctx, self.capabilities)
-        self.writes = AttachWrites(ctx, self.finalizer)
-        self.outcomes = AttachOutcomes(
-            ctx, self.metrics, in_progress_retry_cap=self.options.in_progress_retry_cap)
-        self.reconciler = AttachReconciler(
-            ctx, period=self.options.reconcile_period, page_size=self.options.list_page_size,
-            targets=self.targets, writes=self.writes, metrics=self.metrics,
-            force=self._force_attach, attach_queue=self.attach_queue)
+        self.lost_attachments = LostAttachments(ctx, page_size=self.options.list_page_size)
+        self.own_writes = OwnWrites()
         self._lock = threading.Lock()
         self._force: set[str] = set()  # VAs the reconcile wants attached again
-        # VA -> resourceVersions we saw before our own last write to it. The informer lags
-        # behind our writes: a cache copy at one of these versions is older than what we
-        # wrote, so acting on it would repeat the operation (its watch event brings us back).
-        self._superseded: dict[str, set[str]] = {}
+        self._last_error: dict[tuple[str, str], str] = {}  # (op, VA) -> last Event message
         self._reconcile_thread: threading.Thread | None = None
 
     # ---- informers
@@ -149,7 +220,7 @@ class AttachmentController:
     def _va_updated(self, old: Obj, new: Obj) -> None:
         if not self._ours(new):
             return
-        resync = meta_of(old).get("resourceVersion") == meta_of(new).get("resourceVersion")
+        resync = resource_version(old) == resource_version(new)
         if resync or _comparable(old) != _comparable(new):
             self._route(new)
 
@@ -157,9 +228,10 @@ class AttachmentController:
         name = name_of(va)
         with self._lock:
             self._force.discard(name)
-            self._superseded.pop(name, None)
-        self.outcomes.forget(name)
-        pv_name = self.targets.pv_name(va)
+            self._last_error.pop((ATTACH, name), None)
+            self._last_error.pop((DETACH, name), None)
+        self.own_writes.forget(name)
+        pv_name = source_pv_name(va)
         if pv_name:
             self.pv_queue.add(pv_name)
 
@@ -197,7 +269,9 @@ class AttachmentController:
         self.detach_queue.start(opts.detach_workers or self.ctx.workers, self.sync_detach)
         self.pv_queue.start(max(1, opts.pv_workers), self.sync_pv)
         if opts.reconcile_period > 0:
-            self._reconcile_thread = self.reconciler.start()
+            self._reconcile_thread = threading.Thread(
+                target=self._reconcile_periodically, name="va-reconcile", daemon=True)
+            self._reconcile_thread.start()
         self.ctx.stop.wait()
         queues = (self.attach_queue, self.detach_queue, self.pv_queue)
         for queue in queues:
@@ -217,19 +291,49 @@ class AttachmentController:
                 return True
         return False
 
-    def reconcile(self) -> int:
-        """One ListVolumes pass (see ``attach_reconcile``); how many VAs were found lost."""
-        return self.reconciler.reconcile()
+    def _reconcile_periodically(self) -> None:
+        while not self.ctx.stop.wait(self.options.reconcile_period):
+            try:
+                self.reconcile()
+            except grpc.RpcError as exc:
+                log.warning("attachment reconcile: ListVolumes failed: %s", rpc_error_text(exc))
 
-    def _force_attach(self, name: str) -> None:
-        with self._lock:
-            self._force.add(name)
+    def reconcile(self) -> int:
+        """One pass against the driver's ListVolumes; how many attached VAs it no longer
+        reported published. Each is marked detached and queued to be attached again."""
+        attached = []
+        for va in self._vas.cache.objects():
+            if (not self._ours(va) or deleting(va)
+                    or (va.get("status") or {}).get("attached") is not True):
+                continue
+            try:
+                volume_id = self._handle(self._pv(self._source_pv(va)))
+                node_id = self._node_id(va, fallback=True)
+            except AttemptFailed:
+                continue
+            attached.append(Publication(name_of(va), resource_version(va), volume_id, node_id))
+        lost = self.lost_attachments.find(attached)
+        for publication in lost:
+            name = publication.attachment
+            self.metrics.lost.inc()
+            log.warning("volume %s is no longer published to node %s according to the driver; "
+                        "attaching VolumeAttachment %s again", publication.volume_id,
+                        publication.node_id, name)
+            with self._lock:
+                self._force.add(name)
+            try:
+                self._patch(f"{va_path(name)}/status", {"status": {"attached": False}},
+                            "mark lost attachment", content_type=MERGE_PATCH)
+            except AttemptFailed as exc:
+                log.warning("VolumeAttachment %s: %s", name, exc.message)
+            self.attach_queue.add(name)
+        return len(lost)
 
     # ---- attach
 
     def sync_attach(self, name: str) -> None:
         va = self._vas.cache.get(name)
-        if va is None or not self._ours(va) or self._stale(va):
+        if va is None or not self._ours(va) or self.own_writes.superseded(va):
             return
         if deleting(va):
             self.detach_queue.add(name)
@@ -239,26 +343,10 @@ class AttachmentController:
             if not self._attach(va):
                 return
         except AttemptFailed as exc:
-            self.outcomes.failed(ATTACH, va, exc, started)
-            raise self.outcomes.retry(self.attach_queue, name, exc) from None
-        self.outcomes.succeeded(ATTACH, name, started)
-
-    def _stale(self, va: Obj) -> bool:
-        name, rv = name_of(va), str(meta_of(va).get("resourceVersion") or "")
-        with self._lock:
-            seen = self._superseded.get(name)
-            if seen is None:
-                return False
-            if rv in seen:
-                return True
-            del self._superseded[name]  # the cache caught up with (or passed) our write
-            return False
-
-    def _wrote(self, *versions: Obj) -> None:
-        """Remember the versions of a VA that our last write to it superseded."""
-        rvs = {str(meta_of(v).get("resourceVersion") or "") for v in versions}
-        with self._lock:
-            self._superseded[name_of(versions[0])] = rvs - {""}
+            self._failed(ATTACH, va, exc, started)
+            raise exc.retry(lambda: self.attach_queue.backoff.when(name),
+                            soon=self.options.in_progress_retry_cap) from None
+        self._succeeded(ATTACH, name, started)
 
     def _attach(self, va: Obj) -> bool:
         """Attach; False when there was nothing to do."""
@@ -266,28 +354,28 @@ class AttachmentController:
         with self._lock:
             forced = name in self._force
             self._force.discard(name)
-        pv_name = self.targets.source_pv(va)
+        pv_name = self._source_pv(va)
         if (va.get("status") or {}).get("attached") is True and not forced:
             current = self.ctx.informers.volumes.cache.get(pv_name)
             if current is not None and not deleting(current):
-                self.writes.ensure_pv_finalizer(current)  # heals a finalizer lost to a race
+                self._ensure_pv_finalizer(current)  # heals a finalizer lost to a race
             return False
-        pv = self.targets.pv(pv_name)
+        pv = self._pv(pv_name)
         if deleting(pv):
             raise AttemptFailed(f'PersistentVolume "{pv_name}" is marked for deletion')
-        pv = self.writes.ensure_pv_finalizer(pv)
-        caps = self.targets.driver_capabilities()
+        pv = self._ensure_pv_finalizer(pv)
+        caps = self._driver_capabilities()
         try:
             capability = volume_capability(
                 pv, single_node_multi_writer=RPC.SINGLE_NODE_MULTI_WRITER in caps,
                 default_fs_type=self.options.default_fs_type)
         except CapabilityError as exc:
             raise AttemptFailed(str(exc), final=True) from None
-        handle = self.targets.handle(pv)
-        secrets = self.targets.secrets(pv)
-        node_id = self.targets.node_id(va, fallback=False)
+        handle = self._handle(pv)
+        secrets = self._secrets(pv)
+        node_id = self._node_id(va, fallback=False)
         before = va
-        va = self.writes.ensure_va_marks(va, node_id)
+        va = self._ensure_va_marks(va, node_id)
         csi = (pv.get("spec") or {}).get("csi") or {}
         request = csi_pb2.ControllerPublishVolumeRequest(
             volume_id=handle, node_id=node_id, volume_capability=capability,
@@ -301,11 +389,10 @@ class AttachmentController:
         try:
             response = self.ctx.csi.publish(request)
         except grpc.RpcError as exc:
-            raise AttemptFailed(self._redact(rpc_message(exc), secrets.values()),
+            raise AttemptFailed(self._redact(rpc_error_text(exc), secrets.values()),
                                 code=rpc_code(exc)) from None
-        self.writes.mark_attached(
-            va, {str(k): str(v) for k, v in response.publish_context.items()})
-        self._wrote(before, va)
+        self._mark_attached(va, {str(k): str(v) for k, v in response.publish_context.items()})
+        self.own_writes.wrote(before, va)
         log.info("attached volume %s to node %s for VolumeAttachment %s", handle, node_id, name)
         return True
 
@@ -313,7 +400,7 @@ class AttachmentController:
 
     def sync_detach(self, name: str) -> None:
         va = self._vas.cache.get(name)
-        if va is None or not self._ours(va) or self._stale(va):
+        if va is None or not self._ours(va) or self.own_writes.superseded(va):
             return
         if not deleting(va):
             self.attach_queue.add(name)
@@ -327,21 +414,22 @@ class AttachmentController:
         try:
             self._detach(va)
         except AttemptFailed as exc:
-            self.outcomes.failed(DETACH, va, exc, started)
-            raise self.outcomes.retry(self.detach_queue, name, exc) from None
-        self.outcomes.succeeded(DETACH, name, started)
-        pv_name = self.targets.pv_name(va)
+            self._failed(DETACH, va, exc, started)
+            raise exc.retry(lambda: self.detach_queue.backoff.when(name),
+                            soon=self.options.in_progress_retry_cap) from None
+        self._succeeded(DETACH, name, started)
+        pv_name = source_pv_name(va)
         if pv_name:
             self.pv_queue.add(pv_name)
 
     def _detach(self, va: Obj) -> None:
         name = name_of(va)
         before = va
-        if self.targets.pv_name(va):
-            pv = self.targets.pv(self.targets.source_pv(va))
-            handle = self.targets.handle(pv)
-            secrets = self.targets.secrets(pv)
-            node_id = self.targets.node_id(va, fallback=True)
+        if source_pv_name(va):
+            pv = self._pv(self._source_pv(va))
+            handle = self._handle(pv)
+            secrets = self._secrets(pv)
+            node_id = self._node_id(va, fallback=True)
             log.info("detaching volume %s from node %s (%s) for VolumeAttachment %s", handle,
                      (va.get("spec") or {}).get("nodeName"), node_id, name)
             request = csi_pb2.ControllerUnpublishVolumeRequest(
@@ -350,7 +438,7 @@ class AttachmentController:
                 self.ctx.csi.unpublish(request)
             except grpc.RpcError as exc:
                 if rpc_code(exc) != grpc.StatusCode.NOT_FOUND:  # NOT_FOUND: nothing attached
-                    raise AttemptFailed(self._redact(rpc_message(exc), secrets.values()),
+                    raise AttemptFailed(self._redact(rpc_error_text(exc), secrets.values()),
                                         code=rpc_code(exc)) from None
             log.info("detached volume %s from node %s for VolumeAttachment %s", handle,
                      node_id, name)
@@ -358,14 +446,14 @@ class AttachmentController:
         status = va.get("status") or {}
         if status.get("attached") or status.get("attachmentMetadata") or status.get(
                 "detachError"):
-            va = self.writes.patch_va_status(
+            va = self._patch_va_status(
                 va, {"attached": False, "attachmentMetadata": None, "detachError": None},
                 "mark detached")
         # The status first, the finalizer last: the VA must not vanish before it says detached.
-        self.writes.patch(f"{VA_PATH}/{name}",
-                          {"metadata": {"$deleteFromPrimitiveList/finalizers": [self.finalizer]}},
-                          "remove the VolumeAttachment finalizer", missing_ok=True)
-        self._wrote(before, va)
+        self._patch(va_path(name),
+                    {"metadata": {"$deleteFromPrimitiveList/finalizers": [self.finalizer]}},
+                    "remove the VolumeAttachment finalizer", missing_ok=True)
+        self.own_writes.wrote(before, va)
 
     # ---- PV finalizer
 
@@ -380,7 +468,7 @@ class AttachmentController:
             # The resourceVersion guards against a VA that appeared since our cache looked:
             # a 409 brings us back to look again.
             self.ctx.rest.patch(
-                f"{PV_PATH}/{name}",
+                pv_path(name),
                 {"metadata": {"$deleteFromPrimitiveList/finalizers": [self.finalizer],
                               "resourceVersion": rv}},
                 content_type=STRATEGIC_MERGE_PATCH)
@@ -389,6 +477,151 @@ class AttachmentController:
                 return
             raise
         log.info("removed finalizer %s from PersistentVolume %s", self.finalizer, name)
+
+    # ---- what a VolumeAttachment resolves to (read, never written)
+
+    @staticmethod
+    def _source_pv(va: Obj) -> str:
+        source = (va.get("spec") or {}).get("source") or {}
+        pv_name = source.get("persistentVolumeName")
+        inline = source.get("inlineVolumeSpec")
+        if pv_name and inline is not None:
+            raise AttemptFailed("both inlineVolumeSpec and persistentVolumeName are set in the "
+                                "VolumeAttachment source", final=True)
+        if inline is not None:
+            raise AttemptFailed("inline volumes are not supported", final=True)
+        if not pv_name:
+            raise AttemptFailed("neither inlineVolumeSpec nor persistentVolumeName is set in "
+                                "the VolumeAttachment source", final=True)
+        return str(pv_name)
+
+    def _pv(self, pv_name: str) -> Obj:
+        pv = self.ctx.informers.volumes.cache.get(pv_name)
+        if pv is None:
+            raise AttemptFailed(f'PersistentVolume "{pv_name}" not found')
+        return pv
+
+    def _handle(self, pv: Obj) -> str:
+        csi = (pv.get("spec") or {}).get("csi") or {}
+        if csi.get("driver") != self.ctx.driver or not csi.get("volumeHandle"):
+            raise AttemptFailed(f"PersistentVolume {name_of(pv)} is not a CSI volume of driver "
+                                f"{self.ctx.driver}", final=True)
+        return str(csi["volumeHandle"])
+
+    def _driver_capabilities(self) -> frozenset[int]:
+        try:
+            return self.ctx.capabilities.get()
+        except grpc.RpcError as exc:
+            raise AttemptFailed(rpc_error_text(exc), code=rpc_code(exc)) from None
+
+    def _secrets(self, pv: Obj) -> dict[str, str]:
+        ref = secret_ref(pv, "controllerPublishSecretRef")
+        if ref is None:
+            return {}
+        try:
+            values = read_secret(self.ctx.rest, *ref)
+        except API_ERRORS as exc:
+            raise AttemptFailed(f'failed to load secret "{ref[0]}/{ref[1]}": '
+                                f"{api_error_text(exc)}") from None
+        self.ctx.recorder.add_secrets(values.values())
+        return values
+
+    def _node_id(self, va: Obj, *, fallback: bool) -> str:
+        """The driver's node ID from the CSINode; for detach, else from the VA annotation.
+
+        Attach does not fall back, as the external-attacher: a node recreated under the same
+        name but on another server must not get the old server's ID.
+        """
+        node = str((va.get("spec") or {}).get("nodeName") or "")
+        csinode = self.ctx.informers.csi_nodes.cache.get(node)
+        if csinode is not None:
+            for driver in (csinode.get("spec") or {}).get("drivers") or []:
+                if driver.get("name") == self.ctx.driver and driver.get("nodeID"):
+                    return str(driver["nodeID"])
+            why = f"CSINode {node} does not contain driver {self.ctx.driver}"
+        else:
+            why = f"CSINode {node} not found"
+        if fallback:
+            annotated = annotations_of(va).get(ANN_VA_NODE_ID)
+            if annotated:
+                return str(annotated)
+        raise AttemptFailed(f"cannot find the node ID of node {node!r}: {why}")
+
+    # ---- our writes: finalizers, the node-ID annotation, the VA status
+
+    def _ensure_pv_finalizer(self, pv: Obj) -> Obj:
+        if self.finalizer in finalizers_of(pv):
+            return pv
+        return self._patch(pv_path(name_of(pv)), {"metadata": {"finalizers": [self.finalizer]}},
+                           "could not add PersistentVolume finalizer") or pv
+
+    def _ensure_va_marks(self, va: Obj, node_id: str) -> Obj:
+        meta: dict[str, Any] = {}
+        if self.finalizer not in finalizers_of(va):
+            meta["finalizers"] = [self.finalizer]
+        if annotations_of(va).get(ANN_VA_NODE_ID) != node_id:
+            meta["annotations"] = {ANN_VA_NODE_ID: node_id}
+        if not meta:
+            return va
+        return self._patch(va_path(name_of(va)), {"metadata": meta},
+                           "could not save VolumeAttachment") or va
+
+    def _mark_attached(self, va: Obj, metadata: dict[str, str]) -> None:
+        old = (va.get("status") or {}).get("attachmentMetadata") or {}
+        merged: dict[str, Any] = {k: None for k in old if k not in metadata}
+        merged.update(metadata)
+        status: dict[str, Any] = {"attached": True, "attachError": None}
+        if merged:
+            status["attachmentMetadata"] = merged
+        self._patch_va_status(va, status, "mark attached")
+
+    def _patch_va_status(self, va: Obj, status: Obj, what: str) -> Obj:
+        return self._patch(f"{va_path(name_of(va))}/status", {"status": status}, what,
+                           content_type=MERGE_PATCH) or va
+
+    def _patch(self, path: str, body: Obj, what: str, *, missing_ok: bool = False,
+               content_type: str = STRATEGIC_MERGE_PATCH) -> Obj | None:
+        """A patch whose API errors become ``AttemptFailed``; a 409 is a quiet one."""
+        try:
+            return self.ctx.rest.patch(path, body, content_type=content_type)
+        except ApiException as exc:
+            if exc.status == 404 and missing_ok:
+                return None
+            raise AttemptFailed(f"{what}: {api_error_text(exc)}",
+                                quiet=exc.status == 409) from None
+        except API_ERRORS as exc:
+            raise AttemptFailed(f"{what}: {api_error_text(exc)}") from None
+
+    # ---- how an attempt ends
+
+    def _succeeded(self, op: str, name: str, started: float) -> None:
+        self.metrics.observe(op, True, time.monotonic() - started)
+        with self._lock:
+            self._last_error.pop((op, name), None)
+
+    def _failed(self, op: str, va: Obj, exc: AttemptFailed, started: float) -> None:
+        """Count the failure; unless quiet, save it in the VA status and, when its message
+        changed since the last one, in a Warning Event."""
+        name = name_of(va)
+        self.metrics.observe(op, False, time.monotonic() - started)
+        message = self._redact(exc.message)
+        log.warning("VolumeAttachment %s: %s failed: %s", name, op, message)
+        if exc.quiet:
+            return
+        field = "attachError" if op == ATTACH else "detachError"
+        try:
+            self.ctx.rest.patch(f"{va_path(name)}/status",
+                                {"status": {field: {"message": message, "time": timestamp()}}},
+                                content_type=MERGE_PATCH)
+        except API_ERRORS as err:
+            log.info("VolumeAttachment %s: could not save %s: %s", name, field,
+                     api_error_text(err))
+        with self._lock:
+            repeated = self._last_error.get((op, name)) == message
+            self._last_error[(op, name)] = message
+        if not repeated:
+            reason = REASON_FAILED_ATTACH if op == ATTACH else REASON_FAILED_DETACH
+            self.ctx.recorder.warning(va, reason, message)
 
     def _redact(self, message: str, extra: Iterable[str] = ()) -> str:
         return self.ctx.recorder.redact(message, extra)

@@ -12,7 +12,9 @@ from typing import Any
 
 from kubernetes import client as k8s
 
-from cinder_csi.loop.kube.informer import Informer, Obj
+from cinder_csi.loop.kube.informer import Informer
+from cinder_csi.loop.kube.objects import Obj, annotations_of
+from cinder_csi.loop.protocol import ANN_BETA_STORAGE_CLASS
 
 # Index names.
 BY_CLAIM = "claim"  # PV -> "namespace/name" of its claimRef
@@ -52,8 +54,7 @@ def claim_class(pvc: Obj) -> Iterable[str]:
 
 def claim_class_name(pvc: Obj) -> str:
     """The beta annotation wins over spec.storageClassName, as the sidecars read it."""
-    annotations = (pvc.get("metadata") or {}).get("annotations") or {}
-    legacy = annotations.get("volume.beta.kubernetes.io/storage-class")
+    legacy = annotations_of(pvc).get(ANN_BETA_STORAGE_CLASS)
     if legacy is not None:
         return str(legacy)
     return str((pvc.get("spec") or {}).get("storageClassName") or "")

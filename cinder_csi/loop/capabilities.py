@@ -1,35 +1,33 @@
-"""What a CSI controller request needs from a PersistentVolume, read the way the sidecars read it.
+"""Capabilities: the driver's, asked once for the whole loop, and what a PV's CSI request needs.
 
-- the VolumeCapability: ``Block`` volumeMode → block access, else mount access with the PV's
-  fsType and mountOptions; the access mode from the PV's access modes (csi-lib-utils'
-  mapping, which depends on the driver's SINGLE_NODE_MULTI_WRITER capability);
+- ``DriverCapabilities``: the controller's capabilities, one cache shared by every duty
+  (``LoopContext.capabilities``);
+- the VolumeCapability of a PV, read the way the sidecars read it: ``Block`` volumeMode →
+  block access, else mount access with the PV's fsType and mountOptions; the access mode from
+  the PV's access modes (csi-lib-utils' mapping, which depends on the driver's
+  SINGLE_NODE_MULTI_WRITER capability);
 - the readonly flag, which must be false unless the driver has PUBLISH_READONLY;
-- the secrets a ``*SecretRef`` of the PV's CSI source names.
+- which Secret a ``*SecretRef`` of the PV's CSI source names.
 
-A PV these rules cannot express raises :class:`CapabilityError`, a final error: retrying does
-not help until someone changes the PV.
+A PV these rules cannot express raises ``CapabilityError``, a final error: retrying does not
+help until someone changes the PV.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import threading
 from collections.abc import Mapping
 from typing import Any
 
 from cinder_csi.csi import csi_pb2
 from cinder_csi.loop.csi_client import CSIClient
-from cinder_csi.loop.kube.client import KubeRest
+from cinder_csi.loop.errors import CapabilityError
+from cinder_csi.loop.kube.objects import name_of
 
 Mode = csi_pb2.VolumeCapability.AccessMode
 RPC = csi_pb2.ControllerServiceCapability.RPC
 
 RWO, ROX, RWX, RWOP = "ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany", "ReadWriteOncePod"
-
-
-class CapabilityError(ValueError):
-    """The PV cannot be turned into a CSI request (a final error until the PV changes)."""
 
 
 def access_mode(
@@ -68,7 +66,7 @@ def volume_capability(
     spec = pv.get("spec") or {}
     csi = spec.get("csi")
     if not isinstance(csi, Mapping):
-        raise CapabilityError(f"PersistentVolume {_name(pv)} has no CSI volume source")
+        raise CapabilityError(f"PersistentVolume {name_of(pv) or '?'} has no CSI volume source")
     mode = csi_pb2.VolumeCapability.AccessMode(mode=access_mode(
         list(spec.get("accessModes") or []), single_node_multi_writer=single_node_multi_writer))
     if spec.get("volumeMode") == "Block":
@@ -95,22 +93,6 @@ def secret_ref(pv: Mapping[str, Any], field: str) -> tuple[str, str] | None:
     return str(ref.get("namespace") or "default"), str(ref["name"])
 
 
-def read_secret(rest: KubeRest, namespace: str, name: str) -> dict[str, str]:
-    """A Secret's ``data`` decoded to text. Raises ApiException / urllib3 errors from the API.
-
-    Values that are not UTF-8 text cannot travel in a CSI ``map<string,string>`` and are
-    skipped, as the sidecars' ``string(bytes)`` would garble them anyway.
-    """
-    secret = rest.get(f"/api/v1/namespaces/{namespace}/secrets/{name}")
-    out: dict[str, str] = {}
-    for key, value in (secret.get("data") or {}).items():
-        try:
-            out[str(key)] = base64.b64decode(str(value), validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
-            continue
-    return out
-
-
 class DriverCapabilities:
     """The controller's capabilities, asked once (and again after a failed ask)."""
 
@@ -128,7 +110,3 @@ class DriverCapabilities:
 
     def has(self, capability: int) -> bool:
         return capability in self.get()
-
-
-def _name(obj: Mapping[str, Any]) -> str:
-    return str((obj.get("metadata") or {}).get("name", "?"))

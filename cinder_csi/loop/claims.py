@@ -13,11 +13,10 @@ Errors follow upstream's classes: gRPC codes that may mean "still running" retry
 name; RESOURCE_EXHAUSTED with a selected node reschedules (removes ``selected-node``);
 INVALID_ARGUMENT and bad parameters retry only at the maximum backoff; anything else is final
 and retried with backoff. Each failure is a Warning Event on the claim naming the volume and
-what the driver said.
+what the driver said, and holds the claim off (``HoldOff``) so that claim updates cannot turn
+retries into a hot loop.
 
-This module holds the handlers, the sync and the provisioning steps. The claim predicates are
-in ``claim_predicates``, data sources (clones, snapshots, source protection) in
-``datasources``, failure classification, Events and hold-off in ``claim_failures``.
+Data sources (clones, snapshots, the clone source's protection) are in ``datasources``.
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import grpc
@@ -36,21 +35,7 @@ from cinder_csi.csi import csi_pb2
 from cinder_csi.loop import caches as inf
 from cinder_csi.loop import protocol as p
 from cinder_csi.loop import pvspec, topology
-from cinder_csi.loop.capabilities import read_secret
-from cinder_csi.loop.claim_failures import (
-    ClaimFailures,
-    ProvisionFailed,
-    Reschedule,
-    Skip,
-    SourceError,
-)
-from cinder_csi.loop.claim_predicates import (
-    in_flight,
-    provisioner_of,
-    strip_own,
-    terminating,
-    wants,
-)
+from cinder_csi.loop.capabilities import RPC
 from cinder_csi.loop.context import LoopContext
 from cinder_csi.loop.datasources import (
     SOURCE_PREFIX,
@@ -59,21 +44,77 @@ from cinder_csi.loop.datasources import (
     clone_source_name,
     data_source,
 )
-from cinder_csi.loop.deletion import (
+from cinder_csi.loop.errors import (
+    IN_PROGRESS_CODES,
+    DoNotRetrySoon,
+    NotOurs,
+    ParameterError,
+    ProvisionFailed,
+    Reschedule,
+    RetryAfter,
+    SourceError,
+    TopologyError,
+    rpc_code,
+    rpc_error_text,
+)
+from cinder_csi.loop.kube.informer import Handlers
+from cinder_csi.loop.kube.objects import (
+    PV_PATH,
+    Obj,
     annotations_of,
+    deleting,
     edit_metadata,
     finalizers_of,
+    get_or_none,
+    node_path,
+    object_key,
     pv_path,
+    read_secret,
 )
-from cinder_csi.loop.kube.informer import Handlers, Obj, object_key
-from cinder_csi.loop.kube.workqueue import RetryAfter, WorkQueue
+from cinder_csi.loop.kube.throttle import ItemBackoff
+from cinder_csi.loop.kube.workqueue import WorkQueue
+from cinder_csi.loop.protocol import in_flight
 
 log = logging.getLogger(__name__)
 
-_PROVISIONED_MEMORY = 600.0  # how long a made PV is remembered while binding is pending
+WAIT_FOR_FIRST_CONSUMER = "WaitForFirstConsumer"
+PROVISIONED_MEMORY = 600.0  # seconds a made PV is remembered while its binding is pending
+HOLDOFF_BASE, HOLDOFF_CAP = 1.0, 300.0  # a failed claim's hold-off: 1 s doubling to 5 min
 _DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
-Cap = csi_pb2.ControllerServiceCapability.RPC.Type
+
+# ---------------------------------------------------------------- what a claim says
+
+
+def strip_own(claim: Mapping[str, Any]) -> dict[str, Any]:
+    """The claim without what only we (or the API server) write during provisioning."""
+    meta = dict(claim.get("metadata") or {})
+    for field in ("resourceVersion", "managedFields", "generation"):
+        meta.pop(field, None)
+    meta["annotations"] = {k: v for k, v in annotations_of(claim).items()
+                           if k != p.ANN_PROVISIONING}
+    meta["finalizers"] = [f for f in finalizers_of(claim) if f != p.FINALIZER_PROVISIONING]
+    return {**claim, "metadata": meta}
+
+
+def provisioner_of(claim: Mapping[str, Any]) -> str | None:
+    ann = annotations_of(claim)
+    return ann.get(p.ANN_STORAGE_PROVISIONER) or ann.get(p.ANN_BETA_STORAGE_PROVISIONER)
+
+
+def wants(claim: Mapping[str, Any], driver: str,
+          storage_class: Mapping[str, Any] | None) -> bool:
+    """external-provisioner's shouldProvision, for a claim without our intent."""
+    if deleting(claim) or (claim.get("spec") or {}).get("volumeName"):
+        return False
+    if provisioner_of(claim) != driver:
+        return False
+    delayed = (storage_class is not None
+               and storage_class.get("volumeBindingMode") == WAIT_FOR_FIRST_CONSUMER)
+    return not delayed or bool(annotations_of(claim).get(p.ANN_SELECTED_NODE))
+
+
+# ---------------------------------------------------------------- failures
 
 
 class ProvisionMetrics:
@@ -89,29 +130,56 @@ class ProvisionMetrics:
                                   buckets=_DURATION_BUCKETS, registry=ctx.registry)
 
 
+class HoldOff:
+    """Per-claim backoff that claim updates cannot bypass.
+
+    A failed claim is not tried again before its time even when it changes meanwhile (a
+    reschedule removes and re-adds selected-node at once; retrying on each would be a hot loop).
+    """
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._backoff = ItemBackoff(HOLDOFF_BASE, HOLDOFF_CAP)
+        self._lock = threading.Lock()
+        self._not_before: dict[str, float] = {}  # claim uid -> clock time
+
+    def remaining(self, uid: str) -> float:
+        """Seconds the claim must still wait after its last failure (<= 0: none)."""
+        with self._lock:
+            return self._not_before.get(uid, 0.0) - self._clock()
+
+    def hold(self, uid: str, *, longest: bool) -> None:
+        """Hold the claim off for its next backoff step, or for the longest one."""
+        delay = self._backoff.cap if longest else self._backoff.when(uid)
+        with self._lock:
+            self._not_before[uid] = self._clock() + delay
+
+    def forget(self, uid: str) -> None:
+        """The claim succeeded or is gone: its next failure starts the backoff afresh."""
+        self._backoff.forget(uid)
+        with self._lock:
+            self._not_before.pop(uid, None)
+
+
 # ---------------------------------------------------------------- the controller
 
 
 class ClaimController:
     name = "claims"
 
-    def __init__(self, ctx: LoopContext, *, default_fstype: str = "ext4") -> None:
+    def __init__(self, ctx: LoopContext, *, default_fstype: str = "ext4",
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.ctx = ctx
         self.default_fstype = default_fstype
         self.queue = WorkQueue("claims", metrics=ctx.queue_metrics)
         self.metrics = ProvisionMetrics(ctx)
-        self.failures = ClaimFailures(ctx, self.metrics.failed, self._clear_intent)
+        self.holdoff = HoldOff(clock)
         self.sources = DataSources(ctx)
+        self._clock = clock
         self._lock = threading.Lock()
         # Claims whose PV we made and whose binding we have not seen yet (uid -> when), so a
         # sync racing the PV informer does not provision again.
         self._provisioned: dict[str, float] = {}
-        self._multi_writer: bool | None = None
-
-    @property
-    def _not_before(self) -> dict[str, float]:
-        """When each failed claim may be tried again (kept by ``self.failures``)."""
-        return self.failures.not_before
 
     def register(self) -> None:
         self.ctx.informers.claims.add_handler(Handlers(
@@ -121,10 +189,7 @@ class ClaimController:
         ))
 
     def run(self) -> None:
-        self.queue.start(max(1, self.ctx.workers), self.sync)
-        self.ctx.stop.wait()
-        self.queue.shutdown()
-        self.queue.join(timeout=60)
+        self.queue.run_until(self.ctx.stop, max(1, self.ctx.workers), self.sync, timeout=60)
 
     # ---- handlers
 
@@ -149,7 +214,7 @@ class ClaimController:
         uid = str(claim["metadata"].get("uid"))
         with self._lock:
             self._provisioned.pop(uid, None)
-        self.failures.forget(uid)
+        self.holdoff.forget(uid)
         source = clone_source_name(claim)
         if source:
             self.queue.add(clone_source_key(claim["metadata"]["namespace"], source))
@@ -179,24 +244,24 @@ class ClaimController:
             return
         # A claim that carries our intent is finished even once terminating; otherwise the
         # usual rules hold (a WaitForFirstConsumer claim sent back to the scheduler waits).
-        if not (started and terminating(claim)) and not wants(
+        if not (started and deleting(claim)) and not wants(
                 claim, self.ctx.driver, self._class_of(claim)):
             return
         if self._pv_exists(pv_name, claim):
             if started:
                 self._clear_intent(claim)
             return
-        if not terminating(claim):  # a deleted claim is finished at once, never held off
-            wait = self.failures.hold_remaining(uid)
+        if not deleting(claim):  # a deleted claim is finished at once, never held off
+            wait = self.holdoff.remaining(uid)
             if wait > 0:
                 raise RetryAfter(wait, f"claim {key} failed recently")
         self._provision(claim, pv_name)
-        self.failures.forget(uid)
+        self.holdoff.forget(uid)
 
     def _recently_provisioned(self, uid: str) -> bool:
-        now = time.monotonic()
+        now = self._clock()
         with self._lock:
-            for old in [u for u, t in self._provisioned.items() if now - t > _PROVISIONED_MEMORY]:
+            for old in [u for u, t in self._provisioned.items() if now - t > PROVISIONED_MEMORY]:
                 del self._provisioned[old]
             return uid in self._provisioned
 
@@ -224,24 +289,22 @@ class ClaimController:
         storage_class = self._class_of(claim)
         try:
             if storage_class is None:
-                raise pvspec.ParameterError(
-                    f'storageclass.storage.k8s.io "{class_name}" not found')
+                raise ParameterError(f'storageclass.storage.k8s.io "{class_name}" not found')
             if storage_class.get("provisioner") != self.ctx.driver:
-                raise Skip()
+                raise NotOurs()
             request, params, clone_source = self._request(claim, storage_class, pv_name)
-        except Skip:
+        except NotOurs:
             return
-        except pvspec.ParameterError as exc:
-            self.failures.failed(claim, labels, f"failed to provision volume {pv_name}: {exc}",
-                                 final=True, permanent=True)
+        except ParameterError as exc:
+            self._failed(claim, labels, f"failed to provision volume {pv_name}: {exc}",
+                         final=True, permanent=True)
             return
-        except (SourceError, topology.TopologyError) as exc:
-            self.failures.failed(claim, labels, f"failed to provision volume {pv_name}: {exc}",
-                                 final=isinstance(exc, SourceError))
+        except (SourceError, TopologyError) as exc:
+            self._failed(claim, labels, f"failed to provision volume {pv_name}: {exc}",
+                         final=isinstance(exc, SourceError))
             return
         except Reschedule as exc:
-            self.failures.reschedule(claim, labels,
-                                     f"failed to provision volume {pv_name}: {exc}")
+            self._reschedule(claim, labels, f"failed to provision volume {pv_name}: {exc}")
             return
 
         fresh = self._record_intent(claim, pv_name, clone_source)
@@ -254,7 +317,7 @@ class ClaimController:
         try:
             response = self.ctx.csi.create_volume(request)
         except grpc.RpcError as exc:
-            self.failures.create_failed(claim, labels, pv_name, class_name, exc)
+            self._create_failed(claim, labels, pv_name, class_name, exc)
             return
         volume = pvspec.CreatedVolume.from_csi(response.volume)
         pv = pvspec.build_pv(
@@ -264,7 +327,7 @@ class ClaimController:
         )
         self._create_pv(claim, pv)
         with self._lock:
-            self._provisioned[str(claim["metadata"]["uid"])] = time.monotonic()
+            self._provisioned[str(claim["metadata"]["uid"])] = self._clock()
         self._clear_intent(claim)
         self.ctx.recorder.normal(claim, "ProvisioningSucceeded",
                                  f"Successfully provisioned volume {pv_name}")
@@ -276,17 +339,18 @@ class ClaimController:
     def _request(self, claim: Obj, storage_class: Mapping[str, Any], pv_name: str
                  ) -> tuple[csi_pb2.CreateVolumeRequest, pvspec.Parameters, Obj | None]:
         if (claim.get("spec") or {}).get("selector"):
-            raise pvspec.ParameterError("claim Selector is not supported")
+            raise ParameterError("claim Selector is not supported")
         params = pvspec.split_parameters(storage_class.get("parameters") or {}, claim, pv_name,
                                          default_fstype=self.default_fstype)
         secrets = self._provisioner_secrets(params)
         requirement = self._topology(claim, storage_class)
         content, clone_source = self.sources.content_source(claim, storage_class)
+        multi_writer = RPC.SINGLE_NODE_MULTI_WRITER in self.ctx.capabilities.get()
         request = csi_pb2.CreateVolumeRequest(
             name=pv_name,
             capacity_range=pvspec.capacity_range(claim),
             volume_capabilities=pvspec.capabilities(
-                claim, params.fs_type, single_node_multi_writer=self._single_node_multi_writer()),
+                claim, params.fs_type, single_node_multi_writer=multi_writer),
             parameters=params.csi,
             secrets=secrets,
         )
@@ -308,29 +372,19 @@ class ClaimController:
                 csi_nodes=self.ctx.informers.csi_nodes.cache.objects,
                 node_lookup=self.ctx.informers.nodes.cache.get,
             )
-        except (Reschedule, topology.TopologyError):
-            if terminating(claim):
+        except (Reschedule, TopologyError):
+            if deleting(claim):
                 # Only finishing what was started: a volume made earlier is found by name
                 # whatever the topology; a new one is deleted right after anyway.
                 return None
             raise
 
-    def _single_node_multi_writer(self) -> bool:
-        if self._multi_writer is None:
-            self._multi_writer = (
-                Cap.SINGLE_NODE_MULTI_WRITER in self.ctx.csi.controller_capabilities())
-        return self._multi_writer
-
     def _node(self, name: str) -> Obj | None:
         node = self.ctx.informers.nodes.cache.get(name)
         if node is not None:
             return node
-        try:  # the cache may simply lag behind a node that just joined
-            return self.ctx.rest.get(f"/api/v1/nodes/{name}")
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
+        # The cache may simply lag behind a node that just joined.
+        return get_or_none(self.ctx.rest, node_path(name))
 
     def _provisioner_secrets(self, params: pvspec.Parameters) -> dict[str, str]:
         ref = params.provisioner_secret
@@ -369,7 +423,7 @@ class ClaimController:
     def _create_pv(self, claim: Obj, pv: Obj) -> None:
         name = str(pv["metadata"]["name"])
         try:
-            self.ctx.rest.create("/api/v1/persistentvolumes", pv)
+            self.ctx.rest.create(PV_PATH, pv)
             return
         except ApiException as exc:
             if exc.status != 409:
@@ -383,3 +437,41 @@ class ClaimController:
                        f"({ref.get('namespace')}/{ref.get('name')}, {handle})")
             self.ctx.recorder.warning(claim, "ProvisioningFailed", message)
             raise ProvisionFailed(message)
+
+    # ---- failures
+
+    def _failed(self, claim: Obj, labels: tuple[str, str], message: str, *, final: bool,
+                permanent: bool = False) -> None:
+        """Report a failed attempt; raise so the queue retries it, unless nothing is left to
+        do (a terminating claim with a final error: no volume can exist)."""
+        self.metrics.failed.labels(*labels).inc()
+        self.ctx.recorder.warning(claim, "ProvisioningFailed", message)
+        if final and deleting(claim):
+            if in_flight(claim):
+                self._clear_intent(claim)
+            return
+        self.holdoff.hold(str(claim["metadata"]["uid"]), longest=permanent)
+        if permanent:
+            raise DoNotRetrySoon(message)
+        raise ProvisionFailed(message)
+
+    def _create_failed(self, claim: Obj, labels: tuple[str, str], pv_name: str,
+                       class_name: str, exc: grpc.RpcError) -> None:
+        code = rpc_code(exc)
+        detail = (f'failed to provision volume {pv_name} with StorageClass "{class_name}": '
+                  f"{rpc_error_text(exc)}")
+        if code in IN_PROGRESS_CODES:
+            # The driver may still be creating it: same name next time, intent kept.
+            self._failed(claim, labels, detail, final=False)
+        elif (code == grpc.StatusCode.RESOURCE_EXHAUSTED
+              and annotations_of(claim).get(p.ANN_SELECTED_NODE)):
+            self._reschedule(claim, labels, detail)
+        else:
+            self._failed(claim, labels, detail, final=True,
+                         permanent=code == grpc.StatusCode.INVALID_ARGUMENT)
+
+    def _reschedule(self, claim: Obj, labels: tuple[str, str], message: str) -> None:
+        if not deleting(claim):
+            edit_metadata(self.ctx.rest, claim, annotations={p.ANN_SELECTED_NODE: None})
+        self._failed(claim, labels, message + "; the claim goes back to the scheduler to pick "
+                     "another node", final=True)

@@ -9,6 +9,7 @@ from typing import Protocol
 from prometheus_client import CollectorRegistry
 
 from cinder_csi.loop.caches import Informers
+from cinder_csi.loop.capabilities import DriverCapabilities
 from cinder_csi.loop.csi_client import CSIClient
 from cinder_csi.loop.kube.client import KubeRest
 from cinder_csi.loop.kube.events import EventRecorder
@@ -28,6 +29,11 @@ class LoopContext:
     # Identity written into PV volumeAttributes (storage.kubernetes.io/csiProvisionerIdentity).
     provisioner_identity: str = ""
     stop: threading.Event = field(default_factory=threading.Event)
+    # The driver's controller capabilities, asked once for every duty.
+    capabilities: DriverCapabilities = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.capabilities = DriverCapabilities(self.csi)
 
 
 class Controller(Protocol):

@@ -1,11 +1,12 @@
 """A CSI Controller client over gRPC, as the sidecars use one: every call timed and counted in
-``csi_sidecar_operations_seconds`` (same name and labels as the kubernetes-csi sidecars)."""
+``csi_sidecar_operations_seconds`` (same name and labels as the kubernetes-csi sidecars), and
+``listed_volumes``, every ListVolumes entry page by page."""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
@@ -15,13 +16,6 @@ from cinder_csi.csi import csi_pb2, csi_pb2_grpc
 from cinder_csi.metrics import OPERATION_BUCKETS, go_code_name
 
 R = TypeVar("R")
-
-# gRPC codes after which the operation may still be running in the driver (external-provisioner
-# treats them as "in progress": retry with the same name, never give up on the volume).
-IN_PROGRESS_CODES = frozenset({
-    grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.ABORTED,
-})
 
 
 class CSIMetrics:
@@ -104,6 +98,9 @@ class CSIClient:
     def list_volumes(self, request: csi_pb2.ListVolumesRequest) -> Any:
         return self._call("ListVolumes", self._controller.ListVolumes, request)
 
+    def get_volume(self, request: csi_pb2.ControllerGetVolumeRequest) -> Any:
+        return self._call("ControllerGetVolume", self._controller.ControllerGetVolume, request)
+
     def _call(self, method: str, stub: Callable[..., R], request: Any,
               timeout: float | None = None) -> R:
         started = time.monotonic()
@@ -119,3 +116,17 @@ class CSIClient:
                     driver_name=self._driver_name or "", method_name=f"/csi.v1.Controller/{method}",
                     grpc_status_code=go_code_name(code.name),
                 ).observe(time.monotonic() - started)
+
+
+def listed_volumes(csi: CSIClient, *, page_size: int,
+                   stop: threading.Event | None = None) -> Iterator[Any]:
+    """Every ``ListVolumesResponse.Entry``, asking ``page_size`` at a time, until the last page
+    or ``stop``. Raises grpc.RpcError from the driver."""
+    token = ""
+    while True:
+        response = csi.list_volumes(csi_pb2.ListVolumesRequest(
+            max_entries=page_size, starting_token=token))
+        yield from response.entries
+        token = response.next_token
+        if not token or (stop is not None and stop.is_set()):
+            return

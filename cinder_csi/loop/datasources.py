@@ -15,17 +15,21 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from kubernetes.client.exceptions import ApiException
-
 from cinder_csi.csi import csi_pb2
 from cinder_csi.loop import caches as inf
 from cinder_csi.loop import protocol as p
 from cinder_csi.loop import pvspec
-from cinder_csi.loop.claim_failures import Skip, SourceError
-from cinder_csi.loop.claim_predicates import in_flight, terminating
 from cinder_csi.loop.context import LoopContext
-from cinder_csi.loop.deletion import claim_path, edit_metadata, finalizers_of
-from cinder_csi.loop.kube.informer import Obj
+from cinder_csi.loop.errors import NotOurs, ParameterError, SourceError
+from cinder_csi.loop.kube.objects import (
+    Obj,
+    claim_path,
+    deleting,
+    edit_metadata,
+    finalizers_of,
+    get_or_none,
+)
+from cinder_csi.loop.protocol import in_flight
 
 SNAPSHOT_GROUP = "snapshot.storage.k8s.io"
 SNAPSHOT_API = f"/apis/{SNAPSHOT_GROUP}/v1"
@@ -69,18 +73,18 @@ class DataSources:
             return self._clone_source(claim, storage_class, source)
         if source["kind"] == "VolumeSnapshot" and source["apiGroup"] == SNAPSHOT_GROUP:
             return self._snapshot_source(claim, source), None
-        raise Skip()  # a volume populator's kind: it provisions, not us
+        raise NotOurs()  # a volume populator's kind: it provisions, not us
 
     def _clone_source(self, claim: Obj, storage_class: Mapping[str, Any],
                       source: Mapping[str, str]) -> tuple[csi_pb2.VolumeContentSource, Obj]:
         ns = str(claim["metadata"]["namespace"])
         if source["namespace"] and source["namespace"] != ns:
-            raise pvspec.ParameterError("cloning from a claim in another namespace is not "
+            raise ParameterError("cloning from a claim in another namespace is not "
                                         "supported")
         src = self.ctx.informers.claims.cache.get(f"{ns}/{source['name']}")
         if src is None:
             raise SourceError(f'source claim "{ns}/{source["name"]}" not found')
-        if terminating(src):
+        if deleting(src):
             raise SourceError(f'source claim "{ns}/{source["name"]}" is being deleted')
         src_spec = src.get("spec") or {}
         volume_name = src_spec.get("volumeName")
@@ -88,7 +92,7 @@ class DataSources:
             raise SourceError(f'source claim "{ns}/{source["name"]}" is not Bound yet')
         class_name = str((storage_class.get("metadata") or {}).get("name", ""))
         if inf.claim_class_name(src) != class_name:
-            raise pvspec.ParameterError(
+            raise ParameterError(
                 f'source claim "{source["name"]}" has StorageClass '
                 f'"{inf.claim_class_name(src)}"; a clone must use the same class '
                 f'("{class_name}")')
@@ -96,7 +100,7 @@ class DataSources:
             (src_spec.get("resources") or {}).get("requests") or {}).get("storage")
         wanted = pvspec.capacity_range(claim).required_bytes
         if src_size is not None and wanted < pvspec.parse_quantity(src_size):
-            raise pvspec.ParameterError(
+            raise ParameterError(
                 f"requested size {wanted} bytes is smaller than the source claim "
                 f'"{source["name"]}" ({src_size}); ask for at least {src_size}')
         pv = self.ctx.informers.volumes.cache.get(str(volume_name))
@@ -115,15 +119,16 @@ class DataSources:
                               f"{SNAPSHOT_GROUP}/v1 API is not installed in this cluster "
                               "(install the snapshot CRDs and snapshot-controller)")
         ns = str(claim["metadata"]["namespace"])
-        snapshot = self._get_or_none(f"{SNAPSHOT_API}/namespaces/{ns}/volumesnapshots/"
-                                     f"{source['name']}")
+        snapshot = get_or_none(self.ctx.rest,
+                               f"{SNAPSHOT_API}/namespaces/{ns}/volumesnapshots/{source['name']}")
         if snapshot is None:
             raise SourceError(f'VolumeSnapshot "{ns}/{source["name"]}" not found')
         status = snapshot.get("status") or {}
         content_name = status.get("boundVolumeSnapshotContentName")
         if not content_name or status.get("readyToUse") is False:
             raise SourceError(f'VolumeSnapshot "{ns}/{source["name"]}" is not ready to use yet')
-        content = self._get_or_none(f"{SNAPSHOT_API}/volumesnapshotcontents/{content_name}")
+        content = get_or_none(self.ctx.rest,
+                              f"{SNAPSHOT_API}/volumesnapshotcontents/{content_name}")
         handle = ((content or {}).get("status") or {}).get("snapshotHandle")
         if not handle:
             raise SourceError(f'VolumeSnapshotContent "{content_name}" has no snapshotHandle '
@@ -133,16 +138,8 @@ class DataSources:
 
     def _has_snapshot_api(self) -> bool:
         if not self._snapshot_api:  # only a positive answer is kept: CRDs may appear later
-            self._snapshot_api = self._get_or_none(SNAPSHOT_API) is not None
+            self._snapshot_api = get_or_none(self.ctx.rest, SNAPSHOT_API) is not None
         return self._snapshot_api
-
-    def _get_or_none(self, path: str) -> Obj | None:
-        try:
-            return self.ctx.rest.get(path)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
 
     def sync_clone_source(self, key: str) -> None:
         """Drop the protection finalizer of source claim ``key`` once no clone needs it."""
@@ -153,7 +150,7 @@ class DataSources:
         for claim in self.ctx.informers.claims.cache.objects():
             if (claim["metadata"].get("namespace") == ns and clone_source_name(claim) == name
                     and not (claim.get("spec") or {}).get("volumeName")
-                    and (in_flight(claim) or not terminating(claim))):
+                    and (in_flight(claim) or not deleting(claim))):
                 return  # a clone of it may still be in the making
         # No retry on conflict: a clone may have just started; re-check from the cache.
         edit_metadata(self.ctx.rest, source, remove_finalizers=[p.FINALIZER_CLONE_SOURCE],

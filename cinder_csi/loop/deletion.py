@@ -9,16 +9,13 @@ static PV whose ``spec.csi.driver`` is the driver. For ours:
 - Released + Delete: never while a VolumeAttachment names the PV (it may still be attached
   somewhere); DeleteVolume with the deletion secret, then the PV object, then the finalizer;
 - Released + Retain: left Released.
-
-``edit_metadata`` (finalizers and annotations with optimistic concurrency) is shared with the
-claim controller.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import grpc
@@ -28,93 +25,27 @@ from prometheus_client import Counter, Histogram
 from cinder_csi.csi import csi_pb2
 from cinder_csi.loop import caches as inf
 from cinder_csi.loop import protocol as p
-from cinder_csi.loop.capabilities import read_secret
 from cinder_csi.loop.context import LoopContext
-from cinder_csi.loop.kube.client import MERGE_PATCH, KubeRest
-from cinder_csi.loop.kube.informer import Handlers, Obj
-from cinder_csi.loop.kube.workqueue import RetryAfter, WorkQueue
+from cinder_csi.loop.errors import RetryAfter, rpc_error_text
+from cinder_csi.loop.kube.client import api_error_text
+from cinder_csi.loop.kube.informer import Handlers
+from cinder_csi.loop.kube.objects import (
+    Obj,
+    annotations_of,
+    deleting,
+    edit_metadata,
+    finalizers_of,
+    get_or_none,
+    name_of,
+    pv_path,
+    read_secret,
+)
+from cinder_csi.loop.kube.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
 
-_CONFLICT_RETRIES = 5
 _ATTACHED_RECHECK = 30.0  # VolumeAttachment deletions requeue the PV; this is a safety net
 _DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
-
-
-# ---------------------------------------------------------------- shared helpers
-
-
-def claim_path(namespace: str, name: str) -> str:
-    return f"/api/v1/namespaces/{namespace}/persistentvolumeclaims/{name}"
-
-
-def pv_path(name: str) -> str:
-    return f"/api/v1/persistentvolumes/{name}"
-
-
-def object_path(obj: Mapping[str, Any]) -> str:
-    meta = obj.get("metadata") or {}
-    if obj.get("kind") == "PersistentVolume" or not meta.get("namespace"):
-        return pv_path(str(meta["name"]))
-    return claim_path(str(meta["namespace"]), str(meta["name"]))
-
-
-def finalizers_of(obj: Mapping[str, Any]) -> list[str]:
-    return [str(f) for f in (obj.get("metadata") or {}).get("finalizers") or []]
-
-
-def annotations_of(obj: Mapping[str, Any]) -> dict[str, str]:
-    return dict((obj.get("metadata") or {}).get("annotations") or {})
-
-
-def edit_metadata(
-    rest: KubeRest,
-    obj: Obj,
-    *,
-    add_finalizers: Iterable[str] = (),
-    remove_finalizers: Iterable[str] = (),
-    annotations: Mapping[str, str | None] | None = None,
-    path: str | None = None,
-    retry_conflicts: bool = True,
-) -> Obj | None:
-    """Add/remove finalizers and set/remove (None) annotations on ``obj``.
-
-    A merge patch carrying the object's resourceVersion: the finalizer list is replaced as a
-    whole, so a concurrent writer must make us re-read (409) rather than be overwritten. Returns
-    the updated object (``obj`` itself when nothing needed changing), None when it is gone.
-    """
-    adds, removes = list(add_finalizers), set(remove_finalizers)
-    wanted = dict(annotations or {})
-    target = path or object_path(obj)
-    current = obj
-    for _ in range(_CONFLICT_RETRIES):
-        finalizers = finalizers_of(current)
-        new_finalizers = [f for f in finalizers if f not in removes]
-        new_finalizers += [f for f in adds if f not in new_finalizers]
-        existing = annotations_of(current)
-        ann_patch = {k: v for k, v in wanted.items() if existing.get(k) != v
-                     and not (v is None and k not in existing)}
-        if new_finalizers == finalizers and not ann_patch:
-            return current
-        meta: Obj = {"resourceVersion": (current.get("metadata") or {}).get("resourceVersion")}
-        if new_finalizers != finalizers:
-            meta["finalizers"] = new_finalizers or None
-        if ann_patch:
-            meta["annotations"] = ann_patch
-        try:
-            return rest.patch(target, {"metadata": meta}, content_type=MERGE_PATCH)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            if exc.status != 409 or not retry_conflicts:
-                raise
-        try:
-            current = rest.get(target)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-    raise RuntimeError(f"{target}: still conflicting after {_CONFLICT_RETRIES} attempts")
 
 
 def is_ours(pv: Mapping[str, Any], driver: str) -> bool:
@@ -158,14 +89,11 @@ class VolumeController:
         ))
 
     def run(self) -> None:
-        self.queue.start(max(1, self.ctx.workers), self.sync)
-        self.ctx.stop.wait()
-        self.queue.shutdown()
-        self.queue.join(timeout=60)
+        self.queue.run_until(self.ctx.stop, max(1, self.ctx.workers), self.sync, timeout=60)
 
     def _enqueue_pv(self, pv: Obj) -> None:
         if is_ours(pv, self.ctx.driver):
-            self.queue.add(str(pv["metadata"]["name"]))
+            self.queue.add(name_of(pv))
 
     def _enqueue_attachment_pv(self, va: Obj) -> None:
         for name in inf.attachment_pv(va):
@@ -180,28 +108,26 @@ class VolumeController:
         spec = pv.get("spec") or {}
         policy = spec.get("persistentVolumeReclaimPolicy") or "Retain"
         phase = (pv.get("status") or {}).get("phase")
-        meta = pv.get("metadata") or {}
         has_finalizer = p.FINALIZER_PV_DELETION in finalizers_of(pv)
         if policy != "Delete":
             if has_finalizer:
                 edit_metadata(self.ctx.rest, pv, remove_finalizers=[p.FINALIZER_PV_DELETION])
             return
-        deleting = bool(meta.get("deletionTimestamp"))
         # A PV deleted by hand is deletable once pv-protection lets go (no claim uses it).
         protected = "kubernetes.io/pv-protection" in finalizers_of(pv)
-        released = phase == "Released" or (deleting and phase != "Bound" and not protected)
+        released = phase == "Released" or (deleting(pv) and phase != "Bound" and not protected)
         if released:
             self._delete(pv)
-        elif phase == "Bound" and not has_finalizer and not deleting:
+        elif phase == "Bound" and not has_finalizer and not deleting(pv):
             edit_metadata(self.ctx.rest, pv, add_finalizers=[p.FINALIZER_PV_DELETION])
 
     def _delete(self, pv: Obj) -> None:
-        name = str(pv["metadata"]["name"])
+        name = name_of(pv)
         attachments = self.ctx.informers.attachments.cache.by_index(inf.BY_PV, name)
         if attachments:
             # Deleting an attached volume would fail in Cinder or, worse, pull it from a node.
             raise RetryAfter(_ATTACHED_RECHECK, f"PV {name} is still named by VolumeAttachment "
-                             f"{attachments[0]['metadata']['name']}")
+                             f"{name_of(attachments[0])}")
         spec = pv.get("spec") or {}
         storage_class = str(spec.get("storageClassName") or "")
         handle = str((spec.get("csi") or {}).get("volumeHandle") or "")
@@ -211,9 +137,9 @@ class VolumeController:
                 self._delete_volume(pv, handle)
             except grpc.RpcError as exc:
                 self.metrics.failed.labels(storage_class).inc()
-                message = (f"failed to delete volume {handle} of PV {name}: rpc error: "
-                           f"code = {exc.code().name} desc = {exc.details()}")
-                self.ctx.recorder.warning(pv, "VolumeFailedDelete", message)
+                self.ctx.recorder.warning(
+                    pv, "VolumeFailedDelete",
+                    f"failed to delete volume {handle} of PV {name}: {rpc_error_text(exc)}")
                 raise
             except ApiException as exc:
                 self.metrics.failed.labels(storage_class).inc()
@@ -221,7 +147,7 @@ class VolumeController:
                     pv, "VolumeFailedDelete",
                     f"failed to delete volume {handle} of PV {name}: cannot read the deletion "
                     f"secret named by its {p.ANN_DELETION_SECRET_NAME} annotations: "
-                    f"{exc.status} {exc.reason}")
+                    f"{api_error_text(exc)}")
                 raise
         log.info("deleted volume %s of PV %s", handle, name)
         try:
@@ -230,7 +156,7 @@ class VolumeController:
             if exc.status != 404:
                 raise
             return
-        fresh = self._fresh(name)
+        fresh = get_or_none(self.ctx.rest, pv_path(name))
         if fresh is not None:
             edit_metadata(self.ctx.rest, fresh, remove_finalizers=[p.FINALIZER_PV_DELETION])
         self.metrics.total.labels(storage_class).inc()
@@ -250,11 +176,3 @@ class VolumeController:
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.NOT_FOUND:
                 raise
-
-    def _fresh(self, name: str) -> Obj | None:
-        try:
-            return self.ctx.rest.get(pv_path(name))
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise

@@ -24,14 +24,16 @@ from cinder_csi.csi import csi_pb2
 from cinder_csi.loop import caches as inf
 from cinder_csi.loop import protocol as p
 from cinder_csi.loop.context import LoopContext
-from cinder_csi.loop.deletion import annotations_of
+from cinder_csi.loop.csi_client import listed_volumes
+from cinder_csi.loop.errors import rpc_code, rpc_error_text
+from cinder_csi.loop.kube.objects import annotations_of
 
 log = logging.getLogger(__name__)
 
 CLUSTER_KEY = "cinder.csi.openstack.org/cluster"  # volume_context key of ListVolumes entries
 NAME_KEY = "name"
 REASON = "OrphanedVolume"
-_PAGE = 500
+PAGE_SIZE = 500  # ListVolumes entries asked for at a time
 
 
 class OrphanSweep:
@@ -39,7 +41,7 @@ class OrphanSweep:
 
     def __init__(self, ctx: LoopContext, *, cluster: str, interval: float = 600.0,
                  grace: float = 3600.0, delete_orphans: bool = False,
-                 start_delay: float = 0.0,
+                 start_delay: float = 0.0, page_size: int = PAGE_SIZE,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.ctx = ctx
         self.cluster = cluster
@@ -47,6 +49,7 @@ class OrphanSweep:
         self.grace = grace
         self.delete_orphans = delete_orphans
         self.start_delay = start_delay
+        self.page_size = page_size
         self._clock = clock
         self._first_seen: dict[str, float] = {}
         self._lock = threading.Lock()
@@ -68,8 +71,7 @@ class OrphanSweep:
             try:
                 self.sweep()
             except grpc.RpcError as exc:
-                log.warning("orphan sweep: ListVolumes failed: %s %s", exc.code().name,
-                            exc.details())
+                log.warning("orphan sweep: ListVolumes failed: %s", rpc_error_text(exc))
             if self.ctx.stop.wait(self.interval):
                 return
 
@@ -111,19 +113,11 @@ class OrphanSweep:
         return orphans
 
     def _listed(self) -> Iterator[tuple[str, str]]:
-        token = ""
-        while True:
-            response = self.ctx.csi.list_volumes(
-                csi_pb2.ListVolumesRequest(max_entries=_PAGE, starting_token=token))
-            for entry in response.entries:
-                volume = entry.volume
-                context = dict(volume.volume_context)
-                name = context.get(NAME_KEY, "")
-                if context.get(CLUSTER_KEY) == self.cluster and name.startswith("pvc-"):
-                    yield str(volume.volume_id), name
-            token = response.next_token
-            if not token or self.ctx.stop.is_set():
-                return
+        for entry in listed_volumes(self.ctx.csi, page_size=self.page_size, stop=self.ctx.stop):
+            context = dict(entry.volume.volume_context)
+            name = context.get(NAME_KEY, "")
+            if context.get(CLUSTER_KEY) == self.cluster and name.startswith("pvc-"):
+                yield str(entry.volume.volume_id), name
 
     def _has_pv(self, volume_id: str) -> bool:
         # By handle only: a second volume with a PV's name (a duplicate) is an orphan too.
@@ -133,11 +127,11 @@ class OrphanSweep:
         try:
             self.ctx.csi.delete_volume(csi_pb2.DeleteVolumeRequest(volume_id=volume_id))
         except grpc.RpcError as exc:
-            if exc.code() != grpc.StatusCode.NOT_FOUND:
+            if rpc_code(exc) != grpc.StatusCode.NOT_FOUND:
                 self.ctx.recorder.warning(
                     self._reference(name), REASON,
                     f"could not delete orphaned Cinder volume {volume_id} ({name}): "
-                    f"{exc.code().name}: {exc.details()}")
+                    f"{rpc_error_text(exc)}")
                 return False
         log.warning("deleted orphaned volume %s (%s)", volume_id, name)
         self.ctx.recorder.normal(self._reference(name), "OrphanedVolumeDeleted",

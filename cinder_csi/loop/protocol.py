@@ -1,10 +1,16 @@
 """Names shared with the Kubernetes side: annotations, finalizers, keys, parameter prefixes.
 
 They are the external-provisioner's, external-attacher's and kube-controller-manager's own, so
-objects made by the upstream sidecars are handled here and the other way round.
+objects made by the upstream sidecars are handled here and the other way round; plus our own
+crash-safe intent on a claim, and ``in_flight``, whether a claim carries it.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from cinder_csi.loop.kube.objects import annotations_of, finalizers_of
 
 # PVC annotations set by the PV controller / scheduler.
 ANN_STORAGE_PROVISIONER = "volume.kubernetes.io/storage-provisioner"
@@ -58,3 +64,9 @@ def pv_name_for(pvc_uid: str, prefix: str = "pvc") -> str:
     """The PV and CSI volume name of a claim: ``pvc-<uid>``, which makes provisioning
     idempotent."""
     return f"{prefix}-{pvc_uid}"
+
+
+def in_flight(claim: Mapping[str, Any]) -> bool:
+    """The claim carries our intent: provisioning started and is not yet cleaned up."""
+    return (ANN_PROVISIONING in annotations_of(claim)
+            or FINALIZER_PROVISIONING in finalizers_of(claim))

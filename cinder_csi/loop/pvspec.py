@@ -19,9 +19,9 @@ from typing import Any
 
 from cinder_csi.csi import csi_pb2
 from cinder_csi.loop import protocol as p
+from cinder_csi.loop.errors import ParameterError, QuantityError
 from cinder_csi.loop.kube import quantity
-
-Obj = dict[str, Any]
+from cinder_csi.loop.kube.objects import Obj
 
 # Which PV spec.csi field each secret-reference parameter pair fills (the provisioner's own
 # secret is used for CreateVolume/DeleteVolume and recorded in annotations instead).
@@ -41,10 +41,6 @@ _ACCESS_MODES = {
 }
 
 
-class ParameterError(ValueError):
-    """The class or claim asks for something that can never work as written (final)."""
-
-
 # ---------------------------------------------------------------- quantities
 
 
@@ -52,7 +48,7 @@ def parse_quantity(text: Any) -> int:
     """Bytes in a Kubernetes quantity ("1Gi", "500M", "1.5Gi", "1e9"), rounded up."""
     try:
         return quantity.parse_bytes(text)
-    except quantity.QuantityError as exc:
+    except QuantityError as exc:
         raise ParameterError(str(exc)) from None
 
 

@@ -3,9 +3,10 @@
 Two ways, as the OpenShift installer offers them:
 - dynamic: the claim (``image-registry-storage`` in ``openshift-image-registry`` by default) is
   created with the registry annotation and provisioned by the StorageClass;
-- pre-created: ``volume_id`` names an existing Cinder volume; it is checked in Cinder (exists,
-  free or attached only to our nodes, in a zone where we have nodes), then adopted with a static
-  PV pre-bound to the claim.
+- pre-created: ``volume_id`` names an existing Cinder volume; it is checked through the CSI
+  driver, as the rest of the loop talks to Cinder (it exists, is not abnormal, is published
+  only to our nodes, and is accessible where we have nodes: ControllerGetVolume, else the
+  driver's ListVolumes entry), then adopted with a static PV pre-bound to the claim.
 
 Either way the PV is forced to ``Retain``: registry data is never deleted by us. ``ensure`` is
 idempotent and changes nothing when the input is bad; it reports each step as an Event and
@@ -17,21 +18,38 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import grpc
 from kubernetes.client.exceptions import ApiException
 
 from cinder_csi import DEFAULT_DRIVER_NAME, TOPOLOGY_KEY
-from cinder_csi.cloud.connection import Cloud
-from cinder_csi.deadline import Deadline
-from cinder_csi.errors import CinderCSIError
+from cinder_csi.csi import csi_pb2
+from cinder_csi.loop.capabilities import RPC, DriverCapabilities
 from cinder_csi.loop.context import LoopContext
-from cinder_csi.loop.kube.client import KubeRest
+from cinder_csi.loop.csi_client import CSIClient, listed_volumes
+from cinder_csi.loop.errors import QuantityError, RegistryInvalid, rpc_code, rpc_error_text
+from cinder_csi.loop.kube.client import API_ERRORS, KubeRest
 from cinder_csi.loop.kube.events import EventRecorder
 from cinder_csi.loop.kube.informer import Handlers
-from cinder_csi.loop.kube.quantity import QuantityError, parse_bytes
+from cinder_csi.loop.kube.objects import (
+    CSI_NODES_PATH,
+    NODES_PATH,
+    PV_PATH,
+    STORAGE_CLASSES_PATH,
+    Obj,
+    annotations_of,
+    claim_path,
+    claims_path,
+    get_or_none,
+    name_of,
+    namespace_path,
+    pv_path,
+)
+from cinder_csi.loop.kube.quantity import format_bytes, parse_bytes
+from cinder_csi.loop.pvspec import node_affinity
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +59,11 @@ DEFAULT_CLAIM = "image-registry-storage"
 DEFAULT_SIZE = "100Gi"
 DEFAULT_FSTYPE = "xfs"  # the OpenShift 3.x registry default
 DEFAULT_CLASS_ANNOTATION = "storageclass.kubernetes.io/is-default-class"
+CHECK_TIMEOUT_S = 60.0  # how long one CSI call checking a pre-created volume may take
+LIST_PAGE_SIZE = 500  # ListVolumes entries per page, for a driver without GET_VOLUME
+
+Segment = dict[str, str]
+
 
 @dataclass(frozen=True)
 class RegistrySpec:
@@ -80,52 +103,74 @@ class RegistryStatus:
         return "\n".join(lines)
 
 
-class RegistryInvalid(Exception):
-    """The input cannot be honoured; nothing was changed."""
+@dataclass(frozen=True)
+class DriverVolume:
+    """What the CSI driver reports about a volume."""
+
+    capacity_bytes: int
+    segments: list[Segment]  # accessible_topology: where it can be used (none: anywhere)
+    published_node_ids: list[str]
+    abnormal: str | None  # the driver's message when it says the volume is abnormal
+
+    @classmethod
+    def from_csi(cls, volume: Any, status: Any) -> DriverVolume:
+        """From a ``Volume`` and the ``VolumeStatus`` of ControllerGetVolume or ListVolumes."""
+        condition = status.volume_condition if status.HasField("volume_condition") else None
+        return cls(
+            capacity_bytes=int(volume.capacity_bytes),
+            segments=[{str(k): str(v) for k, v in t.segments.items()}
+                      for t in volume.accessible_topology],
+            published_node_ids=[str(n) for n in status.published_node_ids],
+            abnormal=str(condition.message) if condition is not None and condition.abnormal
+            else None,
+        )
+
+
+def describe_place(segment: Mapping[str, str]) -> str:
+    """A topology segment in words: ``zone 'az-a'``, else its ``key=value`` pairs."""
+    if list(segment) == [TOPOLOGY_KEY]:
+        return f"zone {segment[TOPOLOGY_KEY]!r}"
+    return ", ".join(f"{k}={v}" for k, v in sorted(segment.items()))
 
 
 class RegistryVolume:
+    """``ensure`` and ``status`` of the registry's claim. ``csi`` (the driver's controller)
+    is needed only to check a pre-created volume."""
+
     def __init__(
         self,
         rest: KubeRest,
         spec: RegistrySpec,
         *,
-        cloud: Cloud | None = None,
+        csi: CSIClient | None = None,
+        capabilities: DriverCapabilities | None = None,
         recorder: EventRecorder | None = None,
-        deadline: Callable[[], Deadline] = lambda: Deadline.after(60.0),
     ) -> None:
         self.rest = rest
         self.spec = spec
-        self.cloud = cloud
+        self.csi = csi
+        self.capabilities = capabilities or (DriverCapabilities(csi) if csi else None)
         self.recorder = recorder
-        self._deadline = deadline
-
-    # -- paths --------------------------------------------------------------------------------
 
     @property
     def _claim_path(self) -> str:
-        return f"/api/v1/namespaces/{self.spec.namespace}/persistentvolumeclaims/{self.spec.claim}"
+        return claim_path(self.spec.namespace, self.spec.claim)
 
-    def _get(self, path: str) -> dict[str, Any] | None:
-        try:
-            return self.rest.get(path)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
+    def _claim(self) -> Obj | None:
+        return get_or_none(self.rest, self._claim_path)
 
     # -- status -------------------------------------------------------------------------------
 
     def status(self) -> RegistryStatus:
         status = RegistryStatus(mode="pre-created" if self.spec.volume_id else "dynamic")
-        claim = self._get(self._claim_path)
+        claim = self._claim()
         if claim is None:
             status.problems.append(f"claim {self.spec.namespace}/{self.spec.claim} is missing")
             return status
         status.phase = str((claim.get("status") or {}).get("phase") or "Pending")
         status.volume_name = str((claim.get("spec") or {}).get("volumeName") or "")
         if status.volume_name:
-            pv = self._get(f"/api/v1/persistentvolumes/{status.volume_name}")
+            pv = get_or_none(self.rest, pv_path(status.volume_name))
             if pv is not None:
                 status.volume_handle = str(((pv.get("spec") or {}).get("csi") or {}).get(
                     "volumeHandle") or "")
@@ -140,7 +185,7 @@ class RegistryVolume:
         """Make the claim exist and be bound; on bad input change nothing and say why."""
         status = RegistryStatus(mode="pre-created" if self.spec.volume_id else "dynamic")
         try:
-            if self._get(f"/api/v1/namespaces/{self.spec.namespace}") is None:
+            if get_or_none(self.rest, namespace_path(self.spec.namespace)) is None:
                 raise RegistryInvalid(f"namespace {self.spec.namespace} does not exist")
             if self.spec.volume_id:
                 self._ensure_precreated(status)
@@ -159,7 +204,7 @@ class RegistryVolume:
         return final
 
     def _ensure_dynamic(self, status: RegistryStatus) -> None:
-        if self._get(self._claim_path) is not None:
+        if self._claim() is not None:
             return
         try:
             parse_bytes(self.spec.size)
@@ -174,11 +219,9 @@ class RegistryVolume:
                     f"in class {storage_class}")
 
     def _default_class(self) -> str:
-        classes = self.rest.get("/apis/storage.k8s.io/v1/storageclasses").get("items") or []
-        for sc in classes:
-            annotations = (sc.get("metadata") or {}).get("annotations") or {}
-            if annotations.get(DEFAULT_CLASS_ANNOTATION) == "true":
-                return str(sc["metadata"]["name"])
+        for sc in self.rest.get(STORAGE_CLASSES_PATH).get("items") or []:
+            if annotations_of(sc).get(DEFAULT_CLASS_ANNOTATION) == "true":
+                return name_of(sc)
         raise RegistryInvalid("no StorageClass is marked default; pass --storage-class")
 
     def _create_claim(self, *, storage_class: str, volume_name: str | None) -> None:
@@ -198,15 +241,14 @@ class RegistryVolume:
             "spec": spec,
         }
         try:
-            self.rest.create(
-                f"/api/v1/namespaces/{self.spec.namespace}/persistentvolumeclaims", body)
+            self.rest.create(claims_path(self.spec.namespace), body)
         except ApiException as exc:
             if exc.status != 409:
                 raise
 
     def _ensure_precreated(self, status: RegistryStatus) -> None:
         volume_id = str(self.spec.volume_id)
-        pv = self._get(f"/api/v1/persistentvolumes/{self.spec.pv_name}")
+        pv = get_or_none(self.rest, pv_path(self.spec.pv_name))
         if pv is not None:
             handle = ((pv.get("spec") or {}).get("csi") or {}).get("volumeHandle")
             if handle != volume_id:
@@ -214,13 +256,16 @@ class RegistryVolume:
                     f"PV {self.spec.pv_name} exists with volume {handle}, not {volume_id}")
             self._rebind_released(pv, status)
         else:
-            size_gib, zone = self._check_cinder_volume(volume_id)
-            self.rest.create("/api/v1/persistentvolumes", self._static_pv(size_gib, zone))
+            volume = self._check_volume(volume_id)
+            size = format_bytes(volume.capacity_bytes) if volume.capacity_bytes \
+                else self.spec.size
+            self.rest.create(PV_PATH, self._static_pv(size, volume.segments))
             status.steps.append(f"created PV {self.spec.pv_name} for Cinder volume {volume_id}")
+            where = " or ".join(describe_place(s) for s in volume.segments) or "any zone"
             self._event("Normal", "RegistryVolumeAdopted",
-                        f"adopted Cinder volume {volume_id} ({size_gib} GiB, zone {zone}) as "
+                        f"adopted Cinder volume {volume_id} ({size}, {where}) as "
                         f"PV {self.spec.pv_name}")
-        claim = self._get(self._claim_path)
+        claim = self._claim()
         if claim is None:
             self._create_claim(storage_class="", volume_name=self.spec.pv_name)
             status.steps.append(f"created claim {self.spec.claim} bound to {self.spec.pv_name}")
@@ -235,55 +280,98 @@ class RegistryVolume:
         ref = (pv.get("spec") or {}).get("claimRef") or {}
         if phase != "Released" or not ref.get("uid"):
             return
-        claim = self._get(self._claim_path)
+        claim = self._claim()
         if claim is not None and claim["metadata"].get("uid") == ref.get("uid"):
             return
-        self.rest.patch(f"/api/v1/persistentvolumes/{self.spec.pv_name}", {
+        self.rest.patch(pv_path(self.spec.pv_name), {
             "spec": {"claimRef": {"uid": None, "resourceVersion": None}}})
         status.steps.append(f"released PV {self.spec.pv_name} for the new claim")
 
-    def _check_cinder_volume(self, volume_id: str) -> tuple[int, str]:
-        if self.cloud is None:
-            raise RegistryInvalid("a pre-created volume needs --cloud-config to check it")
+    # -- the pre-created volume, as the driver reports it --------------------------------------
+
+    def _check_volume(self, volume_id: str) -> DriverVolume:
+        if self.csi is None or self.capabilities is None:
+            raise RegistryInvalid("a pre-created volume needs --csi-address (the CSI "
+                                  "controller's socket) to check it")
         try:
-            volume = self.cloud.volumes.find(volume_id, self._deadline())
-        except CinderCSIError as exc:
-            raise RegistryInvalid(f"cannot check Cinder volume {volume_id}: {exc}") from None
+            volume = self._driver_volume(self.csi, self.capabilities, volume_id)
+        except grpc.RpcError as exc:
+            raise RegistryInvalid(
+                f"cannot check Cinder volume {volume_id}: {rpc_error_text(exc)}") from None
         if volume is None:
             raise RegistryInvalid(f"Cinder volume {volume_id} does not exist")
-        ours, zones = self._our_nodes()
-        foreign = [s for s in volume.attached_servers if s not in ours]
+        servers, node_labels = self._our_nodes()
+        foreign = [s for s in volume.published_node_ids if s not in servers]
         if foreign:
             raise RegistryInvalid(
                 f"Cinder volume {volume_id} is attached to server {foreign[0]}, which is not a "
                 "node of this cluster; detach it there first")
-        if volume.status not in ("available", "in-use"):
-            raise RegistryInvalid(
-                f"Cinder volume {volume_id} is {volume.status!r}, not available")
-        zone = volume.availability_zone or ""
-        if zones and zone not in zones:
-            raise RegistryInvalid(
-                f"Cinder volume {volume_id} is in zone {zone!r}, where this cluster has no "
-                f"node (zones: {', '.join(sorted(zones))}); the registry pod could not use it")
-        return volume.size_gib, zone
+        if volume.abnormal is not None:
+            raise RegistryInvalid(f"Cinder volume {volume_id} cannot be used: {volume.abnormal}")
+        self._check_reachable(volume_id, volume.segments, node_labels)
+        return volume
 
-    def _our_nodes(self) -> tuple[set[str], set[str]]:
-        """Nova server ids of our CSINodes, and the zones our nodes are in."""
+    @staticmethod
+    def _driver_volume(csi: CSIClient, capabilities: DriverCapabilities,
+                       volume_id: str) -> DriverVolume | None:
+        """ControllerGetVolume, else the volume's ListVolumes entry; None when it is not there.
+
+        The published node IDs must be trustworthy: from ControllerGetVolume they are (a driver
+        that attaches must report them), from ListVolumes only with LIST_VOLUMES_PUBLISHED_NODES.
+        """
+        caps = capabilities.get()
+        if RPC.GET_VOLUME in caps:
+            try:
+                response = csi.get_volume(csi_pb2.ControllerGetVolumeRequest(volume_id=volume_id))
+            except grpc.RpcError as exc:
+                if rpc_code(exc) == grpc.StatusCode.NOT_FOUND:
+                    return None
+                raise
+            return DriverVolume.from_csi(response.volume, response.status)
+        attaches = RPC.PUBLISH_UNPUBLISH_VOLUME in caps
+        if RPC.LIST_VOLUMES in caps and (RPC.LIST_VOLUMES_PUBLISHED_NODES in caps
+                                         or not attaches):
+            for entry in listed_volumes(csi, page_size=LIST_PAGE_SIZE):
+                if entry.volume.volume_id == volume_id:
+                    return DriverVolume.from_csi(entry.volume, entry.status)
+            return None
+        raise RegistryInvalid(
+            f"cannot check Cinder volume {volume_id}: the CSI driver offers neither "
+            "ControllerGetVolume nor ListVolumes with published nodes")
+
+    @staticmethod
+    def _check_reachable(volume_id: str, segments: Sequence[Segment],
+                         node_labels: Sequence[Mapping[str, str]]) -> None:
+        """Some node must be in one of the volume's segments, unless no node is labelled with
+        their keys at all (a cluster without topology labels)."""
+        keys = {k for segment in segments for k in segment}
+        places = {describe_place({k: labels[k] for k in sorted(keys) if k in labels})
+                  for labels in node_labels if keys & labels.keys()}
+        if not places:
+            return
+        if any(all(labels.get(k) == v for k, v in segment.items())
+               for segment in segments for labels in node_labels):
+            return
+        where = " or ".join(describe_place(s) for s in segments)
+        raise RegistryInvalid(
+            f"Cinder volume {volume_id} is in {where}, where this cluster has no node (nodes "
+            f"are in {', '.join(sorted(places))}); the registry pod could not use it")
+
+    def _our_nodes(self) -> tuple[set[str], list[dict[str, str]]]:
+        """The CSI node IDs (Nova server ids) of our CSINodes, and every Node's labels."""
         servers: set[str] = set()
-        for csinode in self.rest.get("/apis/storage.k8s.io/v1/csinodes").get("items") or []:
+        for csinode in self.rest.get(CSI_NODES_PATH).get("items") or []:
             for driver in (csinode.get("spec") or {}).get("drivers") or []:
                 if driver.get("name") == self.spec.driver and driver.get("nodeID"):
                     servers.add(str(driver["nodeID"]))
-        zones = {
-            str(labels[TOPOLOGY_KEY])
-            for node in self.rest.get("/api/v1/nodes").get("items") or []
-            if TOPOLOGY_KEY in (labels := (node.get("metadata") or {}).get("labels") or {})
-        }
-        return servers, zones
+        labels = [{str(k): str(v) for k, v in
+                   ((node.get("metadata") or {}).get("labels") or {}).items()}
+                  for node in self.rest.get(NODES_PATH).get("items") or []]
+        return servers, labels
 
-    def _static_pv(self, size_gib: int, zone: str) -> dict[str, Any]:
+    def _static_pv(self, size: str, segments: Sequence[Segment]) -> dict[str, Any]:
         spec: dict[str, Any] = {
-            "capacity": {"storage": f"{size_gib}Gi"},
+            "capacity": {"storage": size},
             "accessModes": ["ReadWriteOnce"],
             "persistentVolumeReclaimPolicy": "Retain",
             "storageClassName": "",
@@ -293,23 +381,25 @@ class RegistryVolume:
             "csi": {"driver": self.spec.driver, "volumeHandle": self.spec.volume_id,
                     "fsType": self.spec.fstype},
         }
-        if zone:
-            spec["nodeAffinity"] = {"required": {"nodeSelectorTerms": [{"matchExpressions": [
-                {"key": TOPOLOGY_KEY, "operator": "In", "values": [zone]}]}]}}
+        affinity = node_affinity(segments)
+        if affinity is not None:
+            spec["nodeAffinity"] = affinity
         return {"apiVersion": "v1", "kind": "PersistentVolume",
                 "metadata": {"name": self.spec.pv_name,
                              "annotations": {REGISTRY_ANNOTATION: "true"}},
                 "spec": spec}
 
+    # -- both ways ----------------------------------------------------------------------------
+
     def _force_retain(self, status: RegistryStatus) -> None:
-        claim = self._get(self._claim_path)
-        volume_name = (claim or {}).get("spec", {}).get("volumeName") if claim else None
+        claim = self._claim()
+        volume_name = (claim.get("spec") or {}).get("volumeName") if claim else None
         if not volume_name:
             return
-        pv = self._get(f"/api/v1/persistentvolumes/{volume_name}")
+        pv = get_or_none(self.rest, pv_path(volume_name))
         if pv is None or (pv.get("spec") or {}).get("persistentVolumeReclaimPolicy") == "Retain":
             return
-        self.rest.patch(f"/api/v1/persistentvolumes/{volume_name}",
+        self.rest.patch(pv_path(volume_name),
                         {"spec": {"persistentVolumeReclaimPolicy": "Retain"}})
         status.steps.append(f"set PV {volume_name} to Retain: registry data is never deleted")
         self._event("Normal", "RegistryVolumeRetained",
@@ -321,24 +411,24 @@ class RegistryVolume:
             return
         # The claim, even before it exists: the Event then lands in the registry's namespace,
         # where an admin looks (`kubectl get events -n openshift-image-registry`).
-        claim = self._get(self._claim_path)
-        target = claim or {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-                           "metadata": {"name": self.spec.claim,
-                                        "namespace": self.spec.namespace}}
+        target = self._claim() or {
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": self.spec.claim, "namespace": self.spec.namespace}}
         self.recorder.event(target, type_, reason, message)
 
 
 class RegistryDuty:
     """The watch loop's registry duty: re-ensure on any event touching the claim or its PV,
-    and every ``interval`` seconds, so a deleted claim or PV comes back."""
+    and every ``interval`` seconds, so a deleted claim or PV comes back. A pre-created volume
+    is checked through the loop's CSI client."""
 
     name = "registry"
 
-    def __init__(self, ctx: LoopContext, spec: RegistrySpec, *, cloud: Cloud | None,
-                 interval: float = 60.0) -> None:
+    def __init__(self, ctx: LoopContext, spec: RegistrySpec, *, interval: float = 60.0) -> None:
         self.ctx = ctx
         self.spec = spec
-        self.volume = RegistryVolume(ctx.rest, spec, cloud=cloud, recorder=ctx.recorder)
+        self.volume = RegistryVolume(ctx.rest, spec, csi=ctx.csi,
+                                     capabilities=ctx.capabilities, recorder=ctx.recorder)
         self.interval = interval
         self._kick = threading.Event()
 
@@ -364,7 +454,7 @@ class RegistryDuty:
                 status = self.volume.ensure()
                 if status.problems:
                     log.warning("registry volume: %s", "; ".join(status.problems))
-            except (ApiException, CinderCSIError, OSError) as exc:
+            except API_ERRORS as exc:
                 log.warning("registry volume: ensure failed, retrying: %s", exc)
             if self._wait():
                 return

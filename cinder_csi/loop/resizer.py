@@ -22,35 +22,45 @@ import logging
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import grpc
-import urllib3
 from kubernetes.client.exceptions import ApiException
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from cinder_csi.csi import csi_pb2
 from cinder_csi.loop.caches import claim_class_name
-from cinder_csi.loop.capabilities import (
-    RPC,
-    CapabilityError,
-    DriverCapabilities,
-    read_secret,
-    secret_ref,
-    volume_capability,
-)
+from cinder_csi.loop.capabilities import RPC, secret_ref, volume_capability
 from cinder_csi.loop.context import LoopContext
-from cinder_csi.loop.csi_client import IN_PROGRESS_CODES
-from cinder_csi.loop.kube.client import MERGE_PATCH
-from cinder_csi.loop.kube.informer import Handlers, Obj, object_key, split_key
-from cinder_csi.loop.kube.quantity import QuantityError, format_bytes, parse_bytes
-from cinder_csi.loop.kube.workqueue import PermanentError, RetryAfter, WorkQueue
+from cinder_csi.loop.errors import (
+    AttemptFailed,
+    CapabilityError,
+    DoNotRetrySoon,
+    QuantityError,
+    rpc_code,
+    rpc_error_text,
+)
+from cinder_csi.loop.kube.client import API_ERRORS, MERGE_PATCH, api_error_text
+from cinder_csi.loop.kube.informer import Handlers
+from cinder_csi.loop.kube.objects import (
+    Obj,
+    claim_path,
+    name_of,
+    namespace_of,
+    object_key,
+    pv_path,
+    read_secret,
+    resource_version,
+    split_key,
+    timestamp,
+)
+from cinder_csi.loop.kube.quantity import format_bytes, parse_bytes
+from cinder_csi.loop.kube.workqueue import WorkQueue
 from cinder_csi.loop.protocol import (
     PVC_CONDITION_FS_RESIZE_PENDING,
     PVC_CONDITION_RESIZING,
 )
-from cinder_csi.metrics import OPERATION_BUCKETS, go_code_name
+from cinder_csi.metrics import OPERATION_BUCKETS
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +83,6 @@ NODE_RESIZE_PENDING = "NodeResizePending"
 INFEASIBLE_CODES = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE,
                               grpc.StatusCode.NOT_FOUND})
 
-API_ERRORS = (ApiException, urllib3.exceptions.HTTPError, OSError)
-
 
 @dataclass(frozen=True)
 class ResizeOptions:
@@ -95,16 +103,6 @@ class ResizeMetrics:
         result = "success" if ok else "failure"
         self.total.labels(result).inc()
         self.duration.labels(result).observe(seconds)
-
-
-class _Failed(Exception):
-    def __init__(self, message: str, *, code: grpc.StatusCode | None = None,
-                 final: bool = False, quiet: bool = False) -> None:
-        super().__init__(message)
-        self.message = message
-        self.code = code
-        self.final = final
-        self.quiet = quiet  # a write conflict with a fresher object: retry soon, no Event
 
 
 def _storage(resources: Mapping[str, Any] | None) -> int | None:
@@ -139,17 +137,10 @@ def merge_resize_conditions(old: Iterable[Mapping[str, Any]],
 
 def _condition(kind: str, message: str = "") -> Obj:
     cond: Obj = {"type": kind, "status": "True", "lastProbeTime": None,
-                 "lastTransitionTime": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
+                 "lastTransitionTime": timestamp()}
     if message:
         cond["message"] = message
     return cond
-
-
-def _rpc_text(exc: grpc.RpcError) -> tuple[grpc.StatusCode, str]:
-    if isinstance(exc, grpc.Call):
-        code = exc.code()
-        return code, f"rpc error: code = {go_code_name(code.name)} desc = {exc.details()}"
-    return grpc.StatusCode.UNKNOWN, str(exc)
 
 
 class ResizeController:
@@ -159,7 +150,6 @@ class ResizeController:
         self.ctx = ctx
         self.options = options or ResizeOptions()
         self.metrics = ResizeMetrics(ctx.registry)
-        self.capabilities = DriverCapabilities(ctx.csi)
         self.queue = WorkQueue("pvc-resize", metrics=ctx.queue_metrics)
 
     # ---- informers
@@ -176,8 +166,7 @@ class ResizeController:
         # Only a grown request or a resync: our own status writes must not bring the claim
         # back before the cache shows them.
         grew = (requested_bytes(new) or 0) > (requested_bytes(old) or 0)
-        resync = (old.get("metadata") or {}).get("resourceVersion") == \
-            (new.get("metadata") or {}).get("resourceVersion")
+        resync = resource_version(old) == resource_version(new)
         if (grew or resync) and needs_resize(new):
             self.queue.add(object_key(new))
 
@@ -194,10 +183,8 @@ class ResizeController:
                 break
         else:
             return
-        self.queue.start(self.options.workers or self.ctx.workers, self.sync)
-        self.ctx.stop.wait()
-        self.queue.shutdown()
-        self.queue.join(self.options.shutdown_timeout)
+        self.queue.run_until(self.ctx.stop, self.options.workers or self.ctx.workers, self.sync,
+                             timeout=self.options.shutdown_timeout)
 
     # ---- one claim
 
@@ -217,7 +204,7 @@ class ResizeController:
         started = time.monotonic()
         try:
             self._resize(pvc, pv, wanted)
-        except _Failed as exc:
+        except AttemptFailed as exc:
             self.metrics.observe(False, time.monotonic() - started)
             message = self.ctx.recorder.redact(exc.message)
             if exc.quiet:
@@ -225,7 +212,8 @@ class ResizeController:
             else:
                 log.warning("PVC %s/%s: resize failed: %s", namespace, name, message)
                 self.ctx.recorder.warning(pvc, REASON_RESIZE_FAILED, message)
-            raise self._retry(key, exc) from None
+            raise exc.retry(lambda: self.queue.backoff.when(key),
+                            soon=self.options.in_progress_retry_cap) from None
         self.metrics.observe(True, time.monotonic() - started)
 
     def _ours(self, pv: Obj, pvc: Obj) -> bool:
@@ -251,10 +239,10 @@ class ResizeController:
                        "allowVolumeExpansion: true on the class to resize this claim")
         self.ctx.recorder.warning(pvc, REASON_RESIZE_FAILED, message)
         # Retried rarely: the class may be changed (or created) later.
-        raise PermanentError(message)
+        raise DoNotRetrySoon(message)
 
     def _resize(self, pvc: Obj, pv: Obj, wanted: int) -> None:
-        pv_name = str(pv["metadata"]["name"])
+        pv_name = name_of(pv)
         pvc = self._patch_claim(pvc, {
             "conditions": merge_resize_conditions(
                 (pvc.get("status") or {}).get("conditions") or [],
@@ -266,7 +254,7 @@ class ResizeController:
                                  f"External resizer is resizing volume {pv_name}")
         try:
             new_size, node_needed = self._expand(pv, wanted)
-        except _Failed as exc:
+        except AttemptFailed as exc:
             if exc.code in INFEASIBLE_CODES:
                 self._try_patch_claim(
                     pvc, {"allocatedResourceStatuses": {"storage": CONTROLLER_RESIZE_INFEASIBLE}})
@@ -296,20 +284,20 @@ class ResizeController:
 
     def _expand(self, pv: Obj, wanted: int) -> tuple[int, bool]:
         """ControllerExpandVolume; (new size in bytes, node expansion required)."""
-        pv_name = str(pv["metadata"]["name"])
+        pv_name = name_of(pv)
         try:
-            caps = self.capabilities.get()
+            caps = self.ctx.capabilities.get()
         except grpc.RpcError as exc:
-            code, text = _rpc_text(exc)
-            raise _Failed(f"resize volume {pv_name} failed: {text}", code=code) from None
+            raise AttemptFailed(f"resize volume {pv_name} failed: {rpc_error_text(exc)}",
+                                code=rpc_code(exc)) from None
         if RPC.EXPAND_VOLUME not in caps:
             return wanted, True  # node-only expansion: the kubelet does it all
         try:
             capability = volume_capability(
                 pv, single_node_multi_writer=RPC.SINGLE_NODE_MULTI_WRITER in caps)
         except CapabilityError as exc:
-            raise _Failed(f"failed to get capabilities of volume {pv_name}: {exc}",
-                          final=True) from None
+            raise AttemptFailed(f"failed to get capabilities of volume {pv_name}: {exc}",
+                                final=True) from None
         secrets = self._secrets(pv)
         csi = pv["spec"]["csi"]
         request = csi_pb2.ControllerExpandVolumeRequest(
@@ -319,9 +307,9 @@ class ResizeController:
         try:
             response = self.ctx.csi.expand(request)
         except grpc.RpcError as exc:
-            code, text = _rpc_text(exc)
-            raise _Failed(self.ctx.recorder.redact(
-                f"resize volume {pv_name} failed: {text}", secrets.values()),
+            code = rpc_code(exc)
+            raise AttemptFailed(self.ctx.recorder.redact(
+                f"resize volume {pv_name} failed: {rpc_error_text(exc)}", secrets.values()),
                 code=code, final=code in INFEASIBLE_CODES) from None
         # capacity_bytes is required by the spec; a driver that sends 0 got what was asked.
         new_size = int(response.capacity_bytes) or wanted
@@ -334,9 +322,8 @@ class ResizeController:
         try:
             values = read_secret(self.ctx.rest, *ref)
         except API_ERRORS as exc:
-            detail = f"{exc.status} {exc.reason}" if isinstance(exc, ApiException) else str(exc)
-            raise _Failed(f"error getting secret {ref[1]} in namespace {ref[0]}: "
-                          f"{detail}") from None
+            raise AttemptFailed(f"error getting secret {ref[1]} in namespace {ref[0]}: "
+                                f"{api_error_text(exc)}") from None
         self.ctx.recorder.add_secrets(values.values())
         return values
 
@@ -348,16 +335,15 @@ class ResizeController:
             if before:
                 body["metadata"] = {"annotations": {ANN_PRE_RESIZE_CAPACITY: str(before)}}
         try:
-            self.ctx.rest.patch(f"/api/v1/persistentvolumes/{pv['metadata']['name']}", body,
-                                content_type=MERGE_PATCH)
+            self.ctx.rest.patch(pv_path(name_of(pv)), body, content_type=MERGE_PATCH)
         except API_ERRORS as exc:
-            raise _Failed(f"update capacity of PV {pv['metadata']['name']} to "
-                          f"{format_bytes(new_size)} failed: {_api_text(exc)}") from None
+            raise AttemptFailed(f"update capacity of PV {name_of(pv)} to "
+                                f"{format_bytes(new_size)} failed: {api_error_text(exc)}"
+                                ) from None
 
-    def _claim_status_path(self, pvc: Obj) -> str:
-        meta = pvc["metadata"]
-        return f"/api/v1/namespaces/{meta['namespace']}/persistentvolumeclaims/" \
-               f"{meta['name']}/status"
+    @staticmethod
+    def _claim_status_path(pvc: Obj) -> str:
+        return f"{claim_path(namespace_of(pvc), name_of(pvc))}/status"
 
     def _patch_claim(self, pvc: Obj, status: Obj, what: str) -> Obj:
         # The resourceVersion makes a stale cache copy fail (409) instead of overwriting
@@ -369,8 +355,8 @@ class ResizeController:
                                        content_type=MERGE_PATCH)
         except API_ERRORS as exc:
             conflict = isinstance(exc, ApiException) and exc.status == 409
-            raise _Failed(f"{what} on PVC {object_key(pvc)} failed: {_api_text(exc)}",
-                          quiet=conflict) from None
+            raise AttemptFailed(f"{what} on PVC {object_key(pvc)} failed: {api_error_text(exc)}",
+                                quiet=conflict) from None
 
     def _try_patch_claim(self, pvc: Obj, status: Obj) -> None:
         try:
@@ -378,23 +364,9 @@ class ResizeController:
                                 content_type=MERGE_PATCH)
         except API_ERRORS as exc:
             log.info("PVC %s: could not record the failed resize: %s", object_key(pvc),
-                     _api_text(exc))
-
-    def _retry(self, key: str, exc: _Failed) -> Exception:
-        if exc.final:
-            return PermanentError(exc.message)
-        delay = self.queue.backoff.when(key)
-        if exc.code in IN_PROGRESS_CODES or exc.quiet:
-            delay = min(delay, self.options.in_progress_retry_cap)
-        return RetryAfter(delay, exc.message)
+                     api_error_text(exc))
 
 
 def _has_condition(pvc: Mapping[str, Any], kind: str) -> bool:
     return any(c.get("type") == kind and c.get("status") == "True"
                for c in (pvc.get("status") or {}).get("conditions") or [])
-
-
-def _api_text(exc: BaseException) -> str:
-    if isinstance(exc, ApiException):
-        return f"{exc.status} {exc.reason}"
-    return str(exc) or type(exc).__name__

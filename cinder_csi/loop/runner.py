@@ -1,8 +1,9 @@
 """The watch loop as a whole: clients, informers, the duties, leader election, /metrics.
 
 ``cinder-csi provisioner`` runs it against any CSI controller socket; ``cinder-csi controller
---with-provisioner`` runs it beside our own controller in one process. It lives outside
-``provisioner/`` because the registry duty checks pre-created volumes in Cinder.
+--with-provisioner`` runs it beside our own controller in one process, calling it through its
+own socket. Every duty gets one ``LoopContext``: the same clients, informers, recorder,
+metrics registry and driver-capability cache.
 """
 
 from __future__ import annotations

@@ -19,13 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from cinder_csi.csi import csi_pb2
+from cinder_csi.loop.errors import TopologyError
 
-Obj = dict[str, Any]
 Segment = dict[str, str]
-
-
-class TopologyError(Exception):
-    """The topology of the selected node cannot be determined (yet)."""
 
 
 @dataclass(frozen=True)

@@ -39,8 +39,6 @@ import pytest
 import yaml
 
 from cinder_csi import TOPOLOGY_KEY
-from cinder_csi.cloud.connection import Cloud
-from cinder_csi.config import load_cloud_config
 from cinder_csi.csi import csi_pb2
 from cinder_csi.loop import protocol as p
 from cinder_csi.loop.context import Controller, LoopContext
@@ -375,17 +373,15 @@ def exercise(env: ClusterEnv, orphan: str) -> None:
 
 
 def watch_loop(env: ClusterEnv, lease_namespace: str, adopted: str) -> WatchLoop:
-    conf = env.tmp_path / "cloud.conf"
-    cloud = Cloud(load_cloud_config([conf]).auth)
     dynamic = RegistrySpec(namespace=REGISTRY_NS, size="1Gi")
     precreated = RegistrySpec(namespace=REGISTRY_NS, claim="registry-adopted", size="1Gi",
                               volume_id=adopted)
 
     def dynamic_duty(ctx: LoopContext) -> Controller:
-        return RegistryDuty(ctx, dynamic, cloud=None, interval=5.0)
+        return RegistryDuty(ctx, dynamic, interval=5.0)
 
     def precreated_duty(ctx: LoopContext) -> Controller:
-        return RegistryDuty(ctx, precreated, cloud=cloud, interval=5.0)
+        return RegistryDuty(ctx, precreated, interval=5.0)
 
     options = LoopOptions(
         csi_address=f"unix://{env.socket}", kubeconfig=str(env.kubeconfig), workers=8,

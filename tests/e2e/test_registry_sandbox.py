@@ -2,8 +2,13 @@
 
 dynamic: the sandbox's controller runs the registry duty; the claim from manifests/ is Bound,
 forced to Retain, and the registry pod's data follows it from node-0 to node-1.
-pre-created: `cinder-csi registry ensure --volume-id` adopts a volume made with openstacksdk;
-deleting the claim keeps the Cinder volume, and ensure brings the claim back on the same one.
+pre-created: `cinder-csi registry ensure --volume-id` adopts a volume made with openstacksdk,
+checked through the sandbox controller's CSI socket (`--csi-address`); deleting the claim keeps
+the Cinder volume, and ensure brings the claim back on the same one.
+
+The sandbox's controller ignores volume zones (volumes attach across zones there), so the
+driver reports none and any zone will do; the zone check is held to a second controller on
+the same cloud that reports zones.
 """
 
 from __future__ import annotations
@@ -45,13 +50,38 @@ def cloud(sandbox: RunningSandbox) -> Any:
     return openstack.connection.Connection(config=config.get_one(cloud="sandbox"))
 
 
+@pytest.fixture(scope="module")
+def zoned_socket(sandbox: RunningSandbox,
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A second controller on the sandbox's cloud, without ``ignore-volume-az``."""
+    state = tmp_path_factory.mktemp("zoned")
+    conf = state / "cloud.conf"
+    text = (sandbox.state_dir / "cloud.conf").read_text()
+    assert "ignore-volume-az = true" in text
+    conf.write_text(text.replace("ignore-volume-az = true", "ignore-volume-az = false"))
+    conf.chmod(0o600)
+    socket = state / "controller.sock"
+    with open(state / "controller.log", "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "cinder_csi.cli", "controller", "--endpoint",
+             f"unix://{socket}", "--cloud-config", str(conf), "--cluster", "sandbox"],
+            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        until(lambda: socket.exists() or None, "the zoned controller's socket")
+        yield socket
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
 def registry_cli(
-    sandbox: RunningSandbox, action: str, *args: str
+    sandbox: RunningSandbox, action: str, *args: str, socket: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
+    socket = socket or sandbox.state_dir / "controller.sock"
     return subprocess.run(
         [sys.executable, "-m", "cinder_csi.cli", "registry", action,
          "--kubeconfig", str(sandbox.state_dir / "kubeconfig"),
-         "--cloud-config", str(sandbox.state_dir / "cloud.conf"), *args],
+         "--csi-address", f"unix://{socket}", *args],
         capture_output=True, text=True, timeout=120, check=False)
 
 
@@ -145,7 +175,8 @@ def test_precreated_volume_is_adopted_and_kept(sandbox: RunningSandbox) -> None:
 
 
 @pytest.mark.parametrize("case", ["unknown", "foreign", "wrong-zone"])
-def test_bad_precreated_volume_changes_nothing(sandbox: RunningSandbox, case: str) -> None:
+def test_bad_precreated_volume_changes_nothing(sandbox: RunningSandbox, case: str,
+                                               request: pytest.FixtureRequest) -> None:
     api = core(sandbox)
     namespace = f"registry-bad-{case}"
     new_namespace(api, namespace)
@@ -162,8 +193,10 @@ def test_bad_precreated_volume_changes_nothing(sandbox: RunningSandbox, case: st
     else:
         volume = make_volume(sandbox, "registry-elsewhere", "az-c")
         volume_id, expected = volume.id, "no node"
+    socket = request.getfixturevalue("zoned_socket") if case == "wrong-zone" else None
     pvs_before = {pv.metadata.name for pv in api.list_persistent_volume().items}
-    result = registry_cli(sandbox, "ensure", "--namespace", namespace, "--volume-id", volume_id)
+    result = registry_cli(sandbox, "ensure", "--namespace", namespace, "--volume-id", volume_id,
+                          socket=socket)
     assert result.returncode == 1
     assert expected in result.stdout, result.stdout
     assert api.list_namespaced_persistent_volume_claim(namespace).items == []

@@ -93,7 +93,7 @@ class ClusterEnv:
     driver: str = DRIVER
     cluster: str = CLUSTER
     _loops: list[LoopHandle] = field(default_factory=list)
-    _node_servers: list[CSIServer] = field(default_factory=list)
+    node_servers: list[CSIServer] = field(default_factory=list)
 
     @property
     def core(self) -> Any:
@@ -288,7 +288,7 @@ class ClusterEnv:
         sock = self.tmp_path / f"node-{node}.sock"
         server = CSIServer(f"unix://{sock}", identity=identity, node=service, grace_seconds=2)
         server.start()
-        self._node_servers.append(server)
+        self.node_servers.append(server)
         return self.kube.add_kubelet(node, sock, root)
 
     def close(self) -> None:
@@ -373,7 +373,7 @@ def cluster_env(
             env.close()
         kube.stop()
         if env is not None:
-            for node_server in env._node_servers:
+            for node_server in env.node_servers:
                 node_server.stop(0)
         if api_client is not None:
             api_client.close()

@@ -158,7 +158,7 @@ def test_failed_delete_is_reported_and_retried(env: ClusterEnv) -> None:
         env.core.delete_namespaced_persistent_volume_claim("busy", "default")
         event = env.wait_event(name, "VolumeFailedDelete", kind="PersistentVolume", timeout=20)
         assert event["type"] == "Warning"
-        assert "FAILED_PRECONDITION" in event["message"], event["message"]
+        assert "code = FailedPrecondition desc = " in event["message"], event["message"]
         assert env.pv(name) is not None
         env.csi.controller.ControllerUnpublishVolume(csi_pb2.ControllerUnpublishVolumeRequest(
             volume_id=volume_id, node_id=server), timeout=30)

@@ -108,9 +108,11 @@ def test_sweep_runs_at_start(env: ClusterEnv) -> None:
         assert orphan in event["message"]
 
 
-def test_paged_listing_finds_every_orphan(env: ClusterEnv,
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("cinder_csi.loop.orphans._PAGE", 2)
+def test_paged_listing_finds_every_orphan(env: ClusterEnv) -> None:
     made = {make_volume(env, f"pvc-00000000-0000-0000-0000-00000000010{i}") for i in range(5)}
-    _, found = sweep(env, grace=0)
+    sweeper, found = sweep(env, grace=0, page_size=2)
     assert {vid for vid, _ in found} == made
+    pages = sweeper.ctx.registry.get_sample_value("csi_sidecar_operations_seconds_count", {
+        "driver_name": "", "method_name": "/csi.v1.Controller/ListVolumes",
+        "grpc_status_code": "OK"})
+    assert pages is not None and pages >= 3  # five volumes, two a page

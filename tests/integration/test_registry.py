@@ -1,5 +1,6 @@
-"""The registry volume against both stand-ins, through real HTTP (no watch loop needed for the
-pre-created way: the stand-in's PV controller binds the pre-bound static PV)."""
+"""The registry volume against both stand-ins, through real HTTP, checking a pre-created volume
+through our CSI controller on a unix socket (no watch loop needed for the pre-created way: the
+stand-in's PV controller binds the pre-bound static PV)."""
 
 from __future__ import annotations
 
@@ -13,14 +14,14 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from cinder_csi import TOPOLOGY_KEY
-from cinder_csi.cloud.connection import Cloud
-from cinder_csi.config import load_cloud_config
+from cinder_csi.loop.csi_client import CSIClient
 from cinder_csi.loop.kube.client import KubeOptions, KubeRest, build_clients
 from cinder_csi.loop.kube.events import EventRecorder
 from cinder_csi.loop.registry import REGISTRY_ANNOTATION, RegistrySpec, RegistryVolume
 from cinder_csi.standins.kube import KubeStandIn
 from cinder_csi.standins.kube.client import wait_until
 from cinder_csi.standins.openstack import OpenStackStandIn
+from tests.integration.conftest import start_controller
 
 DRIVER = "cinder.csi.openstack.org"
 NS = "openshift-image-registry"
@@ -31,12 +32,12 @@ class Env:
     kube: KubeStandIn
     openstack: OpenStackStandIn
     rest: KubeRest
-    cloud: Cloud
+    csi: CSIClient
     servers: dict[str, str]
 
     def registry(self, **spec: Any) -> RegistryVolume:
         recorder = EventRecorder(self.rest, "cinder-csi-registry")
-        return RegistryVolume(self.rest, RegistrySpec(namespace=NS, **spec), cloud=self.cloud,
+        return RegistryVolume(self.rest, RegistrySpec(namespace=NS, **spec), csi=self.csi,
                               recorder=recorder)
 
     def events(self) -> list[dict[str, Any]]:
@@ -54,6 +55,7 @@ def env(tmp_path: Path) -> Iterator[Env]:
     openstack = OpenStackStandIn(tmp_path / "os", availability_zones=("az-a", "az-b", "az-c"))
     openstack.start()
     kube = KubeStandIn().start()
+    server = None
     try:
         servers = {}
         for index, zone in enumerate(("az-a", "az-b")):
@@ -67,10 +69,15 @@ def env(tmp_path: Path) -> Iterator[Env]:
         clients = build_clients(KubeOptions(kubeconfig=str(kubeconfig)))
         conf = tmp_path / "cloud.conf"
         conf.write_text(openstack.cloud_conf())
-        cloud = Cloud(load_cloud_config([conf]).auth)
-        yield Env(kube, openstack, clients.rest(), cloud, servers)
+        server, handle = start_controller(conf, tmp_path / "controller.sock")
+        handle.channel.close()
+        csi = CSIClient(str(handle.socket), timeout=30.0)
+        yield Env(kube, openstack, clients.rest(), csi, servers)
+        csi.close()
         clients.close()
     finally:
+        if server is not None:
+            server.stop(0)
         kube.stop()
         openstack.stop()
 

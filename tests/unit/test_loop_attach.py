@@ -7,9 +7,9 @@ import pytest
 
 from cinder_csi.csi import csi_pb2
 from cinder_csi.loop.attacher import AttachmentController, AttachOptions
-from cinder_csi.loop.kube.workqueue import PermanentError, RetryAfter
+from cinder_csi.loop.errors import DoNotRetrySoon, RetryAfter
 from cinder_csi.loop.protocol import ANN_VA_NODE_ID, attacher_finalizer
-from tests.unit.test_loop_attach_fakes import (
+from tests.unit.loop_fakes import (
     DRIVER,
     NODE_ID,
     RPC,
@@ -91,7 +91,7 @@ def test_a_stale_cache_copy_does_not_repeat_the_attach(world: World) -> None:
     world.sync()
     ctl.sync_attach("va-1")
     assert len(world.csi.calls("ControllerPublishVolume")) == 1
-    assert ctl._superseded == {}
+    assert len(ctl.own_writes) == 0
 
 
 def test_attached_va_is_left_alone_but_its_pv_finalizer_is_healed(world: World) -> None:
@@ -207,7 +207,7 @@ def test_inline_volumes_are_refused_for_good(world: World) -> None:
     obj["spec"]["source"] = {"inlineVolumeSpec": {"csi": {"driver": DRIVER,
                                                           "volumeHandle": VOLUME_ID}}}
     world.add("volumeattachments", obj)
-    with pytest.raises(PermanentError):
+    with pytest.raises(DoNotRetrySoon):
         controller(world).sync_attach("va-1")
     error = attached(world)["attachError"]
     assert isinstance(error, dict) and error["message"] == "inline volumes are not supported"
@@ -228,7 +228,7 @@ def test_other_attachers_are_ignored(world: World) -> None:
     world.add("persistentvolumes", pv())
     world.add("volumeattachments", va(attacher="other.csi"))
     ctl = controller(world)
-    ctl._va_added(world.informers.attachments.cache.get("va-1") or {})
+    world.informers.attachments.added(world.informers.attachments.cache.get("va-1") or {})
     assert len(ctl.attach_queue) == 0
     ctl.sync_attach("va-1")
     assert world.csi.requests == []
@@ -317,17 +317,17 @@ def test_events_route_by_deletion_timestamp_and_skip_our_error_writes(world: Wor
     ctl = controller(world)
     plain, gone = va("a"), va("b")
     gone["metadata"]["deletionTimestamp"] = DELETED
-    ctl._va_added(plain)
-    ctl._va_added(gone)
+    world.informers.attachments.added(plain)
+    world.informers.attachments.added(gone)
     assert ctl.attach_queue.get(timeout=0) == "a"
     assert ctl.detach_queue.get(timeout=0) == "b"
     ctl.attach_queue.done("a")
     old = va("a", resourceVersion="1")
     new = va("a", resourceVersion="2")
     new["status"]["attachError"] = {"message": "x", "time": DELETED}
-    ctl._va_updated(old, new)
+    world.informers.attachments.updated(old, new)
     assert len(ctl.attach_queue) == 0
-    ctl._va_updated(old, va("a", resourceVersion="1"))  # a resync
+    world.informers.attachments.updated(old, va("a", resourceVersion="1"))  # a resync
     assert len(ctl.attach_queue) == 1
 
 
@@ -362,14 +362,14 @@ def test_a_pv_that_lost_its_finalizer_brings_its_attachments_back(world: World) 
     world.add("persistentvolumes", pv())
     world.add("volumeattachments", va())
     ctl = controller(world)
-    ctl._pv_changed(world.informers.volumes.cache.get("pv-1") or {})
+    world.informers.volumes.added(world.informers.volumes.cache.get("pv-1") or {})
     assert ctl.attach_queue.get(timeout=0) == "va-1"
 
 
 def test_csinode_registration_retries_waiting_attachments(world: World) -> None:
     world.add("volumeattachments", va(node="node-2"))
     ctl = controller(world)
-    ctl._csinode_changed(csinode("node-2"))
+    world.informers.csi_nodes.added(csinode("node-2"))
     assert ctl.attach_queue.get(timeout=0) == "va-1"
 
 

@@ -1,4 +1,5 @@
-"""cinder_csi.loop.capabilities: PV → VolumeCapability, readonly and secrets."""
+"""cinder_csi.loop.capabilities (PV → VolumeCapability, readonly, secret refs, the driver's
+capabilities) and reading the Secret a ref names."""
 
 from __future__ import annotations
 
@@ -11,15 +12,15 @@ from kubernetes.client.exceptions import ApiException
 
 from cinder_csi.csi import csi_pb2
 from cinder_csi.loop.capabilities import (
-    CapabilityError,
     DriverCapabilities,
     access_mode,
     publish_readonly,
-    read_secret,
     secret_ref,
     volume_capability,
 )
-from tests.unit.test_loop_attach_fakes import RPC, FakeCSI, FakeRest, RpcError
+from cinder_csi.loop.errors import CapabilityError
+from cinder_csi.loop.kube.objects import read_secret
+from tests.unit.loop_fakes import RPC, FakeCSI, FakeRest, RpcError
 
 Mode = csi_pb2.VolumeCapability.AccessMode
 

@@ -15,11 +15,12 @@ from prometheus_client import CollectorRegistry
 from cinder_csi.csi import csi_pb2
 from cinder_csi.loop import caches as inf
 from cinder_csi.loop import protocol as p
-from cinder_csi.loop.claim_failures import ProvisionFailed
-from cinder_csi.loop.claims import ClaimController
+from cinder_csi.loop.claims import HOLDOFF_CAP, ClaimController
 from cinder_csi.loop.context import LoopContext
+from cinder_csi.loop.errors import DoNotRetrySoon, ProvisionFailed, RetryAfter
 from cinder_csi.loop.kube.informer import Cache
-from cinder_csi.loop.kube.workqueue import PermanentError, RetryAfter, WorkQueueMetrics
+from cinder_csi.loop.kube.workqueue import WorkQueueMetrics
+from tests.unit.loop_fakes import RpcError
 
 DRIVER = "cinder.csi.openstack.org"
 KEY = "topology.cinder.csi.openstack.org/zone"
@@ -91,17 +92,6 @@ class FakeRest:
         return self.objects.pop(path)
 
 
-class RpcError(grpc.RpcError):
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        self._code, self._details = code, details
-
-    def code(self) -> grpc.StatusCode:
-        return self._code
-
-    def details(self) -> str:
-        return self._details
-
-
 class FakeCSI:
     def __init__(self) -> None:
         self.requests: list[csi_pb2.CreateVolumeRequest] = []
@@ -161,13 +151,14 @@ class World:
             csi_nodes=cast(Any, FakeInformer()), nodes=cast(Any, FakeInformer()),
         )
         registry = CollectorRegistry()
+        self.now = 1000.0  # the controller's clock, moved by the tests
         self.ctx = LoopContext(
             driver=DRIVER, csi=cast(Any, self.csi), rest=cast(Any, self.rest),
             informers=self.informers, recorder=cast(Any, self.recorder), registry=registry,
             queue_metrics=WorkQueueMetrics(registry), workers=1, provisioner_identity="me",
             stop=threading.Event(),
         )
-        self.controller = ClaimController(self.ctx)
+        self.controller = ClaimController(self.ctx, clock=lambda: self.now)
         for i, zone in enumerate(("az-a", "az-b")):
             name = f"node-{i}"
             self.informers.nodes.cache.put(name, {"metadata": {"name": name,
@@ -213,6 +204,10 @@ class World:
 
     def sync(self, name: str = "data") -> None:
         self.controller.sync(f"default/{name}")
+
+    def wait_out_holdoff(self) -> None:
+        """Let the longest hold-off of a failed claim pass."""
+        self.now += HOLDOFF_CAP + 1
 
     def pv(self, name: str = "pvc-uid-data") -> Obj | None:
         return self.rest.objects.get(f"/api/v1/persistentvolumes/{name}")
@@ -311,7 +306,7 @@ def test_beta_provisioner_annotation_is_honoured(world: World) -> None:
 
 def test_selector_is_refused(world: World) -> None:
     world.add_claim(selector={"matchLabels": {"a": "b"}})
-    with pytest.raises(PermanentError):
+    with pytest.raises(DoNotRetrySoon):
         world.sync()
     assert world.recorder.events[-1][:2] == ("Warning", "ProvisioningFailed")
     assert "claim Selector is not supported" in world.recorder.events[-1][2]
@@ -321,7 +316,7 @@ def test_selector_is_refused(world: World) -> None:
 def test_unknown_reserved_parameter_stops_before_any_write(world: World) -> None:
     world.add_class("typo", parameters={"csi.storage.k8s.io/fs-type": "xfs"})
     world.add_claim(storageClassName="typo")
-    with pytest.raises(PermanentError):
+    with pytest.raises(DoNotRetrySoon):
         world.sync()
     assert world.csi.requests == [] and not intent(world.claim())
     assert "csi.storage.k8s.io/fs-type" in world.recorder.events[-1][2]
@@ -330,7 +325,7 @@ def test_unknown_reserved_parameter_stops_before_any_write(world: World) -> None
 
 def test_missing_class_is_reported(world: World) -> None:
     world.add_claim(storageClassName="ghost")
-    with pytest.raises(PermanentError):
+    with pytest.raises(DoNotRetrySoon):
         world.sync()
     assert 'storageclass.storage.k8s.io "ghost" not found' in world.recorder.events[-1][2]
 
@@ -345,11 +340,11 @@ def test_in_progress_error_keeps_intent_and_retries_same_name(world: World) -> N
         world.sync()
     assert intent(world.claim())
     assert world.pv() is None
-    assert "DEADLINE_EXCEEDED" in world.recorder.events[-1][2]
+    assert "code = DeadlineExceeded desc = slow cloud" in world.recorder.events[-1][2]
     world.refresh()
     with pytest.raises(RetryAfter):  # held off, even if the claim changes meanwhile
         world.sync()
-    world.controller._not_before.clear()
+    world.wait_out_holdoff()
     world.sync()
     assert [r.name for r in world.csi.requests] == ["pvc-uid-data", "pvc-uid-data"]
     assert world.pv() is not None and not intent(world.claim())
@@ -359,7 +354,7 @@ def test_invalid_argument_is_permanent(world: World) -> None:
     world.add_claim()
     world.csi.errors.append(RpcError(grpc.StatusCode.INVALID_ARGUMENT,
                                      "set the StorageClass parameter 'type'"))
-    with pytest.raises(PermanentError):
+    with pytest.raises(DoNotRetrySoon):
         world.sync()
     kind, reason, message = world.recorder.events[-1]
     assert (kind, reason) == ("Warning", "ProvisioningFailed")
@@ -522,14 +517,14 @@ def test_clone_protects_the_source_then_releases_it(world: World) -> None:
 def test_clone_source_must_share_class_and_fit(world: World) -> None:
     bound_source(world, storageClassName="other")
     world.add_claim(dataSource={"kind": "PersistentVolumeClaim", "name": "origin"})
-    with pytest.raises(PermanentError):
+    with pytest.raises(DoNotRetrySoon):
         world.sync()
     assert "same class" in world.recorder.events[-1][2]
     bound_source(world)
     world.add_claim(dataSource={"kind": "PersistentVolumeClaim", "name": "origin"},
                     resources={"requests": {"storage": "512Mi"}})
-    world.controller._not_before.clear()
-    with pytest.raises(PermanentError):
+    world.wait_out_holdoff()
+    with pytest.raises(DoNotRetrySoon):
         world.sync()
     assert "at least 1Gi" in world.recorder.events[-1][2]
 

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from cinder_csi.loop.kube.informer import Cache, Handlers, Informer, object_key, split_key
+from cinder_csi.loop.kube.informer import Cache, Handlers, Informer
+from cinder_csi.loop.kube.objects import object_key, split_key
 
 
 def pv(name: str, rv: int, claim: str | None = None) -> dict[str, Any]:
@@ -82,9 +83,9 @@ class FakeApi:
                 body = b"".join(json.dumps(e).encode() + b"\n" for e in session)
                 # Split mid-line to prove lines are reassembled across reads.
                 return FakeResponse([body[:7], body[7:]])
-            return self._page(kw)
+            return self.page(kw)
 
-    def _page(self, kw: dict[str, Any]) -> FakeResponse:
+    def page(self, kw: dict[str, Any]) -> FakeResponse:
         start = int(kw.get("_continue") or 0)
         if start == 0:
             self.lists += 1
@@ -178,7 +179,7 @@ def test_410_relists_and_emits_the_difference() -> None:
     rec = Recorder()
     inf = Informer("pvs", api, page_size=2, backoff_base=0.01)
     inf.add_handler(rec.handlers())
-    original = api._page
+    original = api.page
 
     def page_then_change(kw: dict[str, Any]) -> FakeResponse:
         resp = original(kw)
@@ -188,7 +189,7 @@ def test_410_relists_and_emits_the_difference() -> None:
             api.sessions.append([gone])
         return resp
 
-    api._page = page_then_change  # type: ignore[method-assign]
+    api.page = page_then_change  # type: ignore[method-assign]
     inf.start()
     try:
         events = rec.wait_for(6)
@@ -271,9 +272,8 @@ def test_stop_is_prompt_while_the_watch_is_idle() -> None:
     inf = start(api, Recorder())
     time.sleep(0.05)
     began = time.monotonic()
-    inf.stop()
+    assert inf.stop(), "the informer's threads did not end"
     assert time.monotonic() - began < 1
-    assert not any(t.is_alive() for t in inf._threads)
 
 
 def test_indexes_follow_updates_and_deletes() -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from cinder_csi.loop.kube.client import KubeOptions, ThrottledRest, build_clients
+from cinder_csi.loop.kube.client import KubeOptions, ThrottledRest, build_clients, retry_after
 from cinder_csi.loop.kube.throttle import TokenBucket
 
 
@@ -97,12 +97,10 @@ def test_retries_are_bounded() -> None:
 
 
 def test_unparseable_retry_after_waits_a_second_not_forever() -> None:
-    from cinder_csi.loop.kube.client import _retry_after
-
-    assert _retry_after(FakeResponse(429, {"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"})) == 1
-    assert _retry_after(FakeResponse(429, {"Retry-After": "86400"})) == 30
-    assert _retry_after(FakeResponse(429)) == 1
-    assert _retry_after(FakeResponse(200)) is None
+    assert retry_after(FakeResponse(429, {"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"})) == 1
+    assert retry_after(FakeResponse(429, {"Retry-After": "86400"})) == 30
+    assert retry_after(FakeResponse(429)) == 1
+    assert retry_after(FakeResponse(200)) is None
 
 
 def test_build_clients_from_kubeconfig(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import pytest
 from cinder_csi.csi import csi_pb2
 from cinder_csi.loop import protocol as p
 from cinder_csi.loop import pvspec as s
+from cinder_csi.loop.errors import ParameterError
 
 DRIVER = "cinder.csi.openstack.org"
 KEY = "topology.cinder.csi.openstack.org/zone"
@@ -35,7 +36,7 @@ def test_parse_quantity(text: str, size: int) -> None:
 
 @pytest.mark.parametrize("text", ["", "abc", "1Zi", "-1Gi", "1..2"])
 def test_parse_quantity_rejects(text: str) -> None:
-    with pytest.raises(s.ParameterError):
+    with pytest.raises(ParameterError):
         s.parse_quantity(text)
 
 
@@ -71,17 +72,17 @@ def test_default_fstype_applies_without_the_parameter() -> None:
 
 
 def test_unknown_reserved_parameter_is_named() -> None:
-    with pytest.raises(s.ParameterError, match=r"csi\.storage\.k8s\.io/fs-type"):
+    with pytest.raises(ParameterError, match=r"csi\.storage\.k8s\.io/fs-type"):
         s.split_parameters({"csi.storage.k8s.io/fs-type": "xfs"}, claim(), "pv")
 
 
 def test_secret_pair_must_be_complete() -> None:
-    with pytest.raises(s.ParameterError, match="together"):
+    with pytest.raises(ParameterError, match="together"):
         s.split_parameters({"csi.storage.k8s.io/provisioner-secret-name": "x"}, claim(), "pv")
 
 
 def test_secret_namespace_cannot_use_the_claim_name() -> None:
-    with pytest.raises(s.ParameterError, match=r"\$\{pvc.name\}"):
+    with pytest.raises(ParameterError, match=r"\$\{pvc.name\}"):
         s.split_parameters({"csi.storage.k8s.io/provisioner-secret-name": "x",
                             "csi.storage.k8s.io/provisioner-secret-namespace": "${pvc.name}"},
                            claim(), "pv")
@@ -91,7 +92,7 @@ def test_capacity_range_from_requests_and_limits() -> None:
     rng = s.capacity_range(claim(resources={"requests": {"storage": "1Gi"},
                                             "limits": {"storage": "2Gi"}}))
     assert (rng.required_bytes, rng.limit_bytes) == (1024**3, 2 * 1024**3)
-    with pytest.raises(s.ParameterError):
+    with pytest.raises(ParameterError):
         s.capacity_range(claim(resources={}))
 
 
@@ -109,7 +110,7 @@ def test_capabilities_per_access_mode_and_volume_mode() -> None:
                           single_node_multi_writer=True)
     assert [c.access_mode.mode for c in caps] == [Mode.SINGLE_NODE_MULTI_WRITER,
                                                    Mode.SINGLE_NODE_SINGLE_WRITER]
-    with pytest.raises(s.ParameterError):
+    with pytest.raises(ParameterError):
         s.capabilities(claim(accessModes=["Sometimes"]), "", single_node_multi_writer=False)
 
 

@@ -8,7 +8,7 @@ import grpc
 import pytest
 
 from cinder_csi.csi import csi_pb2
-from cinder_csi.loop.kube.workqueue import PermanentError, RetryAfter
+from cinder_csi.loop.errors import DoNotRetrySoon, RetryAfter
 from cinder_csi.loop.resizer import (
     ANN_PRE_RESIZE_CAPACITY,
     FS_RESIZE_MESSAGE,
@@ -16,7 +16,7 @@ from cinder_csi.loop.resizer import (
     merge_resize_conditions,
     needs_resize,
 )
-from tests.unit.test_loop_attach_fakes import (
+from tests.unit.loop_fakes import (
     DRIVER,
     RPC,
     VOLUME_ID,
@@ -124,7 +124,7 @@ def test_grow_without_node_expansion_finishes_the_claim(world: World) -> None:
 
 def test_class_without_expansion_is_refused_with_a_warning(world: World) -> None:
     world.add("storageclasses", storage_class(expand=False))
-    with pytest.raises(PermanentError, match="does not allow expansion"):
+    with pytest.raises(DoNotRetrySoon, match="does not allow expansion"):
         resizer(world).sync(KEY)
     assert world.csi.calls("ControllerExpandVolume") == []
     assert world.rest.event_reasons() == [("Warning", "VolumeResizeFailed")]
@@ -148,7 +148,7 @@ def test_expand_failure_warns_and_backs_off(world: World) -> None:
 def test_infeasible_expand_is_final_and_marked_on_the_claim(world: World) -> None:
     world.csi.errors["ControllerExpandVolume"] = [
         RpcError(grpc.StatusCode.OUT_OF_RANGE, "too big")]
-    with pytest.raises(PermanentError):
+    with pytest.raises(DoNotRetrySoon):
         resizer(world).sync(KEY)
     assert stored_claim(world)["status"]["allocatedResourceStatuses"] == {
         "storage": "ControllerResizeInfeasible"}
@@ -227,12 +227,12 @@ def test_only_grown_requests_and_resyncs_are_queued(world: World) -> None:
                                                  "resourceVersion": "2"}}
     status_only = claim(request="2Gi") | {"metadata": {"name": "data", "namespace": "apps",
                                                        "resourceVersion": "3"}}
-    ctl._claim_updated(grown, status_only)
+    world.informers.claims.updated(grown, status_only)
     assert len(ctl.queue) == 0
-    ctl._claim_updated(old, grown)
+    world.informers.claims.updated(old, grown)
     assert ctl.queue.get(timeout=0) == KEY
     ctl.queue.done(KEY)
-    ctl._claim_updated(grown, grown)  # resync
+    world.informers.claims.updated(grown, grown)  # resync
     assert len(ctl.queue) == 1
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cinder_csi.loop.kube.quantity import QuantityError, format_bytes, is_quantity, parse_bytes
+from cinder_csi.loop.errors import QuantityError
+from cinder_csi.loop.kube.quantity import format_bytes, is_quantity, parse_bytes
 
 GI = 1 << 30
 

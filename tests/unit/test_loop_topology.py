@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from cinder_csi.loop import topology as t
+from cinder_csi.loop.errors import TopologyError
 
 DRIVER = "cinder.csi.openstack.org"
 KEY = "topology.cinder.csi.openstack.org/zone"
@@ -48,11 +49,11 @@ def test_selected_node_is_both_requisite_and_preferred() -> None:
 
 
 def test_selected_node_without_csinode_or_driver_or_labels_is_an_error() -> None:
-    with pytest.raises(t.TopologyError, match="CSINode"):
+    with pytest.raises(TopologyError, match="CSINode"):
         t.for_selected_node(DRIVER, "n1", None, ZONED["n1"])
-    with pytest.raises(t.TopologyError, match="not registered"):
+    with pytest.raises(TopologyError, match="not registered"):
         t.for_selected_node(DRIVER, "n1", csi_node("n1", [KEY], driver="x"), ZONED["n1"])
-    with pytest.raises(t.TopologyError, match="lacks"):
+    with pytest.raises(TopologyError, match="lacks"):
         t.for_selected_node(DRIVER, "n1", csi_node("n1", ["nope"]), ZONED["n1"])
 
 

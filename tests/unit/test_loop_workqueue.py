@@ -10,12 +10,8 @@ import time
 import pytest
 from prometheus_client import CollectorRegistry
 
-from cinder_csi.loop.kube.workqueue import (
-    PermanentError,
-    RetryAfter,
-    WorkQueue,
-    WorkQueueMetrics,
-)
+from cinder_csi.loop.errors import DoNotRetrySoon, RetryAfter
+from cinder_csi.loop.kube.workqueue import WorkQueue, WorkQueueMetrics
 
 
 def queue(**kw: object) -> WorkQueue:
@@ -132,7 +128,7 @@ def test_permanent_error_comes_back_after_the_maximum_backoff() -> None:
 
     def handler(key: str) -> None:
         stamps.append(time.monotonic())
-        raise PermanentError("class has an unknown parameter")
+        raise DoNotRetrySoon("class has an unknown parameter")
 
     q.add("k")
     q.start(1, handler)
@@ -252,3 +248,26 @@ def test_metrics_use_client_go_names_and_the_given_registry() -> None:
     assert value("workqueue_work_duration_seconds_count") == 1
     assert value("workqueue_longest_running_processor_seconds") == 0
     assert value("workqueue_depth") == 1
+
+
+def test_run_until_works_until_stopped_then_lets_running_keys_finish() -> None:
+    q = queue()
+    stop = threading.Event()
+    started = threading.Event()
+    finished: list[str] = []
+
+    def handler(key: str) -> None:
+        started.set()
+        time.sleep(0.05)
+        finished.append(key)
+
+    result: list[bool] = []
+    runner = threading.Thread(target=lambda: result.append(q.run_until(stop, 2, handler, 2.0)))
+    q.add("a")
+    runner.start()
+    assert started.wait(2)
+    stop.set()
+    runner.join(3)
+    assert result == [True]
+    assert finished == ["a"]  # the running key finished before run_until returned
+    assert q.shutting_down

@@ -1,4 +1,4 @@
-"""Kubernetes API clients: construction, throttling, Retry-After, and raw-JSON requests.
+"""Kubernetes API clients: construction, throttling, Retry-After, raw-JSON requests, errors.
 
 Every request of the main client first takes a token from a :class:`TokenBucket` (the
 equivalent of client-go's ``--kube-api-qps/--kube-api-burst``) and rides out 429 and
@@ -36,6 +36,16 @@ STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 
 _RETRY_AFTER_CAP = 30.0  # never sleep longer than this on one Retry-After
+
+# What a request may raise: the API's answer, or the connection's failure.
+API_ERRORS = (ApiException, urllib3.exceptions.HTTPError, OSError)
+
+
+def api_error_text(exc: BaseException) -> str:
+    """``404 Not Found`` for an API answer, else the connection error's own words."""
+    if isinstance(exc, ApiException):
+        return f"{exc.status} {exc.reason}"
+    return str(exc) or type(exc).__name__
 
 
 @dataclass(frozen=True)
@@ -75,7 +85,7 @@ def load_configuration(options: KubeOptions) -> Any:
     return cfg
 
 
-def _retry_after(resp: Any) -> float | None:
+def retry_after(resp: Any) -> float | None:
     """Seconds to wait before retrying ``resp``, or None when it must not be retried."""
     status = int(resp.status)
     header = resp.headers.get("Retry-After") if resp.headers is not None else None
@@ -127,7 +137,7 @@ class ThrottledRest:
         while True:
             self.limiter.acquire(self._stop)
             resp = self._inner.request(method, url, *args, **kwargs)
-            delay = _retry_after(resp)
+            delay = retry_after(resp)
             if delay is None or attempt >= self.max_retries or self._stop.is_set():
                 return resp
             attempt += 1

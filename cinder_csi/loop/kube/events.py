@@ -28,6 +28,7 @@ import urllib3
 from kubernetes.client.exceptions import ApiException
 
 from cinder_csi.loop.kube.client import MERGE_PATCH, KubeRest
+from cinder_csi.loop.kube.objects import timestamp
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +69,6 @@ def truncate(text: str, limit: int = MAX_MESSAGE_BYTES) -> str:
     if len(raw) <= limit:
         return text
     return raw[: limit - 3].decode("utf-8", "ignore") + "..."
-
-
-def _rfc3339(when: datetime) -> str:
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True)
@@ -213,7 +210,7 @@ class EventRecorder:
         with self._lock:
             seen = self._seen.get(key)
         if seen is not None and now - seen.last < self._window:
-            patch = {"count": seen.count + 1, "lastTimestamp": _rfc3339(record.when)}
+            patch = {"count": seen.count + 1, "lastTimestamp": timestamp(record.when)}
             path = f"/api/v1/namespaces/{seen.namespace}/events/{seen.name}"
             status = self._call(lambda: self.rest.patch(path, patch, content_type=MERGE_PATCH),
                                 record)
@@ -227,7 +224,7 @@ class EventRecorder:
                 return
         namespace = ref.get("namespace") or "default"
         name = self._event_name(ref["name"])
-        ts = _rfc3339(record.when)
+        ts = timestamp(record.when)
         body = {
             "apiVersion": "v1",
             "kind": "Event",

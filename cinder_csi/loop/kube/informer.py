@@ -32,32 +32,16 @@ from typing import Any, Protocol
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
+from cinder_csi.loop.kube.objects import Obj, object_key, resource_version
 from cinder_csi.loop.kube.throttle import ItemBackoff
 
 log = logging.getLogger(__name__)
 
-Obj = dict[str, Any]
 IndexFunc = Callable[[Obj], Iterable[str]]
 ListFunc = Callable[..., Any]
 
 ADDED, MODIFIED, DELETED = "ADDED", "MODIFIED", "DELETED"
 BOOKMARK, ERROR = "BOOKMARK", "ERROR"
-
-
-def object_key(obj: Mapping[str, Any]) -> str:
-    """``namespace/name``, or ``name`` for cluster-scoped objects (client-go's key format)."""
-    meta = obj.get("metadata") or {}
-    ns = meta.get("namespace")
-    return f"{ns}/{meta['name']}" if ns else str(meta["name"])
-
-
-def split_key(key: str) -> tuple[str | None, str]:
-    ns, sep, name = key.partition("/")
-    return (ns, name) if sep else (None, key)
-
-
-def resource_version(obj: Mapping[str, Any]) -> str:
-    return str((obj.get("metadata") or {}).get("resourceVersion") or "")
 
 
 class EventHandler(Protocol):
@@ -243,13 +227,15 @@ class Informer:
         for thread in self._threads:
             thread.start()
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Stop both threads; True when they ended within ``timeout``."""
         self._stop.set()
         self._notes.put(_STOP)
         self._abort_watch()
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
+        return not any(thread.is_alive() for thread in self._threads)
 
     def has_synced(self) -> bool:
         """True once handlers have been given every object of the first list."""

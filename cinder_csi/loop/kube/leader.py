@@ -38,10 +38,10 @@ import urllib3
 from kubernetes.client.exceptions import ApiException
 
 from cinder_csi.loop.kube.client import KubeRest
+from cinder_csi.loop.kube.objects import Obj
 
 log = logging.getLogger(__name__)
 
-Obj = dict[str, Any]
 
 _SA_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 _JITTER = 1.2  # candidates wait retry_period * [1, 1.2) so they do not move in lockstep

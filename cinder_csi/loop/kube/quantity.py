@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from decimal import ROUND_CEILING, Decimal, InvalidOperation
 
+from cinder_csi.loop.errors import QuantityError
+
 _BINARY = {"Ki": 1, "Mi": 2, "Gi": 3, "Ti": 4, "Pi": 5, "Ei": 6}
 _DECIMAL = {"n": -9, "u": -6, "m": -3, "": 0, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15,
             "E": 18}
@@ -17,10 +19,6 @@ _PATTERN = re.compile(
     r"^\+?(?P<number>[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
     r"(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|[eE][+-]?[0-9]+|n|u|m|k|M|G|T|P|E)?$"
 )
-
-
-class QuantityError(ValueError):
-    """Not a quantity this module understands (negative, malformed, unknown suffix)."""
 
 
 def parse_bytes(text: object) -> int:

@@ -6,7 +6,8 @@ The guarantees controllers build on:
 - one key is never handed to two workers at once; a key added while a worker holds it is
   queued again when that worker calls ``done`` (so the latest state is always reconciled);
 - a failing key comes back after ``base * 2**failures`` (1 s .. 5 min by default) and a
-  success resets it (``forget``);
+  success resets it (``forget``); a handler steers this by raising ``RetryAfter`` (exactly
+  then) or ``DoNotRetrySoon`` (only at the maximum backoff), both from ``loop.errors``;
 - every processing start takes a token from one bucket, so a flood of keys (a resync, a
   relist) cannot turn into a flood of cloud calls.
 
@@ -25,6 +26,7 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from cinder_csi.loop.errors import DoNotRetrySoon, RetryAfter
 from cinder_csi.loop.kube.throttle import ItemBackoff, TokenBucket
 
 log = logging.getLogger(__name__)
@@ -33,22 +35,6 @@ Handler = Callable[[str], None]
 
 # client-go uses 1e-8..10 s; reconciles here wait on cloud calls, so reach further.
 _BUCKETS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 60.0, 300.0, 1000.0)
-
-
-class PermanentError(Exception):
-    """Raised by a handler for an error that retrying soon cannot fix.
-
-    The key is still retried (the world may change: a quota raised, a class fixed), but only
-    after the maximum backoff, as external-provisioner does with final errors.
-    """
-
-
-class RetryAfter(Exception):
-    """Raised by a handler to come back after exactly ``delay`` seconds (not a failure)."""
-
-    def __init__(self, delay: float, reason: str = "") -> None:
-        super().__init__(reason or f"retry after {delay:.1f}s")
-        self.delay = delay
 
 
 class WorkQueueMetrics:
@@ -256,6 +242,15 @@ class WorkQueue:
         self.start(workers, handler)
         self.join()
 
+    def run_until(self, stop: threading.Event, workers: int, handler: Handler,
+                  timeout: float) -> bool:
+        """Like start(); once ``stop`` is set, shut down and give the keys being worked on up
+        to ``timeout`` seconds to finish (True when they did)."""
+        self.start(workers, handler)
+        stop.wait()
+        self.shutdown()
+        return self.join(timeout)
+
     def join(self, timeout: float | None = None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
         for thread in self._workers:
@@ -293,7 +288,7 @@ class WorkQueue:
             self._count_retry()
             self.add_after(key, exc.delay)
             log.debug("%s: %s: %s", self.name, key, exc)
-        except PermanentError as exc:
+        except DoNotRetrySoon as exc:
             self.backoff.when(key)
             self._count_retry()
             self.add_after(key, self.backoff.cap)

@@ -1,9 +1,12 @@
-"""Fakes shared by the attacher and resizer unit tests: an in-memory API, a CSI client, caches.
+"""Fakes shared by the watch loop's unit tests: an in-memory API, a CSI client, informers.
 
 The fake API applies merge patches and the strategic-merge finalizer directives the
 controllers send, honours ``metadata.resourceVersion`` (409 on a stale one), splits
 ``/status`` from the main resource, and lets an object with a deletionTimestamp vanish once its
 last finalizer goes, so tests check end states rather than call lists.
+
+The informers are real ones that never list: tests fill their caches (``World.sync``) and
+deliver events to the handlers a controller registered (``FakeInformer.added`` and friends).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import base64
 import copy
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -35,7 +39,8 @@ from cinder_csi.loop.caches import (
 from cinder_csi.loop.context import LoopContext
 from cinder_csi.loop.kube.client import MERGE_PATCH, STRATEGIC_MERGE_PATCH
 from cinder_csi.loop.kube.events import EventRecorder
-from cinder_csi.loop.kube.informer import Informer, Obj, object_key
+from cinder_csi.loop.kube.informer import EventHandler, Informer
+from cinder_csi.loop.kube.objects import Obj, object_key
 from cinder_csi.loop.kube.workqueue import WorkQueueMetrics
 
 DRIVER = "cinder.csi.openstack.org"
@@ -217,6 +222,17 @@ class FakeCSI:
             entries=self.volumes[start:end],
             next_token=str(end) if end < len(self.volumes) else "")
 
+    def get_volume(self, request: csi_pb2.ControllerGetVolumeRequest) -> Any:
+        self._take("ControllerGetVolume", request)
+        for entry in self.volumes:
+            if entry.volume.volume_id == request.volume_id:
+                status = csi_pb2.ControllerGetVolumeResponse.VolumeStatus(
+                    published_node_ids=entry.status.published_node_ids)
+                if entry.status.HasField("volume_condition"):
+                    status.volume_condition.CopyFrom(entry.status.volume_condition)
+                return csi_pb2.ControllerGetVolumeResponse(volume=entry.volume, status=status)
+        raise RpcError(grpc.StatusCode.NOT_FOUND, f"volume {request.volume_id} not found")
+
     def published(self, volume_id: str, *nodes: str) -> None:
         self.volumes.append(csi_pb2.ListVolumesResponse.Entry(
             volume=csi_pb2.Volume(volume_id=volume_id),
@@ -226,22 +242,56 @@ class FakeCSI:
         return [r for m, r in self.requests if m == method]
 
 
-def _informer(name: str, **indexers: Callable[[Obj], Any]) -> Informer:
-    def never(**kw: Any) -> Any:
-        raise AssertionError("unit tests fill the cache by hand")
-
-    return Informer(name, never, indexers=indexers)
+def _never(**kw: Any) -> Any:
+    raise AssertionError("unit tests fill the cache by hand")
 
 
-def make_informers() -> Informers:
-    return Informers(
-        claims=_informer("claims", **{BY_CLASS: claim_class}),
-        volumes=_informer("volumes", **{BY_CLAIM: claim_ref_key,
-                                        BY_VOLUME_HANDLE: volume_handle}),
-        classes=_informer("classes"),
-        attachments=_informer("attachments", **{BY_PV: attachment_pv, BY_NODE: attachment_node}),
-        csi_nodes=_informer("csinodes"),
-        nodes=_informer("nodes"),
+class FakeInformer(Informer):
+    """An informer that never lists; tests deliver its events to the registered handlers."""
+
+    def __init__(self, name: str, **indexers: Callable[[Obj], Any]) -> None:
+        super().__init__(name, _never, indexers=indexers)
+        self.handlers: list[EventHandler] = []
+
+    def add_handler(self, handler: EventHandler) -> None:
+        super().add_handler(handler)
+        self.handlers.append(handler)
+
+    def added(self, obj: Obj) -> None:
+        for handler in self.handlers:
+            handler.on_add(obj)
+
+    def updated(self, old: Obj, new: Obj) -> None:
+        for handler in self.handlers:
+            handler.on_update(old, new)
+
+    def deleted(self, obj: Obj) -> None:
+        for handler in self.handlers:
+            handler.on_delete(obj)
+
+
+@dataclass
+class FakeInformers(Informers):
+    """``Informers`` whose members are ``FakeInformer``s."""
+
+    claims: FakeInformer
+    volumes: FakeInformer
+    classes: FakeInformer
+    attachments: FakeInformer
+    csi_nodes: FakeInformer
+    nodes: FakeInformer
+
+
+def make_informers() -> FakeInformers:
+    return FakeInformers(
+        claims=FakeInformer("claims", **{BY_CLASS: claim_class}),
+        volumes=FakeInformer("volumes", **{BY_CLAIM: claim_ref_key,
+                                           BY_VOLUME_HANDLE: volume_handle}),
+        classes=FakeInformer("classes"),
+        attachments=FakeInformer("attachments", **{BY_PV: attachment_pv,
+                                                   BY_NODE: attachment_node}),
+        csi_nodes=FakeInformer("csinodes"),
+        nodes=FakeInformer("nodes"),
     )
 
 

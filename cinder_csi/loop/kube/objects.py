@@ -1,0 +1,201 @@
+"""Kubernetes objects as raw JSON dicts: where they live, what their metadata says, and edits.
+
+- API paths of the kinds the loop reads and writes;
+- readers: metadata, name, namespace, key (``namespace/name``), resourceVersion, finalizers,
+  annotations, ``deleting`` (a deletionTimestamp is set);
+- ``get_or_none`` (a 404 is an answer, not an error), ``read_secret`` (a Secret's data as
+  text), ``timestamp`` (a time as the API writes it);
+- ``edit_metadata``: add/remove finalizers and set/remove annotations with optimistic
+  concurrency.
+
+Every reader takes what the API sent and never fails on a missing field.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from kubernetes.client.exceptions import ApiException
+
+from cinder_csi.loop.kube.client import MERGE_PATCH
+
+if TYPE_CHECKING:
+    from cinder_csi.loop.kube.client import KubeRest
+
+Obj = dict[str, Any]
+
+CONFLICT_RETRIES = 5  # edit_metadata: re-reads after a 409 before giving up
+
+# ---------------------------------------------------------------- paths
+
+PV_PATH = "/api/v1/persistentvolumes"
+NODES_PATH = "/api/v1/nodes"
+STORAGE_CLASSES_PATH = "/apis/storage.k8s.io/v1/storageclasses"
+VA_PATH = "/apis/storage.k8s.io/v1/volumeattachments"
+CSI_NODES_PATH = "/apis/storage.k8s.io/v1/csinodes"
+
+
+def pv_path(name: str) -> str:
+    return f"{PV_PATH}/{name}"
+
+
+def va_path(name: str) -> str:
+    return f"{VA_PATH}/{name}"
+
+
+def node_path(name: str) -> str:
+    return f"{NODES_PATH}/{name}"
+
+
+def namespace_path(name: str) -> str:
+    return f"/api/v1/namespaces/{name}"
+
+
+def claims_path(namespace: str) -> str:
+    return f"/api/v1/namespaces/{namespace}/persistentvolumeclaims"
+
+
+def claim_path(namespace: str, name: str) -> str:
+    return f"{claims_path(namespace)}/{name}"
+
+
+def secret_path(namespace: str, name: str) -> str:
+    return f"/api/v1/namespaces/{namespace}/secrets/{name}"
+
+
+def object_path(obj: Mapping[str, Any]) -> str:
+    """The path of a PersistentVolume (any cluster-scoped object) or of a claim."""
+    meta = meta_of(obj)
+    if obj.get("kind") == "PersistentVolume" or not meta.get("namespace"):
+        return pv_path(str(meta["name"]))
+    return claim_path(str(meta["namespace"]), str(meta["name"]))
+
+
+# ---------------------------------------------------------------- readers
+
+
+def meta_of(obj: Mapping[str, Any]) -> dict[str, Any]:
+    return dict(obj.get("metadata") or {})
+
+
+def name_of(obj: Mapping[str, Any]) -> str:
+    return str(meta_of(obj).get("name", ""))
+
+
+def namespace_of(obj: Mapping[str, Any]) -> str:
+    return str(meta_of(obj).get("namespace") or "")
+
+
+def object_key(obj: Mapping[str, Any]) -> str:
+    """``namespace/name``, or ``name`` for cluster-scoped objects (client-go's key format)."""
+    meta = obj.get("metadata") or {}
+    ns = meta.get("namespace")
+    return f"{ns}/{meta['name']}" if ns else str(meta["name"])
+
+
+def split_key(key: str) -> tuple[str | None, str]:
+    ns, sep, name = key.partition("/")
+    return (ns, name) if sep else (None, key)
+
+
+def resource_version(obj: Mapping[str, Any]) -> str:
+    return str(meta_of(obj).get("resourceVersion") or "")
+
+
+def finalizers_of(obj: Mapping[str, Any]) -> list[str]:
+    return [str(f) for f in meta_of(obj).get("finalizers") or []]
+
+
+def annotations_of(obj: Mapping[str, Any]) -> dict[str, str]:
+    return dict(meta_of(obj).get("annotations") or {})
+
+
+def deleting(obj: Mapping[str, Any]) -> bool:
+    """The object has a deletionTimestamp: it goes once its finalizers are gone."""
+    return bool(meta_of(obj).get("deletionTimestamp"))
+
+
+def timestamp(when: datetime | None = None) -> str:
+    """``when`` (default: now) as the API writes times: RFC 3339 in UTC, whole seconds."""
+    return (when or datetime.now(UTC)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# ---------------------------------------------------------------- reads and edits
+
+
+def get_or_none(rest: KubeRest, path: str) -> Obj | None:
+    """The object at ``path``, or None when the API says 404."""
+    try:
+        return rest.get(path)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def read_secret(rest: KubeRest, namespace: str, name: str) -> dict[str, str]:
+    """A Secret's ``data`` decoded to text. Raises ApiException / urllib3 errors from the API.
+
+    Values that are not UTF-8 text cannot travel in a CSI ``map<string,string>`` and are
+    skipped, as the sidecars' ``string(bytes)`` would garble them anyway.
+    """
+    secret = rest.get(secret_path(namespace, name))
+    out: dict[str, str] = {}
+    for key, value in (secret.get("data") or {}).items():
+        try:
+            out[str(key)] = base64.b64decode(str(value), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            continue
+    return out
+
+
+def edit_metadata(
+    rest: KubeRest,
+    obj: Obj,
+    *,
+    add_finalizers: Iterable[str] = (),
+    remove_finalizers: Iterable[str] = (),
+    annotations: Mapping[str, str | None] | None = None,
+    path: str | None = None,
+    retry_conflicts: bool = True,
+) -> Obj | None:
+    """Add/remove finalizers and set/remove (None) annotations on ``obj``.
+
+    A merge patch carrying the object's resourceVersion: the finalizer list is replaced as a
+    whole, so a concurrent writer must make us re-read (409) rather than be overwritten. Returns
+    the updated object (``obj`` itself when nothing needed changing), None when it is gone.
+    """
+    adds, removes = list(add_finalizers), set(remove_finalizers)
+    wanted = dict(annotations or {})
+    target = path or object_path(obj)
+    current = obj
+    for _ in range(CONFLICT_RETRIES):
+        finalizers = finalizers_of(current)
+        new_finalizers = [f for f in finalizers if f not in removes]
+        new_finalizers += [f for f in adds if f not in new_finalizers]
+        existing = annotations_of(current)
+        ann_patch = {k: v for k, v in wanted.items() if existing.get(k) != v
+                     and not (v is None and k not in existing)}
+        if new_finalizers == finalizers and not ann_patch:
+            return current
+        meta: Obj = {"resourceVersion": meta_of(current).get("resourceVersion")}
+        if new_finalizers != finalizers:
+            meta["finalizers"] = new_finalizers or None
+        if ann_patch:
+            meta["annotations"] = ann_patch
+        try:
+            return rest.patch(target, {"metadata": meta}, content_type=MERGE_PATCH)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            if exc.status != 409 or not retry_conflicts:
+                raise
+        fresh = get_or_none(rest, target)
+        if fresh is None:
+            return None
+        current = fresh
+    raise RuntimeError(f"{target}: still conflicting after {CONFLICT_RETRIES} attempts")
