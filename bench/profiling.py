@@ -1,5 +1,6 @@
-"""py-spy around a benchmark phase: a flame graph (SVG) and the same samples as collapsed
-stacks, summarised as text (the functions that hold the most samples, self and inclusive)."""
+"""py-spy around a benchmark phase (only the thread holding the GIL is sampled, so the samples
+show where the process spends CPU, not where its threads wait): the samples as collapsed
+stacks, and a text summary (the functions that hold the most samples, self and inclusive)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ class PySpy:
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self._process = subprocess.Popen(
             [exe, "record", "--pid", str(self.pid), "--rate", str(self.rate), "--format", "raw",
-             "--output", str(self.out), "--nonblocking", "--threads"],
+             "--output", str(self.out), "--nonblocking", "--gil"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         return self
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import resource
 import subprocess
 import sys
@@ -223,6 +224,8 @@ def run_once(claims: int, cloud: Cloud, profile: str, *, duties: str, controller
         try:
             sandbox.start()
             assert sandbox.openstack is not None and sandbox.kube is not None
+            # Cinder's default of 1,000 volumes per project would stop the big runs.
+            sandbox.openstack.set_quota("demo", volumes=-1, gigabytes=-1)
             faults = sandbox.openstack.faults
             for operation in ("create", "delete"):
                 faults.slow(operation, cloud.seconds)
@@ -232,9 +235,10 @@ def run_once(claims: int, cloud: Cloud, profile: str, *, duties: str, controller
             tracker = Tracker(sandbox)
             meters = Meters(sandbox, loop.pid)
             timeout = 120 + claims * 0.5 + cloud.ideal(claims) * 2
-            spying = None
-            if spy is not None:
-                spying = PySpy(loop.pid, spy).start()
+            spies = []
+            if spy is not None:  # the loop, and this process: the stand-ins
+                spies = [PySpy(loop.pid, spy).start(),
+                         PySpy(os.getpid(), spy.with_name("standins-" + spy.name)).start()]
                 time.sleep(3)  # py-spy takes a moment to attach to a process of 100+ threads
 
             provision = Phase()
@@ -246,7 +250,7 @@ def run_once(claims: int, cloud: Cloud, profile: str, *, duties: str, controller
             start = min(tracker.created.values())
             finish_phase(provision, claims, before, after, max(tracker.bound.values()) - start,
                          [tracker.bound[n] - tracker.created[n] for n in tracker.bound])
-            if spying is not None:
+            for spying in spies:
                 spying.stop()
             peak = sample(loop.pid).peak_rss_mb
             rss = sample(loop.pid).rss_mb
@@ -321,10 +325,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                           f"{run.provision.requests_by_verb}; deleted "
                           f"{run.delete.per_s:.1f}/s; leftovers {run.leftover_volumes}",
                           flush=True)
-                    if spy is not None and spy.exists():
-                        text = summarise(spy)
-                        spy.with_suffix(".txt").write_text(text + "\n")
-                        print("\n".join("    " + line for line in text.splitlines()[:20]))
+                    for path in (spy, spy.with_name("standins-" + spy.name)) if spy else ():
+                        if path.exists():
+                            text = summarise(path)
+                            path.with_suffix(".txt").write_text(text + "\n")
+                            print(f"    {path.name}:")
+                            print("\n".join("    " + line for line in text.splitlines()[:24]))
                 runs += these
                 p, d = [r.provision for r in these], [r.delete for r in these]
                 ideal = cloud.ideal(claims)
