@@ -61,6 +61,7 @@ CLOUDS = {"instant": Cloud("instant", 0.0, None), "2s": Cloud("2s", 2.0, 20)}
 PROFILES: dict[str, list[str]] = {
     "defaults": [],  # what `cinder-csi provisioner` runs with when given no flags
     "qps100": ["--kube-api-qps", "100", "--kube-api-burst", "200"],  # the Go sidecar's config
+    "qps1000": ["--kube-api-qps", "1000", "--kube-api-burst", "2000"],  # client limit out of play
 }
 
 
@@ -143,6 +144,7 @@ class Run:
     loop_peak_rss_mb: float
     loop_rss_after_mb: float
     leftover_volumes: int
+    events_dropped: int  # the loop's Event queue overflowed: these were never written
 
 
 class Meters:
@@ -231,7 +233,7 @@ def run_once(claims: int, cloud: Cloud, profile: str, *, duties: str, controller
                 faults.slow(operation, cloud.seconds)
                 if cloud.concurrency:
                     faults.limit(operation, cloud.concurrency)
-            loop, _ = spawn_loop(sandbox, PROFILES[profile], duties, loop_log)
+            loop, log = spawn_loop(sandbox, PROFILES[profile], duties, loop_log)
             tracker = Tracker(sandbox)
             meters = Meters(sandbox, loop.pid)
             timeout = 120 + claims * 0.5 + cloud.ideal(claims) * 2
@@ -269,7 +271,9 @@ def run_once(claims: int, cloud: Cloud, profile: str, *, duties: str, controller
             leftovers = [v for v in sandbox.openstack.volumes()
                          if str(v.get("name") or "").startswith("pvc-")
                          and v.get("status") != "deleting"]
-            return Run(claims, cloud.name, profile, provision, delete, peak, rss, len(leftovers))
+            dropped = log.read_text(errors="replace").count("event queue full")
+            return Run(claims, cloud.name, profile, provision, delete, peak, rss, len(leftovers),
+                       dropped)
         finally:
             if loop is not None:
                 loop.terminate()
@@ -323,7 +327,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                           f"{run.provision.loop_cpu_ms:.1f} loop CPU ms/claim, "
                           f"{run.provision.loop_requests:.2f} req/claim "
                           f"{run.provision.requests_by_verb}; deleted "
-                          f"{run.delete.per_s:.1f}/s; leftovers {run.leftover_volumes}",
+                          f"{run.delete.per_s:.1f}/s; leftovers {run.leftover_volumes}; "
+                          f"events dropped {run.events_dropped}",
                           flush=True)
                     for path in (spy, spy.with_name("standins-" + spy.name)) if spy else ():
                         if path.exists():

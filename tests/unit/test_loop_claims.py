@@ -18,6 +18,7 @@ from cinder_csi.loop import protocol as p
 from cinder_csi.loop.claims import HOLDOFF_CAP, ClaimController
 from cinder_csi.loop.context import LoopContext
 from cinder_csi.loop.errors import DoNotRetrySoon, ProvisionFailed, RetryAfter
+from cinder_csi.loop.kube.client import STRATEGIC_MERGE_PATCH
 from cinder_csi.loop.kube.informer import Cache
 from cinder_csi.loop.kube.workqueue import WorkQueueMetrics
 from tests.unit.loop_fakes import RpcError
@@ -79,12 +80,30 @@ class FakeRest:
         if path not in self.objects:
             raise ApiException(status=404, reason="Not Found")
         current = self.objects[path]
+        if kw.get("content_type") == STRATEGIC_MERGE_PATCH:
+            return self._strategic(path, current, copy.deepcopy(body))
         wanted = (body.get("metadata") or {}).get("resourceVersion")
         if wanted and wanted != current["metadata"]["resourceVersion"]:
             raise ApiException(status=409, reason="Conflict")
         body = copy.deepcopy(body)
         body.get("metadata", {}).pop("resourceVersion", None)
         self.objects[path] = merge(current, body)
+        return self._bump(self.objects[path])
+
+    def _strategic(self, path: str, current: Obj, body: Obj) -> Obj:
+        """Only what merge_metadata sends: finalizers merged as a set, a uid precondition."""
+        meta = body.get("metadata") or {}
+        uid = meta.pop("uid", None)
+        if uid and uid != current["metadata"].get("uid"):
+            raise ApiException(status=422, reason="Invalid")
+        finalizers = list(current["metadata"].get("finalizers") or [])
+        added = [f for f in meta.pop("finalizers", []) if f not in finalizers]
+        if added and current["metadata"].get("deletionTimestamp"):
+            raise ApiException(status=422, reason="Invalid")
+        removed = meta.pop("$deleteFromPrimitiveList/finalizers", [])
+        finalizers = [f for f in finalizers if f not in removed] + added
+        self.objects[path] = merge(current, body)
+        self.objects[path]["metadata"]["finalizers"] = finalizers
         return self._bump(self.objects[path])
 
     def delete(self, path: str, **kw: Any) -> Obj:
