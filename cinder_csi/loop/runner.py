@@ -115,7 +115,7 @@ class WatchLoop:
             recorder.start()
             ctx = LoopContext(
                 driver=driver, csi=csi, rest=clients.rest(),
-                informers=build_informers(clients.main, resync_period=options.resync_period),
+                informers=build_informers(clients.rest(), resync_period=options.resync_period),
                 recorder=recorder, registry=self.registry,
                 queue_metrics=WorkQueueMetrics(self.registry), workers=options.workers,
                 provisioner_identity=f"{default_identity()}-{driver}",

@@ -6,7 +6,6 @@ Informer under dropped watches and 410s, bookmarks, leader election between two 
 
 from __future__ import annotations
 
-import functools
 import random
 import threading
 import time
@@ -95,11 +94,11 @@ class Log:
 
 
 def secret_informer(clients: KubeClients, log: Log, **kw: Any) -> Informer:
-    core = k8s.CoreV1Api(clients.main)
+    # The loop's own list function (KubeRest.lister), under drops, 410s and paging.
     kw.setdefault("backoff_base", 0.05)
     kw.setdefault("backoff_cap", 0.5)
     informer = Informer(
-        "secrets", functools.partial(core.list_namespaced_secret, NS), page_size=7, **kw
+        "secrets", clients.rest().lister(f"/api/v1/namespaces/{NS}/secrets"), page_size=7, **kw
     )
     informer.add_handler(log.handlers())
     informer.start()
