@@ -6,6 +6,11 @@ The rules that keep volumes from leaking or doubling:
 - a create POST that failed without a clear answer (timeout, 5xx) is followed by a lookup by
   name before the error is returned, so a volume Cinder made anyway is adopted, not orphaned;
 - a volume that ends in ``error`` is deleted before the call fails, so the retry starts clean.
+
+A volume of that name counts as ours when it carries our cluster tag, no tag, or the empty tag
+the upstream driver writes when it runs without --cluster: so a volume upstream was still
+making when the drivers were switched is adopted, not refused. Another cluster's tag is
+refused (ALREADY_EXISTS).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ class VolumeSpec:
     availability_zone: str | None = None
     snapshot_id: str | None = None
     source_volid: str | None = None
+    backup_id: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
 
 
@@ -55,7 +61,7 @@ class VolumeCreator:
         own = [v for v in found if self._is_ours(v)]
         foreign = [v for v in found if not self._is_ours(v)]
         if not own and foreign:
-            owner = foreign[0].metadata.get(CLUSTER_METADATA_KEY, "no cluster")
+            owner = foreign[0].metadata[CLUSTER_METADATA_KEY]
             raise errors.AlreadyExists(
                 f"a Cinder volume named {name} already exists ({foreign[0].id}) but belongs to "
                 f"{owner!r}, not to cluster {self.cluster_id!r}"
@@ -71,7 +77,7 @@ class VolumeCreator:
 
     def _is_ours(self, volume: Volume) -> bool:
         tag = volume.metadata.get(CLUSTER_METADATA_KEY)
-        return tag is None or tag == self.cluster_id
+        return not tag or tag == self.cluster_id
 
     @staticmethod
     def _check_compatible(volume: Volume, spec: VolumeSpec) -> None:
@@ -97,6 +103,7 @@ class VolumeCreator:
                 name=spec.name, size_gib=spec.size_gib, deadline=deadline,
                 volume_type=spec.volume_type, availability_zone=spec.availability_zone,
                 metadata=metadata, snapshot_id=spec.snapshot_id, source_volid=spec.source_volid,
+                backup_id=spec.backup_id,
             )
         except (errors.CloudUnavailable, errors.Timeout) as exc:
             if isinstance(exc, errors.RateLimited):

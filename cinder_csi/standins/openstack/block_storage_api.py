@@ -6,6 +6,7 @@ from typing import Any
 
 from . import block_storage_views as views
 from . import layout, listing
+from .backups_api import BackupsApi
 from .block_store import BlockStore
 from .errors import ApiError, bad_request, forbidden, not_found
 from .identity import Identity
@@ -27,9 +28,11 @@ _SNAPSHOT_SORT = frozenset({"id", "name", "status", "size", "created_at", "updat
 
 
 class BlockStorageApi:
-    def __init__(self, store: BlockStore, identity: Identity) -> None:
+    def __init__(self, store: BlockStore, identity: Identity,
+                 backups: BackupsApi | None = None) -> None:
         self.store = store
         self.identity = identity
+        self.backups = backups
         self.router = self._routes()
 
     def handle(self, request: Request) -> Response:
@@ -93,6 +96,8 @@ class BlockStorageApi:
         r.add("PUT", "/os-quota-sets/{project}", self._update_quota)
         r.add("GET", "/limits", self._limits)
         r.add("GET", "/os-availability-zone", self._zones)
+        if self.backups is not None:
+            self.backups.add_routes(r)
         return r
 
     # --- volumes --------------------------------------------------------------------------
@@ -161,6 +166,9 @@ class BlockStorageApi:
         metadata = body.get("metadata") or {}
         if not isinstance(metadata, dict):
             raise bad_request("Invalid input received: metadata must be a dict.")
+        if body.get("backup_id") and not request.at_least(3, 47):
+            raise bad_request("Invalid input for field/attribute volume. Additional properties "
+                              "are not allowed ('backup_id' was unexpected)")
         vreq = VolumeRequest(
             name=body.get("name"),
             description=body.get("description"),
@@ -171,6 +179,7 @@ class BlockStorageApi:
             snapshot_id=body.get("snapshot_id"),
             source_volid=body.get("source_volid"),
             multiattach=bool(body.get("multiattach")),
+            backup_id=str(body["backup_id"]) if body.get("backup_id") else None,
         )
         assert request.auth is not None and request.project_id is not None
         volume = self.store.create_volume(vreq, request.project_id, request.auth.user_id)

@@ -17,12 +17,21 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from . import backing, loopdev, quotas
 from .errors import bad_request, conflict, not_found
 from .faults import Faults
-from .models import Attachment, Snapshot, Volume, VolumeRequest, VolumeType, copy_volume
+from .models import (
+    Attachment,
+    BackupCopy,
+    Restore,
+    Snapshot,
+    Volume,
+    VolumeRequest,
+    VolumeType,
+    copy_volume,
+)
 from .scheduler import Scheduler
 from .servers import Server
 
@@ -42,6 +51,17 @@ _MULTIATTACH_PARAM = (
     "is to use multiattach enabled volume types. Contact your administrator to create a "
     "multiattach enabled volume type and use it to create multiattach volumes."
 )
+
+
+class RestoreSources(Protocol):
+    """The backup service, as volume creation from a backup sees it (under the store lock)."""
+
+    def restore_source(self, backup_id: str, project_id: str) -> Restore:
+        """The backup's bytes and size; 404/400 unless it is this project's and available."""
+
+    def begin_restore(self, backup_id: str) -> None: ...
+
+    def end_restore(self, backup_id: str) -> None: ...
 
 
 class BlockStore:
@@ -70,6 +90,7 @@ class BlockStore:
         # Transitions running per operation, and those waiting for a slot (Faults.limit).
         self._running: dict[str, int] = {}
         self._waiting: dict[str, deque[Callable[[], None]]] = {}
+        self.restores: RestoreSources | None = None  # the backup service, when there is one
         self.add_type(DEFAULT_TYPE, description="Default Volume Type")
 
     # --- paths ----------------------------------------------------------------------------
@@ -196,7 +217,13 @@ class BlockStore:
         with self.lock:
             source_az, source_size, source_type = None, None, None
             copy_from: Path | None = None
-            if request.snapshot_id:
+            if request.backup_id:
+                if self.restores is None:
+                    raise bad_request("Invalid input received: the backup service is not "
+                                      "available.")
+                restore = self.restores.restore_source(request.backup_id, project_id)
+                source_size, copy_from, what = restore.size, restore.path, "backup"
+            elif request.snapshot_id:
                 snap = self._snapshot(request.snapshot_id, project_id)
                 if snap.status != "available":
                     raise bad_request("Invalid snapshot: Originating snapshot status must be "
@@ -251,12 +278,19 @@ class BlockStore:
             )
             self._volumes[volume.id] = volume
             self._named.setdefault(volume.name, set()).add(volume.id)
-            self._later("create", volume.id, lambda v: self._finish_create(v, copy_from))
+            backup_id = request.backup_id
+            if backup_id and self.restores is not None:
+                self.restores.begin_restore(backup_id)
+            self._later("create", volume.id,
+                        lambda v: self._finish_create(v, copy_from, backup_id))
             return copy_volume(volume)
 
-    def _finish_create(self, volume: Volume, copy_from: Path | None) -> None:
+    def _finish_create(self, volume: Volume, copy_from: Path | None,
+                       backup_id: str | None = None) -> None:
+        if backup_id and self.restores is not None:
+            self.restores.end_restore(backup_id)
         if self.faults.take_failure("fail_create", volume.id, volume.name or ""):
-            self._set_status(volume, "error")
+            self._set_status(volume, "error_restoring" if backup_id else "error")
             return
         target = self.volume_file(volume.id)
         if copy_from is not None and copy_from.exists():
@@ -394,6 +428,48 @@ class BlockStore:
     def set_bootable(self, volume_id: str, project_id: str | None, bootable: bool) -> None:
         with self.lock:
             self._volume(volume_id, project_id).bootable = bootable
+
+    # --- backups (driven by the backup service) -------------------------------------------
+
+    def start_backup(self, volume_id: str, snapshot_id: str | None, project_id: str, *,
+                     force: bool) -> BackupCopy:
+        """Check that the volume (or its snapshot) may be backed up now and mark it
+        ``backing-up``; the caller copies the bytes and calls `finish_backup`."""
+        with self.lock:
+            volume = self._volume(volume_id, project_id)
+            if snapshot_id:
+                snap = self._snapshot(snapshot_id, project_id)
+                if snap.volume_id != volume.id:
+                    raise bad_request(f"Invalid input received: Snapshot {snap.id} is not a "
+                                      f"snapshot of volume {volume.id}.")
+                if snap.status != "available":
+                    raise bad_request(f"Invalid snapshot: Snapshot to be backed up must be "
+                                      f"available, but the current status is \"{snap.status}\".")
+                snap.status = "backing-up"
+                snap.updated_at = time.time()
+                return BackupCopy(self.snapshot_file(snap.id), snap.size,
+                                  volume.availability_zone)
+            if volume.status not in ("available", "in-use"):
+                raise bad_request(f"Invalid volume: Volume to be backed up must be available "
+                                  f"or in-use, but the current status is \"{volume.status}\".")
+            if volume.status == "in-use" and not force:
+                raise bad_request("Invalid volume: Backing up an in-use volume must use the "
+                                  "force flag.")
+            self._set_status(volume, "backing-up")
+            return BackupCopy(self.volume_file(volume.id), volume.size, volume.availability_zone)
+
+    def finish_backup(self, volume_id: str, snapshot_id: str | None) -> None:
+        """The backup's copy is taken: the source goes back to what it was."""
+        with self.lock:
+            if snapshot_id:
+                snap = self._snapshots.get(snapshot_id)
+                if snap is not None and snap.status == "backing-up":
+                    snap.status = "available"
+                    snap.updated_at = time.time()
+                return
+            volume = self._volumes.get(volume_id)
+            if volume is not None and volume.status == "backing-up":
+                self._settle(volume)
 
     # --- snapshots ------------------------------------------------------------------------
 
@@ -564,6 +640,10 @@ class BlockStore:
     def _set_status(self, volume: Volume, status: str) -> None:
         volume.status = status
         volume.updated_at = time.time()
+
+    def transition_pause(self, operation: str) -> float:
+        """How long one asynchronous transition of this kind takes now (faults may slow it)."""
+        return self._pause(operation, 1.0)
 
     def _pause(self, operation: str, fraction: float) -> float:
         configured = self.faults.transition_delay(operation)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 
 SERVICES = ("identity", "volume", "compute", "metadata")
-OPERATIONS = ("create", "delete", "extend", "retype", "attach", "detach", "snapshot")
+OPERATIONS = ("create", "delete", "extend", "retype", "attach", "detach", "snapshot", "backup")
 
 
 @dataclass(eq=False)
@@ -144,6 +144,10 @@ class Faults:
         ``error_extending``."""
         return self._add(Rule("fail_extend", self, count, target=volume))
 
+    def fail_backup(self, *, count: int | None = 1, backup: str | None = None) -> Rule:
+        """The next `count` backups (by id or name, or any) end in status ``error``."""
+        return self._add(Rule("fail_backup", self, count, target=backup))
+
     def slow(self, operation: str, seconds: float) -> Rule:
         """Make one kind of asynchronous transition take `seconds`."""
         _check(operation, OPERATIONS)
@@ -222,7 +226,8 @@ class Faults:
             )
 
     def take_failure(self, kind: str, volume_id: str, name: str) -> bool:
-        """Consume one 'fail_create'/'fail_extend' rule matching this volume, if any."""
+        """Consume one 'fail_create'/'fail_extend'/'fail_backup' rule matching this volume (or
+        backup), if any."""
         with self._lock:
             for rule in self._rules:
                 if rule.kind == kind and rule.target in (None, volume_id, name):
