@@ -22,6 +22,10 @@ DEVICE_PATH_KEY = "DevicePath"  # the publish_context key upstream uses
 READONLY_KEY_PREFIX = "cinder-csi-readonly-on-"
 # States from which an attach can start or is already under way.
 _ATTACHABLE = frozenset({"available", "in-use", "attaching", "reserved"})
+# The longest pause between two looks at an attach or detach under way (the poll starts at
+# 0.1 s and backs off to this): a pod waits at most this long after Cinder says "in-use".
+# Capped low because an attach takes seconds and each look is one GET.
+POLL_MAX_S = 0.4
 
 
 class Attacher:
@@ -107,7 +111,8 @@ class Attacher:
                 )
             return None
 
-        return wait_for(probe, deadline, what=f"volume {volume_id} to attach to {server_id}")
+        return wait_for(probe, deadline, what=f"volume {volume_id} to attach to {server_id}",
+                        maximum=POLL_MAX_S)
 
     def _until_detached(self, volume_id: str, server_id: str, deadline: Deadline) -> None:
         def probe() -> bool | None:
@@ -122,7 +127,8 @@ class Attacher:
                 )
             return None
 
-        wait_for(probe, deadline, what=f"volume {volume_id} to detach from {server_id}")
+        wait_for(probe, deadline, what=f"volume {volume_id} to detach from {server_id}",
+                 maximum=POLL_MAX_S)
 
     def _settle(self, volume_id: str, deadline: Deadline) -> Volume:
         return self.cloud.volumes.wait_for_status(
