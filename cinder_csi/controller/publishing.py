@@ -22,6 +22,9 @@ DEVICE_PATH_KEY = "DevicePath"  # the publish_context key upstream uses
 READONLY_KEY_PREFIX = "cinder-csi-readonly-on-"
 # States from which an attach can start or is already under way.
 _ATTACHABLE = frozenset({"available", "in-use", "attaching", "reserved"})
+# An attach Nova started: "reserved" first, then "attaching"; Cinder lists the attachment
+# only once it is attached.
+_UNDER_WAY = frozenset({"reserved", "attaching"})
 # The longest pause between two looks at an attach or detach under way (the poll starts at
 # 0.1 s and backs off to this): a pod waits at most this long after Cinder says "in-use".
 # Capped low because an attach takes seconds and each look is one GET.
@@ -68,7 +71,7 @@ class Attacher:
             # Nova refuses (409, or 400 "invalid volume") when an attach is already under way
             # or another caller won the race; Cinder's view decides which.
             current = self.cloud.volumes.get(volume_id, deadline)
-            if server_id not in current.attached_servers and current.status != "attaching":
+            if server_id not in current.attached_servers and current.status not in _UNDER_WAY:
                 raise errors.FailedPrecondition(
                     f"Nova refused to attach volume {volume_id} to {server_id}: {exc.message}"
                 ) from None
@@ -88,7 +91,7 @@ class Attacher:
     def detach(self, volume_id: str, server_id: str, deadline: Deadline) -> None:
         volume = self.cloud.volumes.find(volume_id, deadline)
         if volume is None or server_id not in volume.attached_servers:
-            if volume is not None and volume.status == "attaching":
+            if volume is not None and volume.status in _UNDER_WAY:
                 # An attach to this server may still land; wait it out, then detach.
                 volume = self._settle(volume_id, deadline)
                 if server_id not in volume.attached_servers:
