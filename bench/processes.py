@@ -67,13 +67,15 @@ def wait_for_socket(child: Child, socket: Path, timeout: float = 60.0) -> None:
         time.sleep(0.05)
 
 
-def start_node(root: Path, log_level: str = "INFO") -> tuple[Child, Path]:
-    """A node plugin told its node ID and zone (as on bare metal: no metadata service)."""
+def start_node(root: Path, log_level: str = "INFO", *, node_id: str = NODE_ID
+               ) -> tuple[Child, Path]:
+    """A node plugin told its node ID and zone (as on bare metal: no metadata service); its
+    devices appear in ``root/by-id`` and its kubelet directory is ``root/kubelet``."""
     socket = root / "node.sock"
     (root / "kubelet").mkdir(exist_ok=True)
     (root / "by-id").mkdir(exist_ok=True)
     child = Child("node", cli(
-        "node", "--endpoint", f"unix://{socket}", "--node-id", NODE_ID,
+        "node", "--endpoint", f"unix://{socket}", "--node-id", node_id,
         "--availability-zone", ZONE, "--kubelet-root", str(root / "kubelet"),
         "--by-id-dir", str(root / "by-id"), "--log-level", log_level,
         "--log-file", str(root / "node.log")), root)
