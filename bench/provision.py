@@ -27,14 +27,13 @@ import resource
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
+from bench.milestones import Milestones, any_change, claim_of_volume, deleting, gone, phase_is
 from bench.procstat import sample
 from bench.profiling import PySpy, summarise
 from bench.results import GO_SIDECAR, RESULTS_DIR, Report, mean, percentile, spread
@@ -63,58 +62,6 @@ PROFILES: dict[str, list[str]] = {
     "qps100": ["--kube-api-qps", "100", "--kube-api-burst", "200"],  # the Go sidecar's config
     "qps1000": ["--kube-api-qps", "1000", "--kube-api-burst", "2000"],  # client limit out of play
 }
-
-
-class Tracker:
-    """Follows the stand-in's store: when each claim appeared, was Bound, was deleted, and when
-    its PV went away."""
-
-    def __init__(self, sandbox: Sandbox) -> None:
-        assert sandbox.kube is not None
-        self._sub = sandbox.kube.store.subscribe()
-        self.created: dict[str, float] = {}
-        self.bound: dict[str, float] = {}
-        self.deleting: dict[str, float] = {}
-        self.pv_gone: dict[str, float] = {}
-        self.changed = threading.Condition()
-        self._thread = threading.Thread(target=self._run, name="bench-tracker", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            change = self._sub.get()
-            if change is None:
-                return
-            now = time.monotonic()
-            plural = change.resource.plural
-            meta = change.object["metadata"]
-            name = str(meta["name"])
-            with self.changed:
-                if plural == "persistentvolumeclaims" and name.startswith(PREFIX):
-                    self.created.setdefault(name, now)
-                    if (change.object.get("status") or {}).get("phase") == "Bound":
-                        self.bound.setdefault(name, now)
-                    if change.type == "DELETED" or meta.get("deletionTimestamp"):
-                        self.deleting.setdefault(name, now)
-                elif plural == "persistentvolumes" and change.type == "DELETED":
-                    ref = (change.object.get("spec") or {}).get("claimRef") or {}
-                    claim = str(ref.get("name") or "")
-                    if claim.startswith(PREFIX):
-                        self.pv_gone.setdefault(claim, now)
-                self.changed.notify_all()
-
-    def wait(self, done: Any, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        with self.changed:
-            while not done():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError("the run did not finish in time")
-                self.changed.wait(min(left, 1.0))
-
-    def close(self) -> None:
-        self._sub.close()
-        self._thread.join(timeout=10)
 
 
 @dataclass
@@ -157,6 +104,20 @@ class Meters:
         self.kube = sandbox.kube
         self.loop_pid = loop_pid
         self.controller_pid = sandbox.children["controller"].pid
+
+    def quiet(self, still: float = 1.0, limit: float = 60.0) -> tuple[
+            float, float, float, Counter[str]]:
+        """A reading once the loop has sent no request for ``still`` seconds: its work for
+        the claims (clearing intents, Events) may go on a moment after the last one is Bound."""
+        deadline = time.monotonic() + limit
+        last = self.read()
+        while time.monotonic() < deadline:
+            time.sleep(still)
+            now = self.read()
+            if now[3] == last[3]:
+                return now
+            last = now
+        return last
 
     def read(self) -> tuple[float, float, float, Counter[str]]:
         usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -234,7 +195,12 @@ def run_once(claims: int, cloud: Cloud, profile: str, *, duties: str, controller
                 if cloud.concurrency:
                     faults.limit(operation, cloud.concurrency)
             loop, log = spawn_loop(sandbox, PROFILES[profile], duties, loop_log)
-            tracker = Tracker(sandbox)
+            marks = Milestones(sandbox.kube, {
+                "created": ("persistentvolumeclaims", any_change),
+                "bound": ("persistentvolumeclaims", phase_is("Bound")),
+                "deleting": ("persistentvolumeclaims", deleting),
+                "pv gone": ("persistentvolumes", gone),
+            }, name_of=claim_of_volume)
             meters = Meters(sandbox, loop.pid)
             timeout = 120 + claims * 0.5 + cloud.ideal(claims) * 2
             spies = []
@@ -246,12 +212,11 @@ def run_once(claims: int, cloud: Cloud, profile: str, *, duties: str, controller
             provision = Phase()
             before = meters.read()
             loader = load_claims(sandbox, "create", claims)
-            tracker.wait(lambda: len(tracker.bound) >= claims, timeout)
-            after = meters.read()
+            marks.wait("bound", claims, timeout)
+            after = meters.quiet()
             provision.loader_s = loader_seconds(loader)
-            start = min(tracker.created.values())
-            finish_phase(provision, claims, before, after, max(tracker.bound.values()) - start,
-                         [tracker.bound[n] - tracker.created[n] for n in tracker.bound])
+            finish_phase(provision, claims, before, after, marks.span("created", "bound"),
+                         marks.durations("created", "bound"))
             for spying in spies:
                 spying.stop()
             peak = sample(loop.pid).peak_rss_mb
@@ -260,14 +225,13 @@ def run_once(claims: int, cloud: Cloud, profile: str, *, duties: str, controller
             delete = Phase()
             before = meters.read()
             loader = load_claims(sandbox, "delete", claims)
-            tracker.wait(lambda: len(tracker.pv_gone) >= claims, timeout)
-            after = meters.read()
+            marks.wait("pv gone", claims, timeout)
+            after = meters.quiet()
             delete.loader_s = loader_seconds(loader)
-            start = min(tracker.deleting.values())
-            finish_phase(delete, claims, before, after, max(tracker.pv_gone.values()) - start,
-                         [tracker.pv_gone[n] - tracker.deleting[n] for n in tracker.pv_gone])
+            finish_phase(delete, claims, before, after, marks.span("deleting", "pv gone"),
+                         marks.durations("deleting", "pv gone"))
             peak = max(peak, sample(loop.pid).peak_rss_mb)
-            tracker.close()
+            marks.close()
             leftovers = [v for v in sandbox.openstack.volumes()
                          if str(v.get("name") or "").startswith("pvc-")
                          and v.get("status") != "deleting"]
