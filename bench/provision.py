@@ -62,6 +62,9 @@ PROFILES: dict[str, list[str]] = {
     "qps100": ["--kube-api-qps", "100", "--kube-api-burst", "200"],  # the Go sidecar's config
     "qps1000": ["--kube-api-qps", "1000", "--kube-api-burst", "2000"],  # client limit out of play
 }
+# Worker pools against the same unthrottled client, to choose the default from.
+for _workers in (8, 16, 32):
+    PROFILES[f"qps1000-w{_workers}"] = [*PROFILES["qps1000"], "--worker-threads", str(_workers)]
 
 
 @dataclass

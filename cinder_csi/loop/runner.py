@@ -44,8 +44,8 @@ class LoopOptions:
     csi_address: str
     kubeconfig: str | None = None
     workers: int = 100
-    kube_qps: float = 50.0
-    kube_burst: int = 100
+    kube_qps: float = 300.0
+    kube_burst: int = 600
     resync_period: float = 600.0
     csi_timeout: float = 180.0
     leader_election: bool = False

@@ -55,8 +55,8 @@ class KubeOptions:
 
     kubeconfig: str | None = None
     context: str | None = None
-    qps: float = 50.0
-    burst: int = 100
+    qps: float = 300.0  # the loop's default (see README, "The watch loop")
+    burst: int = 600
     timeout: float = 10.0  # default per-request timeout of KubeRest
     max_retry_after: int = 10  # retries of 429 / 5xx-with-Retry-After per request
     pool_size: int = 128  # urllib3 connections per host; >= the worker count
