@@ -18,37 +18,19 @@ import argparse
 import json
 import os
 import re
-import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from bench.milestones import Milestones, any_change, gone, phase_is
+from bench.processes import start_loop
 from bench.results import Report, mean, percentile, spread
 from cinder_csi.sandbox.environment import Sandbox
 
 TARGET_LATE_S = 0.5
 _LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \w+ \S+ (\{.*\})$")
-
-
-def spawn_loop(sandbox: Sandbox) -> subprocess.Popen[bytes]:
-    log = sandbox.state_dir / "logs" / "loop.log"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cinder_csi.cli", "provisioner",
-         "--csi-address", f"unix://{sandbox.controller_socket}",
-         "--kubeconfig", str(sandbox.kubeconfig), "--cluster", "sandbox",
-         "--duties", "claims,volumes,attachments", "--log-file", str(log)],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not (log.exists() and "watch loop running" in log.read_text(errors="replace")):
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"the loop did not start; see {log}")
-        time.sleep(0.1)
-    return process
 
 
 def publish_returns(controller_log: Path) -> dict[str, float]:
@@ -74,7 +56,9 @@ def run_once(pods: int, nodes: int, attach_seconds: float) -> dict[str, Any]:
             sandbox.start()
             assert sandbox.kube is not None and sandbox.openstack is not None
             sandbox.openstack.faults.slow("attach", attach_seconds)
-            loop = spawn_loop(sandbox)
+            loop = start_loop(sandbox.state_dir / "logs", sandbox.controller_socket,
+                              sandbox.kubeconfig, "--cluster", "sandbox",
+                              "--duties", "claims,volumes,attachments")
             marks = Milestones(sandbox.kube, {
                 "bound": ("persistentvolumeclaims", phase_is("Bound")),
                 "pod created": ("pods", any_change),
@@ -113,12 +97,7 @@ def run_once(pods: int, nodes: int, attach_seconds: float) -> dict[str, Any]:
             return {"to_running_s": to_running, "publish_after_in_use_s": late}
         finally:
             if loop is not None:
-                loop.terminate()
-                try:
-                    loop.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    loop.kill()
-                    loop.wait()
+                loop.stop()
             sandbox.stop()
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import subprocess
 import sys
 import tempfile
 import threading
@@ -28,6 +27,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from bench.processes import Child
 from bench.procstat import CpuMeter, sample
 from bench.results import Report, mean, spread
 
@@ -41,17 +41,15 @@ class StandInProcess:
 
     def __init__(self, root: Path, controllers: str) -> None:
         self.kubeconfig = root / "kubeconfig"
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "cinder_csi.standins.kube", "--kubeconfig",
-             str(self.kubeconfig), "--controllers", controllers, "--event-window", "100000",
-             "--node", "node-0:topology.cinder.csi.openstack.org/zone=az-a"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=open(root / "standin.log", "wb"),  # noqa: SIM115
-        )
+        self.child = Child("standin", [
+            sys.executable, "-m", "cinder_csi.standins.kube", "--kubeconfig",
+            str(self.kubeconfig), "--controllers", controllers, "--event-window", "100000",
+            "--node", "node-0:topology.cinder.csi.openstack.org/zone=az-a"], root)
         deadline = time.monotonic() + 60
         while not self.kubeconfig.exists():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"stand-in did not start; see {root / 'standin.log'}")
+            if self.child.process.poll() is not None or time.monotonic() > deadline:
+                self.child.stop()
+                raise RuntimeError(f"stand-in did not start; see {root / 'standin.stderr'}")
             time.sleep(0.05)
         server = yaml.safe_load(self.kubeconfig.read_text())["clusters"][0]["cluster"]["server"]
         url = urlsplit(server)
@@ -59,15 +57,10 @@ class StandInProcess:
 
     @property
     def pid(self) -> int:
-        return self.process.pid
+        return self.child.pid
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        self.child.stop()
 
 
 class Connection:

@@ -15,15 +15,13 @@ Usage: python -m bench memory [--claims 10000] [--settle 5] [--runs 2]
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.processes import start_controller, start_node, start_openstack
+from bench.processes import start_controller, start_loop, start_node, start_openstack
 from bench.procstat import sample
 from bench.results import GO_SIDECAR, Report, spread
 from cinder_csi.standins.kube import KubeStandIn
@@ -82,30 +80,13 @@ def populate(kube: KubeStandIn, claims: int) -> None:
 def loop_rss(root: Path, kube: KubeStandIn, controller_socket: Path, settle: float
              ) -> tuple[float, float]:
     """(RSS, peak RSS) in MB of a fresh loop once its caches are filled and it has settled."""
-    kubeconfig = kube.write_kubeconfig(root / "kubeconfig")
-    log = root / "loop.log"
-    log.unlink(missing_ok=True)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cinder_csi.cli", "provisioner", "--csi-address",
-         f"unix://{controller_socket}", "--kubeconfig", str(kubeconfig), "--log-file",
-         str(log)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL)
+    loop = start_loop(root, controller_socket, kube.write_kubeconfig(root / "kubeconfig"))
     try:
-        deadline = time.monotonic() + 300
-        while not (log.exists() and "watch loop running" in log.read_text(errors="replace")):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the loop did not start; see {log}")
-            time.sleep(0.2)
         time.sleep(settle)
-        found = sample(process.pid)
+        found = sample(loop.pid)
         return found.rss_mb, found.peak_rss_mb
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        loop.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

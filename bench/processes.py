@@ -101,6 +101,24 @@ def start_openstack(root: Path) -> tuple[Child, Path]:
     return child, conf
 
 
+def start_loop(root: Path, csi_socket: Path, kubeconfig: Path, *flags: str,
+               log_level: str = "INFO", timeout: float = 300.0) -> Child:
+    """``cinder-csi provisioner`` against ``csi_socket``; returns once its informers synced
+    and its workers run (its log says "watch loop running")."""
+    log = root / "loop.log"
+    log.unlink(missing_ok=True)
+    child = Child("loop", cli(
+        "provisioner", "--csi-address", f"unix://{csi_socket}", "--kubeconfig",
+        str(kubeconfig), "--log-file", str(log), "--log-level", log_level, *flags), root)
+    deadline = time.monotonic() + timeout
+    while not (log.exists() and "watch loop running" in log.read_text(errors="replace")):
+        if child.process.poll() is not None or time.monotonic() > deadline:
+            child.stop()
+            raise RuntimeError(f"the loop did not start; see {log}")
+        time.sleep(0.1)
+    return child
+
+
 def start_controller(root: Path, conf: Path, log_level: str = "INFO") -> tuple[Child, Path]:
     socket = root / "controller.sock"
     child = Child("controller", cli(

@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from bench.milestones import Milestones, any_change, claim_of_volume, deleting, gone, phase_is
+from bench.processes import start_loop
 from bench.procstat import sample
 from bench.profiling import PySpy, summarise
 from bench.results import GO_SIDECAR, RESULTS_DIR, Report, mean, percentile, spread
@@ -148,25 +149,6 @@ def finish_phase(phase: Phase, claims: int, before: tuple[float, float, float, C
     phase.requests_by_verb = {k: v / claims for k, v in sorted(requests.items())}
 
 
-def spawn_loop(sandbox: Sandbox, flags: list[str], duties: str, log_level: str) -> tuple[
-        subprocess.Popen[bytes], Path]:
-    log = sandbox.state_dir / "logs" / "loop.log"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cinder_csi.cli", "provisioner",
-         "--csi-address", f"unix://{sandbox.controller_socket}",
-         "--kubeconfig", str(sandbox.kubeconfig), "--cluster", "sandbox", "--duties", duties,
-         "--log-file", str(log), "--log-level", log_level, *flags],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=open(sandbox.state_dir / "logs" / "loop.stderr", "wb"),  # noqa: SIM115
-    )
-    deadline = time.monotonic() + 120
-    while not (log.exists() and "watch loop running" in log.read_text(errors="replace")):
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"the loop did not start; see {sandbox.state_dir / 'logs'}")
-        time.sleep(0.1)
-    return process, log
-
-
 def load_claims(sandbox: Sandbox, action: str, claims: int) -> subprocess.Popen[bytes]:
     assert sandbox.kube is not None
     return subprocess.Popen(
@@ -197,7 +179,9 @@ def run_once(claims: int, cloud: Cloud, profile: str, *, duties: str, controller
                 faults.slow(operation, cloud.seconds)
                 if cloud.concurrency:
                     faults.limit(operation, cloud.concurrency)
-            loop, log = spawn_loop(sandbox, PROFILES[profile], duties, loop_log)
+            loop = start_loop(sandbox.state_dir / "logs", sandbox.controller_socket,
+                              sandbox.kubeconfig, "--cluster", "sandbox", "--duties", duties,
+                              *PROFILES[profile], log_level=loop_log)
             marks = Milestones(sandbox.kube, {
                 "created": ("persistentvolumeclaims", any_change),
                 "bound": ("persistentvolumeclaims", phase_is("Bound")),
@@ -212,43 +196,35 @@ def run_once(claims: int, cloud: Cloud, profile: str, *, duties: str, controller
                          PySpy(os.getpid(), spy.with_name("standins-" + spy.name)).start()]
                 time.sleep(3)  # py-spy takes a moment to attach to a process of 100+ threads
 
-            provision = Phase()
-            before = meters.read()
-            loader = load_claims(sandbox, "create", claims)
-            marks.wait("bound", claims, timeout)
-            after = meters.quiet()
-            provision.loader_s = loader_seconds(loader)
-            finish_phase(provision, claims, before, after, marks.span("created", "bound"),
-                         marks.durations("created", "bound"))
+            def phase(action: str, start: str, end: str) -> Phase:
+                """Create or delete every claim; measured until each reached ``end``."""
+                measured = Phase()
+                before = meters.read()
+                loader = load_claims(sandbox, action, claims)
+                marks.wait(end, claims, timeout)
+                after = meters.quiet()
+                measured.loader_s = loader_seconds(loader)
+                finish_phase(measured, claims, before, after, marks.span(start, end),
+                             marks.durations(start, end))
+                return measured
+
+            provision = phase("create", "created", "bound")
             for spying in spies:
                 spying.stop()
             peak = sample(loop.pid).peak_rss_mb
             rss = sample(loop.pid).rss_mb
-
-            delete = Phase()
-            before = meters.read()
-            loader = load_claims(sandbox, "delete", claims)
-            marks.wait("pv gone", claims, timeout)
-            after = meters.quiet()
-            delete.loader_s = loader_seconds(loader)
-            finish_phase(delete, claims, before, after, marks.span("deleting", "pv gone"),
-                         marks.durations("deleting", "pv gone"))
+            delete = phase("delete", "deleting", "pv gone")
             peak = max(peak, sample(loop.pid).peak_rss_mb)
             marks.close()
             leftovers = [v for v in sandbox.openstack.volumes()
                          if str(v.get("name") or "").startswith("pvc-")
                          and v.get("status") != "deleting"]
-            dropped = log.read_text(errors="replace").count("event queue full")
+            dropped = loop.log.read_text(errors="replace").count("event queue full")
             return Run(claims, cloud.name, profile, provision, delete, peak, rss, len(leftovers),
                        dropped)
         finally:
             if loop is not None:
-                loop.terminate()
-                try:
-                    loop.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    loop.kill()
-                    loop.wait()
+                loop.stop()
             sandbox.stop()
 
 

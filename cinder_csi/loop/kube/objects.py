@@ -153,6 +153,14 @@ def read_secret(rest: KubeRest, namespace: str, name: str) -> dict[str, str]:
     return out
 
 
+def annotation_changes(obj: Mapping[str, Any], wanted: Mapping[str, str | None]
+                       ) -> dict[str, str | None]:
+    """The part of ``wanted`` (None: remove) that ``obj``'s annotations do not already say."""
+    existing = annotations_of(obj)
+    return {k: v for k, v in wanted.items()
+            if existing.get(k) != v and not (v is None and k not in existing)}
+
+
 def edit_metadata(
     rest: KubeRest,
     obj: Obj,
@@ -177,9 +185,7 @@ def edit_metadata(
         finalizers = finalizers_of(current)
         new_finalizers = [f for f in finalizers if f not in removes]
         new_finalizers += [f for f in adds if f not in new_finalizers]
-        existing = annotations_of(current)
-        ann_patch = {k: v for k, v in wanted.items() if existing.get(k) != v
-                     and not (v is None and k not in existing)}
+        ann_patch = annotation_changes(current, wanted)
         if new_finalizers == finalizers and not ann_patch:
             return current
         meta: Obj = {"resourceVersion": meta_of(current).get("resourceVersion")}
@@ -223,9 +229,7 @@ def merge_metadata(
     finalizers = finalizers_of(obj)
     adds = [f for f in dict.fromkeys(add_finalizers) if f not in finalizers]
     removes = [f for f in dict.fromkeys(remove_finalizers) if f in finalizers]
-    existing = annotations_of(obj)
-    changed = {k: v for k, v in (annotations or {}).items()
-               if existing.get(k) != v and not (v is None and k not in existing)}
+    changed = annotation_changes(obj, annotations or {})
     if not adds and not removes and not changed:
         return obj
     meta: Obj = {}
