@@ -46,6 +46,10 @@ MAX_NAME = 253
 REDACTED = "***"
 
 _RETRIES = (0.5, 1.0, 2.0)  # pauses between attempts on transient API errors
+# Events waiting for the writer. The writer shares the client's rate limit with every worker,
+# so while the loop is held by that limit it gets few turns: 1,000 claims at QPS 100 filled a
+# 1,000-long queue and lost most ProvisioningSucceeded Events. A record is a few hundred bytes.
+QUEUE_SIZE = 20_000
 _STOP = object()
 _WAKE = object()  # makes the writer look at its deferred events again
 
@@ -121,7 +125,7 @@ class EventRecorder:
         secrets: Iterable[str] = (),
         redactor: Callable[[str], str] | None = None,
         aggregation_window: float = 600.0,
-        queue_size: int = 1000,
+        queue_size: int = QUEUE_SIZE,
         cache_size: int = 4096,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
