@@ -112,11 +112,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("attach needs root (the stand-in attaches loop devices); nothing measured")
         return 2
-    runs = [run_once(args.pods, args.nodes, args.attach_seconds) for _ in range(args.runs)]
     report = Report("attach", ["pods / nodes", "pod to Running p50 s (runs)", "p99 s",
                                f"p50 / {args.attach_seconds:g} s attach",
                                "Publish after in-use p50 s", "max s",
                                f"target <= {TARGET_LATE_S} s"])
+    runs = [run_once(args.pods, args.nodes, args.attach_seconds) for _ in range(args.runs)]
     p50 = [percentile(r["to_running_s"], 0.5) for r in runs]
     late = [x for r in runs for x in r["publish_after_in_use_s"]]
     report.add(f"{args.pods} / {args.nodes}", spread(p50),
