@@ -301,7 +301,9 @@ def test_decoding_shares_keys_and_short_values_and_drops_managed_fields() -> Non
 
     decoder = json_module.JSONDecoder(object_pairs_hook=compact_object)
     body = {"metadata": {"name": "pv-" + "a" * 3, "managedFields": [{"manager": "x"}],
-                         "annotations": {"note": "n" * 100}},
+                         "annotations": {"note": "n" * 100,
+                                         "kubectl.kubernetes.io/last-applied-configuration":
+                                         "{}"}},
             "spec": {"accessModes": ["ReadWriteOnce"], "volumeMode": "Filesystem"}}
     first = decoder.decode(json_module.dumps(body))
     second = decoder.decode(json_module.dumps(body))
