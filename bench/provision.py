@@ -84,6 +84,11 @@ class Phase:
     requests_by_verb: dict[str, float] = field(default_factory=dict)
     loader_s: float = 0.0  # how long the loader took to send all requests
 
+    @property
+    def all_cpu_ms(self) -> float:
+        """Per claim, of the loop, the controller and the stand-ins together."""
+        return self.loop_cpu_ms + self.controller_cpu_ms + self.standin_cpu_ms
+
 
 @dataclass
 class Run:
@@ -247,7 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = Report("provision", [
         "claims", "cloud", "loop", "Bound/s (runs)", "p50 / p99 to Bound s", "ratio to ideal",
         "loop CPU ms/claim", "API req/claim", "loop peak RSS MB", "stand-in CPU ms/claim",
-        "stand-in busy", "deleted/s (runs)", "delete p50 / p99 s", "delete: loop CPU ms, req",
+        "stand-in share", "stand-in busy", "deleted/s (runs)", "delete p50 / p99 s",
+        "delete: loop CPU ms, req",
     ])
     runs: list[Run] = []
     for claims in [int(x) for x in args.claims.split(",")]:
@@ -290,6 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     spread([x.loop_requests for x in p]),
                     spread([r.loop_peak_rss_mb for r in these]),
                     mean([x.standin_cpu_ms for x in p]),
+                    f"{mean([x.standin_cpu_ms / x.all_cpu_ms for x in p]):.0%}",
                     f"{max(x.standin_busy for x in p):.0%}",
                     spread([x.per_s for x in d]),
                     f"{mean([x.p50_s for x in d]):.2f} / {mean([x.p99_s for x in d]):.2f}",
@@ -303,7 +310,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{GO_SIDECAR['rss_mb_after_run']} MB RSS after 300 claims")
     report.note(f"loop duties: {args.duties}; {args.runs} runs per row, spread shown as "
                 "min - max; ratio to ideal uses the slowest run (ideal = ceil(N/20) * 2 s)")
-    report.note("stand-in busy = the stand-ins' CPU seconds / wall seconds (100% = one core "
+    report.note("stand-in share = the stand-ins' CPU over the loop's, the controller's and "
+                "theirs; stand-in busy = their CPU seconds / wall seconds (100% = one core "
                 "flat out: the stand-in would be the limit)")
     report.finish()
     return 0
