@@ -120,10 +120,10 @@ def _add_loop(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--worker-threads", type=int, default=100,
                         help="workers per queue; attach and detach have separate pools "
                              "(default: 100)")
-    parser.add_argument("--kube-api-qps", type=float, default=50.0,
-                        help="client-side rate limit of Kubernetes API calls (default: 50)")
-    parser.add_argument("--kube-api-burst", type=int, default=100,
-                        help="burst above --kube-api-qps (default: 100)")
+    parser.add_argument("--kube-api-qps", type=float, default=300.0,
+                        help="client-side rate limit of Kubernetes API calls (default: 300)")
+    parser.add_argument("--kube-api-burst", type=int, default=600,
+                        help="burst above --kube-api-qps (default: 600)")
     parser.add_argument("--leader-election", type=go_bool, nargs="?", const=True, default=False,
                         help="take the Lease named after the driver before working; losing it "
                              "exits (default: false)")

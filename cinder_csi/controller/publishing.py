@@ -22,6 +22,13 @@ DEVICE_PATH_KEY = "DevicePath"  # the publish_context key upstream uses
 READONLY_KEY_PREFIX = "cinder-csi-readonly-on-"
 # States from which an attach can start or is already under way.
 _ATTACHABLE = frozenset({"available", "in-use", "attaching", "reserved"})
+# An attach Nova started: "reserved" first, then "attaching"; Cinder lists the attachment
+# only once it is attached.
+_UNDER_WAY = frozenset({"reserved", "attaching"})
+# The longest pause between two looks at an attach or detach under way (the poll starts at
+# 0.1 s and backs off to this): a pod waits at most this long after Cinder says "in-use".
+# Capped low because an attach takes seconds and each look is one GET.
+POLL_MAX_S = 0.4
 
 
 class Attacher:
@@ -90,7 +97,7 @@ class Attacher:
     def detach(self, volume_id: str, server_id: str, deadline: Deadline) -> None:
         volume = self.cloud.volumes.find(volume_id, deadline)
         if volume is None or server_id not in volume.attached_servers:
-            if volume is not None and volume.status in ("reserved", "attaching"):
+            if volume is not None and volume.status in _UNDER_WAY:
                 # An attach to this server may still land; wait it out, then detach.
                 volume = self._settle(volume_id, deadline)
                 if server_id not in volume.attached_servers:
@@ -113,7 +120,8 @@ class Attacher:
                 )
             return None
 
-        return wait_for(probe, deadline, what=f"volume {volume_id} to attach to {server_id}")
+        return wait_for(probe, deadline, what=f"volume {volume_id} to attach to {server_id}",
+                        maximum=POLL_MAX_S)
 
     def _until_detached(self, volume_id: str, server_id: str, deadline: Deadline) -> None:
         def probe() -> bool | None:
@@ -128,7 +136,8 @@ class Attacher:
                 )
             return None
 
-        wait_for(probe, deadline, what=f"volume {volume_id} to detach from {server_id}")
+        wait_for(probe, deadline, what=f"volume {volume_id} to detach from {server_id}",
+                 maximum=POLL_MAX_S)
 
     def _settle(self, volume_id: str, deadline: Deadline) -> Volume:
         return self.cloud.volumes.wait_for_status(

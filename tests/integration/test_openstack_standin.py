@@ -284,6 +284,14 @@ def test_list_filters_sorting_and_paging(standin: OpenStackStandIn,
     assert raw(conn, "volume", "GET", "/volumes/detail?marker=nope").status_code == 404
 
     assert [v.name for v in conn.block_storage.volumes(name="vol-07")] == ["vol-07"]
+    conn.block_storage.update_volume(ids[7], name="renamed")
+    conn.block_storage.update_volume(ids[8], name="vol-09")  # two volumes may share a name
+    assert list(conn.block_storage.volumes(name="vol-07")) == []
+    assert [v.id for v in conn.block_storage.volumes(name="renamed")] == [ids[7]]
+    assert sorted(v.id for v in conn.block_storage.volumes(name="vol-09")) == sorted(ids[8:10])
+    both = raw(conn, "volume", "GET", "/volumes/detail", params={
+        "name": "vol-09", "metadata": json.dumps({"parity": "odd"})}).json()["volumes"]
+    assert [v["id"] for v in both] == [ids[9]]
     odd = raw(conn, "volume", "GET", "/volumes/detail", params={
         "metadata": json.dumps({"parity": "odd"})}).json()["volumes"]
     assert len(odd) == 12

@@ -120,8 +120,9 @@ class BlockStorageApi:
 
     def _list_volumes(self, request: Request, *, detail: bool) -> Response:
         listing.check_filters(request, _VOLUME_FILTERS)
-        volumes = [v for v in self.store.volumes(self._scope(request))
-                   if self._volume_matches(v, request)]
+        name = request.arg("name") or None  # exact: looked up, not scanned ("name~" is not)
+        volumes = self.store.volumes(self._scope(request), name=name,
+                                     match=lambda v: self._volume_matches(v, request))
         chosen, extra = listing.page(request, volumes, field=self._volume_field,
                                      item_id=lambda v: v.id, sort_keys=_VOLUME_SORT,
                                      collection="volumes")

@@ -14,6 +14,7 @@ import subprocess
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -93,8 +94,12 @@ class BlockStore:
         self.devices = loopdev.LoopDevices()
         self._types: dict[str, VolumeType] = {}
         self._volumes: dict[str, Volume] = {}
+        self._named: dict[str | None, set[str]] = {}  # name -> ids: a name filter is no scan
         self._snapshots: dict[str, Snapshot] = {}
         self._seq = 0
+        # Transitions running per operation, and those waiting for a slot (Faults.limit).
+        self._running: dict[str, int] = {}
+        self._waiting: dict[str, deque[Callable[[], None]]] = {}
         self.restores: RestoreSources | None = None  # the backup service, when there is one
         self.add_type(DEFAULT_TYPE, description="Default Volume Type")
 
@@ -151,11 +156,21 @@ class BlockStore:
 
     # --- reads ----------------------------------------------------------------------------
 
-    def volumes(self, project_id: str | None = None) -> list[Volume]:
-        """Copies, safe to read without the lock."""
+    def volumes(self, project_id: str | None = None, *, name: str | None = None,
+                match: Callable[[Volume], bool] | None = None) -> list[Volume]:
+        """Copies, safe to read without the lock, of the volumes ``match`` accepts (all when
+        None), of one project and with exactly this ``name`` when given."""
         with self.lock:
-            return [copy_volume(v) for v in self._volumes.values()
-                    if project_id is None or v.project_id == project_id]
+            found = (self._volumes.values() if name is None else
+                     [self._volumes[i] for i in self._named.get(name, ())])
+            return [copy_volume(v) for v in found
+                    if (project_id is None or v.project_id == project_id)
+                    and (match is None or match(v))]
+
+    def _rename(self, volume: Volume, name: str | None) -> None:
+        self._named.get(volume.name, set()).discard(volume.id)
+        self._named.setdefault(name, set()).add(volume.id)
+        volume.name = name
 
     def snapshots(self, project_id: str | None = None) -> list[Snapshot]:
         with self.lock:
@@ -201,6 +216,8 @@ class BlockStore:
             return quotas.in_use(usages, project_id), reserved
 
     def _check_quota(self, project_id: str, deltas: Mapping[str, int]) -> None:
+        if all(self.quota.limit(project_id, key) < 0 for key in (*deltas, "per_volume_gigabytes")):
+            return  # unlimited: no need to add up every volume's usage
         used, reserved = self.quota_usage(project_id)
         quotas.check(self.quota, project_id, used, reserved, deltas)
 
@@ -269,6 +286,7 @@ class BlockStore:
                 source_volid=request.source_volid,
             )
             self._volumes[volume.id] = volume
+            self._named.setdefault(volume.name, set()).add(volume.id)
             backup_id = request.backup_id
             if backup_id and self.restores is not None:
                 self.restores.begin_restore(backup_id)
@@ -312,7 +330,7 @@ class BlockStore:
         with self.lock:
             volume = self._volume(volume_id, project_id)
             if "name" in changes:
-                volume.name = changes["name"]
+                self._rename(volume, changes["name"])
             if "description" in changes:
                 volume.description = changes["description"]
             if "metadata" in changes:
@@ -358,6 +376,7 @@ class BlockStore:
             del self._snapshots[snap.id]
         backing.remove(self.volume_file(volume.id))
         del self._volumes[volume.id]
+        self._named.get(volume.name, set()).discard(volume.id)
 
     def extend(self, volume_id: str, project_id: str | None, new_size: int,
                *, in_use_allowed: bool) -> None:
@@ -681,14 +700,35 @@ class BlockStore:
         def fire() -> None:
             with self.lock:
                 volume = self._volumes.get(volume_id)
-                if volume is None or not still_due(volume):
-                    return
-                if self.faults.is_stuck(volume.id, volume.name or "", volume.status):
+                if volume is not None and still_due(volume) and self.faults.is_stuck(
+                        volume.id, volume.name or "", volume.status):
                     self.scheduler.call_later(STUCK_POLL, fire)
                     return
-                finish(volume)
+                self._release(operation)
+                if volume is not None and still_due(volume):
+                    finish(volume)
 
-        self.scheduler.call_later(self._pause(operation, fraction), fire)
+        self._when_free(operation, lambda: self.scheduler.call_later(
+            self._pause(operation, fraction), fire))
+
+    def _when_free(self, operation: str, start: Callable[[], None]) -> None:
+        """Start now, or once a slot frees when the operation's concurrency is limited.
+        Caller holds the lock."""
+        limit = self.faults.concurrency(operation)
+        running = self._running.get(operation, 0)
+        if limit is not None and running >= limit:
+            self._waiting.setdefault(operation, deque()).append(start)
+            return
+        self._running[operation] = running + 1
+        start()
+
+    def _release(self, operation: str) -> None:
+        """One transition ended (or was voided): the next waiting one takes its slot."""
+        waiting = self._waiting.get(operation)
+        if waiting:
+            waiting.popleft()()  # the slot passes on; the running count stays
+            return
+        self._running[operation] = max(0, self._running.get(operation, 0) - 1)
 
     def _later_attachment(self, operation: str, volume_id: str, attachment_id: str,
                           expected: str, finish: Callable[[Volume], None]) -> None:

@@ -28,6 +28,7 @@ class Rule:
     status: int = 0
     seconds: float = 0.0
     retry_after: int = 0
+    concurrency: int = 0  # for "limit": transitions of `target` that may run at once
     message: str = ""
     target: str | None = None  # a volume id or name, or an operation, or a service
     hits: int = 0
@@ -152,6 +153,14 @@ class Faults:
         _check(operation, OPERATIONS)
         return self._add(Rule("slow", self, target=operation, seconds=seconds))
 
+    def limit(self, operation: str, concurrency: int) -> Rule:
+        """At most `concurrency` transitions of one kind run at once; the rest wait their turn
+        in order, as on a backend with a bounded number of workers."""
+        _check(operation, OPERATIONS)
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        return self._add(Rule("limit", self, target=operation, concurrency=concurrency))
+
     def reset(self) -> None:
         """Undo every fault and release requests that hang."""
         with self._lock:
@@ -231,6 +240,14 @@ class Faults:
             for rule in self._rules:
                 if rule.kind == "slow" and rule.target == operation:
                     return rule.seconds
+        return None
+
+    def concurrency(self, operation: str) -> int | None:
+        """How many transitions of `operation` may run at once (None: unbounded)."""
+        with self._lock:
+            for rule in self._rules:
+                if rule.kind == "limit" and rule.target == operation:
+                    return rule.concurrency
         return None
 
     # --- internals ----------------------------------------------------------------------
