@@ -7,6 +7,7 @@ itself not ready) while the cloud is down, and serve Cinder-only calls when Nova
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -18,12 +19,13 @@ from keystoneauth1 import exceptions as ks_exc
 from openstack import exceptions as os_exc
 
 from cinder_csi import errors
+from cinder_csi.cloud.backups import BackupApi
 from cinder_csi.cloud.compute import MULTIATTACH_MICROVERSION, ComputeApi
 from cinder_csi.cloud.messages import MessageApi
 from cinder_csi.cloud.quotas import QuotaApi
 from cinder_csi.cloud.session import ServiceSession
 from cinder_csi.cloud.snapshots import SnapshotApi
-from cinder_csi.cloud.tokens import TokenKeeper
+from cinder_csi.cloud.tokens import TokenKeeper, keystone_refusal
 from cinder_csi.cloud.volumes import EXTEND_IN_USE_MICROVERSION, VolumeApi
 from cinder_csi.config import AuthSettings
 from cinder_csi.deadline import Deadline
@@ -59,30 +61,66 @@ def connect(auth: AuthSettings, timeouts: CloudTimeouts | None = None) -> Any:
     """An openstacksdk Connection for these settings (no network I/O yet)."""
     try:
         if auth.cloud:
-            config = openstack.config.OpenStackConfig(
-                config_files=[auth.clouds_file] if auth.clouds_file else None,
-                load_envvars=False,
-            )
-            region = config.get_one(cloud=auth.cloud, region_name=auth.region)
-            conn = openstack.connection.Connection(config=region)
+            conn = openstack.connection.Connection(config=_clouds_yaml_region(auth))
         else:
             options: dict[str, Any] = dict(auth.options)
             if "application_credential_secret" in options:
                 options["auth_type"] = "v3applicationcredential"
             else:
                 options["auth_type"] = "password"
-            if auth.region:
-                options["region_name"] = auth.region
-            if auth.ca_file:
-                options["cacert"] = auth.ca_file
-            if auth.tls_insecure:
-                options["insecure"] = True
+            options.update(_transport_options(auth))
             conn = openstack.connect(load_yaml_config=False, load_envvars=False, **options)
     except (os_exc.SDKException, ks_exc.ClientException, KeyError) as exc:
-        raise errors.InvalidArgument(f"cannot configure the OpenStack connection: {exc}") from None
+        raise errors.InvalidArgument(
+            f"cannot configure the OpenStack connection of {auth.section()}: {exc}"
+        ) from None
     _widen_connection_pool(conn)
     conn.session.timeout = (timeouts or CloudTimeouts()).session
     return conn
+
+
+def clouds_yaml_files(auth: AuthSettings) -> list[str]:
+    """Where the clouds.yaml of these settings is looked for, in order, as openstacksdk does
+    it: the configured file, else $OS_CLIENT_CONFIG_FILE, then the standard places."""
+    if auth.clouds_file:
+        return [auth.clouds_file]
+    override = os.environ.get("OS_CLIENT_CONFIG_FILE")
+    return [*([override] if override else []), *openstack.config.loader.CONFIG_FILES]
+
+
+def _clouds_yaml_region(auth: AuthSettings) -> Any:
+    files = clouds_yaml_files(auth)
+    # load_envvars=False keeps stray OS_* variables from changing the credentials; the one
+    # variable every openstacksdk user sets to point at their file is honoured above.
+    config = openstack.config.OpenStackConfig(config_files=files, load_envvars=False)
+    overrides: dict[str, Any] = _transport_options(auth)
+    if auth.options:
+        # Keys written in the cloud.conf section win over the clouds.yaml entry (upstream).
+        overrides["auth"] = dict(auth.options)
+    try:
+        return config.get_one(cloud=auth.cloud, **overrides)
+    except os_exc.ConfigException as exc:
+        existing = [f for f in files if os.path.exists(f)]
+        raise errors.InvalidArgument(
+            f"{exc} (clouds.yaml files read: {', '.join(existing) or 'none found'}; set "
+            "clouds-file in cloud.conf, --clouds-file, or OS_CLIENT_CONFIG_FILE)"
+        ) from None
+
+
+def _transport_options(auth: AuthSettings) -> dict[str, Any]:
+    """Region, endpoint interface and TLS settings, as openstacksdk names them."""
+    options: dict[str, Any] = {}
+    if auth.region:
+        options["region_name"] = auth.region
+    if auth.interface:
+        options["interface"] = auth.interface
+    if auth.ca_file:
+        options["cacert"] = auth.ca_file
+    if auth.cert_file and auth.key_file:
+        options["cert"], options["key"] = auth.cert_file, auth.key_file
+    if auth.tls_insecure:
+        options["insecure"] = True
+    return options
 
 
 def _widen_connection_pool(conn: Any) -> None:
@@ -118,6 +156,7 @@ class Cloud:
         )
         self.volumes = VolumeApi(self.block_storage)
         self.snapshots = SnapshotApi(self.block_storage)
+        self.backups = BackupApi(self.block_storage)
         self.quotas = QuotaApi(self.block_storage)
         self.messages = MessageApi(self.block_storage)
         self.compute = ComputeApi(self.compute_session)
@@ -138,6 +177,8 @@ class Cloud:
         self.tokens.ensure(deadline)
         try:
             project = conn.current_project_id
+        except ks_exc.Unauthorized as exc:
+            raise keystone_refusal("the project id", exc) from None
         except (ks_exc.ClientException, os_exc.SDKException) as exc:
             raise errors.CloudUnavailable(f"cannot authenticate to the cloud: {exc}") from None
         if not project:

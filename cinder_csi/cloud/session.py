@@ -22,7 +22,7 @@ from keystoneauth1 import exceptions as ks_exc
 from openstack import exceptions as os_exc
 
 from cinder_csi import errors
-from cinder_csi.cloud.tokens import TokenKeeper
+from cinder_csi.cloud.tokens import TokenKeeper, keystone_refusal
 from cinder_csi.cloud.translate import error_for_status, error_message, retry_after_seconds
 from cinder_csi.deadline import Deadline
 
@@ -232,10 +232,7 @@ class ServiceSession:
                 f"reached: {exc}"
             ) from None
         except ks_exc.Unauthorized as exc:
-            raise errors.CloudUnavailable(
-                f"authentication to the cloud failed while reaching {what}: {exc}; "
-                "check the credentials in cloud.conf / clouds.yaml"
-            ) from None
+            raise keystone_refusal(what, exc) from None
         except (ks_exc.ConnectFailure, ks_exc.ConnectTimeout, ks_exc.UnknownConnectionError) as exc:
             error = errors.CloudUnavailable(f"{self.service} unreachable on {method} {what}: {exc}")
             if idempotent:

@@ -31,6 +31,16 @@ log = logging.getLogger(__name__)
 RENEW_AHEAD_S = 60.0
 
 
+def keystone_refusal(what: str, exc: ks_exc.Unauthorized) -> errors.CloudUnavailable:
+    """keystoneauth raises Unauthorized only for Keystone's own 401 (a service's 401 is
+    re-authenticated, or comes back as a status), so name Keystone and the URL it answered."""
+    where = f" at {exc.url}" if getattr(exc, "url", None) else ""
+    return errors.CloudUnavailable(
+        f"Keystone{where} refused the credentials while reaching {what}: {exc}; check the "
+        "user, password or application credential in cloud.conf / clouds.yaml"
+    )
+
+
 class _Fetch:
     """One token fetch running in its own thread."""
 
@@ -119,9 +129,7 @@ class TokenKeeper:
                 # using the old token, none sees "no token" and fetches one itself.
                 plugin.auth_ref = plugin.get_auth_ref(session)
         except ks_exc.Unauthorized as exc:
-            fetch.error = errors.CloudUnavailable(
-                f"Keystone refused the credentials: {exc}; check cloud.conf / clouds.yaml"
-            )
+            fetch.error = keystone_refusal("the cloud", exc)
         except (ks_exc.ClientException, os_exc.SDKException) as exc:
             fetch.error = errors.CloudUnavailable(f"cannot get a Keystone token: {exc}")
         finally:

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import email.utils
 import json
+import re
 import time
 from typing import Any
 
 from cinder_csi import errors
 
 _QUOTA_MARKERS = ("quota", "exceeds allowed", "exceeded for quota", "volumelimitexceeded")
+_RATE_LIMITED = re.compile(r"\brate[- ]?limit")
 
 
 def error_message(body: bytes | str) -> str:
@@ -47,6 +49,8 @@ def retry_after_seconds(header: str | None, *, now: float | None = None) -> floa
 
 
 def is_rate_limit(status: int, message: str, retry_after: float | None) -> bool:
+    """429, or a 413 whose body says rate-limited. Real Cinder sends ``Retry-After: 0`` with
+    every quota 413 (VolumeSizeExceedsLimit names no quota), so the header decides nothing."""
     if status == 429:
         return True
     if status != 413:
@@ -54,7 +58,7 @@ def is_rate_limit(status: int, message: str, retry_after: float | None) -> bool:
     lowered = message.lower()
     if any(marker in lowered for marker in _QUOTA_MARKERS):
         return False
-    return retry_after is not None or "rate" in lowered
+    return _RATE_LIMITED.search(lowered) is not None
 
 
 # 4xx answers by meaning. Every status the cloud can send maps to a specific error: a 4xx is

@@ -12,8 +12,9 @@ from cinder_csi.cloud.session import ServiceSession, none_if_missing
 from cinder_csi.cloud.waits import until_deleted, until_status
 from cinder_csi.deadline import Deadline
 
-# In-use extend needs 3.42; name/metadata filters need 3.34.
+# In-use extend needs 3.42; name/metadata filters need 3.34; a volume from a backup 3.47.
 EXTEND_IN_USE_MICROVERSION = "3.42"
+RESTORE_BACKUP_MICROVERSION = "3.47"
 # The attachments API (DELETE /attachments/{id}) needs 3.27.
 ATTACHMENTS_MICROVERSION = "3.27"
 
@@ -33,6 +34,7 @@ class VolumeApi:
         metadata: Mapping[str, str] | None = None,
         snapshot_id: str | None = None,
         source_volid: str | None = None,
+        backup_id: str | None = None,
         description: str | None = None,
     ) -> Volume:
         body: dict[str, Any] = {"name": name, "size": size_gib}
@@ -41,6 +43,7 @@ class VolumeApi:
             "availability_zone": availability_zone,
             "snapshot_id": snapshot_id,
             "source_volid": source_volid,
+            "backup_id": backup_id,
             "description": description,
         }
         body.update({k: v for k, v in optional.items() if v})
@@ -49,8 +52,13 @@ class VolumeApi:
         resp = self._session.request(
             "POST", "/volumes", what=f"create volume {name}", deadline=deadline,
             json={"volume": body},
+            microversion=RESTORE_BACKUP_MICROVERSION if backup_id else None,
         )
         return Volume.from_api(resp.body["volume"])
+
+    def can_restore_backups(self) -> bool:
+        """Whether this Cinder creates a volume from a backup (API 3.47 or later)."""
+        return self._session.supports(RESTORE_BACKUP_MICROVERSION)
 
     def get(self, volume_id: str, deadline: Deadline) -> Volume:
         resp = self._session.request(

@@ -14,6 +14,11 @@ The rules that keep volumes from leaking or doubling:
   final code, so the retry finds the volume by name and finishes the deletion;
 - a volume by that name in any other error state (error_extending, error_deleting, ...) once
   held data and is never deleted here.
+
+A volume of that name counts as ours when it carries our cluster tag, no tag, or the empty tag
+the upstream driver writes when it runs without --cluster: so a volume upstream was still
+making when the drivers were switched is adopted, not refused. Another cluster's tag is
+refused (ALREADY_EXISTS).
 """
 
 from __future__ import annotations
@@ -37,6 +42,9 @@ CREATION_FAILED = "error"
 # How long a discard waits to see a failed volume gone before leaving it to the retry.
 DISCARD_WAIT_S = 30.0
 _USABLE = ("available", "in-use")
+# Cinder's scheduler says "Could not find any available weighted backend" both when no backend
+# has room and when none serves the type; older releases said "No valid host".
+_NO_BACKEND_MARKERS = ("no valid", "capacity", "could not find any available")
 
 
 @dataclass(frozen=True)
@@ -60,6 +68,7 @@ class VolumeSpec:
     availability_zone: str | None = None
     snapshot_id: str | None = None
     source_volid: str | None = None
+    backup_id: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
 
 
@@ -87,7 +96,8 @@ class VolumeCreator:
             if not self._delete_failed(existing, deadline):
                 self._fail(existing, deadline, deleted=False)
             return None
-        self._check_compatible(existing, wanted)
+        self._check_compatible(existing, wanted,
+                               from_backup=self._maybe_from_backup(existing, wanted, deadline))
         return self._until_available(existing, deadline)
 
     def create(self, spec: VolumeSpec, deadline: Deadline) -> Volume:
@@ -101,7 +111,7 @@ class VolumeCreator:
         own = [v for v in found if self._is_ours(v)]
         foreign = [v for v in found if not self._is_ours(v)]
         if not own and foreign:
-            owner = foreign[0].metadata.get(CLUSTER_METADATA_KEY, "no cluster")
+            owner = foreign[0].metadata[CLUSTER_METADATA_KEY]
             raise errors.AlreadyExists(
                 f"a Cinder volume named {name} already exists ({foreign[0].id}) but belongs to "
                 f"{owner!r}, not to cluster {self.cluster_id!r}"
@@ -117,10 +127,19 @@ class VolumeCreator:
 
     def _is_ours(self, volume: Volume) -> bool:
         tag = volume.metadata.get(CLUSTER_METADATA_KEY)
-        return tag is None or tag == self.cluster_id
+        return not tag or tag == self.cluster_id
+
+    def _maybe_from_backup(self, volume: Volume, wanted: Wanted, deadline: Deadline) -> bool:
+        """Whether ``volume`` may have been restored from the CSI snapshot ``wanted`` names
+        when that is a Cinder backup (VolumeSnapshotClass type: backup): Cinder shows no source
+        on such a volume, so it fits any snapshot ID that is not a Cinder snapshot (a backup,
+        or a source deleted since)."""
+        if not wanted.snapshot_id or volume.snapshot_id or volume.source_volid:
+            return False
+        return self.cloud.snapshots.find(wanted.snapshot_id, deadline) is None
 
     @staticmethod
-    def _check_compatible(volume: Volume, wanted: Wanted) -> None:
+    def _check_compatible(volume: Volume, wanted: Wanted, *, from_backup: bool = False) -> None:
         """CSI: an existing volume is the answer if it satisfies the request's capacity range
         and content source; a source grown to its snapshot's size still fits."""
         mismatches = []
@@ -130,7 +149,7 @@ class VolumeCreator:
                 f"size {volume.size_gib} GiB, requested {wanted.required_bytes} to "
                 f"{wanted.limit_bytes or 'any'} bytes"
             )
-        if (volume.snapshot_id or None) != wanted.snapshot_id:
+        if (volume.snapshot_id or None) != wanted.snapshot_id and not from_backup:
             mismatches.append(
                 f"source snapshot {volume.snapshot_id}, requested {wanted.snapshot_id}"
             )
@@ -154,6 +173,7 @@ class VolumeCreator:
                 name=spec.name, size_gib=spec.size_gib, deadline=answer_by,
                 volume_type=spec.volume_type, availability_zone=spec.availability_zone,
                 metadata=metadata, snapshot_id=spec.snapshot_id, source_volid=spec.source_volid,
+                backup_id=spec.backup_id,
             )
 
         try:
@@ -231,7 +251,7 @@ class VolumeCreator:
                 "finishes it and creates the volume again"
             )
         message += "; the failed volume was deleted, a retry starts clean"
-        if reason and ("no valid" in reason.lower() or "capacity" in reason.lower()):
+        if reason and any(marker in reason.lower() for marker in _NO_BACKEND_MARKERS):
             raise errors.QuotaExceeded(message)
         raise errors.CloudUnavailable(message)
 

@@ -17,9 +17,16 @@ from cinder_csi.deadline import Deadline
 
 log = logging.getLogger(__name__)
 
-# Wait this long for "available"; after it, answer ready_to_use=false (the CO polls).
+# Wait this long for "available"; after it, answer ready_to_use=false (the snapshotter asks
+# again while not ready).
 READY_WAIT_S = 60.0
 DISCARD_WAIT_S = 30.0
+
+
+def ready_window(deadline: Deadline, seconds: float) -> Deadline:
+    """How long to wait for an object to become ready: at most ``seconds``, and leaving a
+    fifth of the call's time to read its status and answer "not ready yet"."""
+    return deadline.shorter(min(seconds, deadline.remaining() * 0.8))
 
 
 class SnapshotCreator:
@@ -66,7 +73,7 @@ class SnapshotCreator:
             return snapshot
         try:
             return self.cloud.snapshots.wait_for_status(
-                snapshot.id, "available", deadline.shorter(READY_WAIT_S)
+                snapshot.id, "available", ready_window(deadline, READY_WAIT_S)
             )
         except errors.Timeout:
             return self.cloud.snapshots.get(snapshot.id, deadline)  # ready_to_use=false

@@ -51,12 +51,12 @@ def cinder_text(value: str, field: str, *, name: bool = False) -> str:
     bad = next((c for c in value if not _cinder_printable(c)), None)
     if bad is not None:
         raise errors.InvalidArgument(
-            f"{field} {_shown(value)} contains the character U+{ord(bad):04X}, which Cinder "
+            f"{field} {shown(value)} contains the character U+{ord(bad):04X}, which Cinder "
             "refuses (control characters, line breaks, characters outside the BMP)"
         )
     if name and value != value.strip():
         raise errors.InvalidArgument(
-            f"{field} {_shown(value)} starts or ends with white space, which Cinder strips"
+            f"{field} {shown(value)} starts or ends with white space, which Cinder strips"
         )
     return value
 
@@ -67,7 +67,7 @@ def cinder_metadata(items: Mapping[str, str], what: str) -> None:
         if not key:
             raise errors.InvalidArgument(f"{what}: an empty key is not allowed")
         cinder_text(key, f"{what} key")
-        cinder_text(value, f"{what} {_shown(key)}")
+        cinder_text(value, f"{what} {shown(key)}")
 
 
 def _cinder_printable(char: str) -> bool:
@@ -77,7 +77,7 @@ def _cinder_printable(char: str) -> bool:
     return not category.startswith("C") and (not category.startswith("Z") or category == "Zs")
 
 
-def _shown(value: str) -> str:
+def shown(value: str) -> str:
     """A bounded rendering of user input for an error message."""
     return repr(value) if len(value) <= 80 else repr(value[:60]) + f"... ({len(value)} chars)"
 

@@ -44,8 +44,8 @@ class LoopOptions:
     csi_address: str
     kubeconfig: str | None = None
     workers: int = 100
-    kube_qps: float = 50.0
-    kube_burst: int = 100
+    kube_qps: float = 300.0
+    kube_burst: int = 600
     resync_period: float = 600.0
     csi_timeout: float = 180.0
     leader_election: bool = False
@@ -115,7 +115,7 @@ class WatchLoop:
             recorder.start()
             ctx = LoopContext(
                 driver=driver, csi=csi, rest=clients.rest(),
-                informers=build_informers(clients.main, resync_period=options.resync_period),
+                informers=build_informers(clients.rest(), resync_period=options.resync_period),
                 recorder=recorder, registry=self.registry,
                 queue_metrics=WorkQueueMetrics(self.registry), workers=options.workers,
                 provisioner_identity=f"{default_identity()}-{driver}",

@@ -39,6 +39,15 @@ FSTYPE_CONTEXT_KEYS = ("fsType", "csi.storage.k8s.io/fstype")
 PATH_MAX = 4096
 NAME_MAX = 255
 
+# Set by the controller (ours and upstream's) on a volume made from a snapshot, backup or
+# volume: its filesystem is its source's size and is grown at stage when the volume is larger.
+RESIZE_REQUIRED_KEY = "resizeRequired"
+# XFS refuses to mount a filesystem whose UUID is already mounted, and a clone or a restored
+# snapshot carries its source's UUID. Either of the two may be staged first on a node, and a
+# source cannot know it was cloned, so every xfs staging mount skips the check (as upstream
+# does); the device was proven to be the volume before it is mounted.
+FS_MOUNT_OPTIONS = {"xfs": ("nouuid",)}
+
 
 def _make_mount_point(path: Path, *, directory: bool) -> None:
     """The directory (mount) or empty file (block) to mount on; what the file system refuses
@@ -158,10 +167,14 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             if cap.WhichOneof("access_type") == "block":
                 return csi_pb2.NodeStageVolumeResponse()  # published straight from the device
             fstype = self._fstype(cap, request.volume_context)
+            options = list(cap.mount.mount_flags)
+            options += [o for o in FS_MOUNT_OPTIONS.get(fstype, ()) if o not in options]
             _make_mount_point(staging, directory=True)
-            self.mounter.format_and_mount(
-                device, staging, fstype, list(cap.mount.mount_flags), deadline
-            )
+            self.mounter.format_and_mount(device, staging, fstype, options, deadline)
+            if request.volume_context.get(RESIZE_REQUIRED_KEY, "").strip().lower() == "true":
+                self.mounter.filesystems.grow_to_device(
+                    device, staging, fstype, self.finder.device_size(device, deadline), deadline
+                )
         log.info("staged volume %s (%s, %s) at %s", volume_id, device, fstype, staging)
         return csi_pb2.NodeStageVolumeResponse()
 

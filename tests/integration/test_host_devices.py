@@ -14,8 +14,9 @@ from cinder_csi.deadline import Deadline
 from cinder_csi.errors import FailedPrecondition
 from cinder_csi.host.devices import DeviceFinder
 from tests.integration.loop_devices import MIB, LoopDevices
+from tests.tools import LOOP
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.tools(*LOOP)]
 
 VOLUME = "5d8c2b1a-7e4f-4a3b-9c6d-2e1f0a9b8c7d"
 

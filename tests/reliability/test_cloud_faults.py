@@ -230,7 +230,12 @@ def test_fault_matrix(standin: OpenStackStandIn, plugin: PluginProcess, fault: F
         case.notes["rules"] = [rule] if rule is not None else []
         started = time.monotonic()
         first = case.call(fault.timeout)
-        assert first.code in fault.answers, first
+        if fault.name == "stuck" and op == "snapshot" and first.ok:
+            # A snapshot not ready within the call's deadline is answered ready_to_use=false
+            # (the snapshotter asks again), not DEADLINE_EXCEEDED.
+            assert not first.response.snapshot.ready_to_use, first
+        else:
+            assert first.code in fault.answers, first
         assert time.monotonic() - started < fault.timeout + 5, "the call outlived its deadline"
         fault.clear(case)
         retry = case.call(SUCCEEDS)

@@ -18,6 +18,12 @@ def test_413_quota_vs_rate_limit() -> None:
     assert classify(413, quota, retry_after=5) is errors.QuotaExceeded
     assert classify(413, "This request was rate-limited.", retry_after=3) is errors.RateLimited
     assert classify(429, "slow down") is errors.RateLimited
+    # Real Cinder sends Retry-After: 0 with every quota 413, including this one.
+    per_volume = ("VolumeSizeExceedsLimit: Requested volume size 2G is larger than maximum "
+                  "allowed limit 1G.")
+    assert classify(413, per_volume, retry_after=0) is errors.QuotaExceeded
+    assert classify(413, "Requested volume size 2G is larger", retry_after=0) is (
+        errors.QuotaExceeded)
 
 
 def test_status_classes() -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 
 SERVICES = ("identity", "volume", "compute", "metadata")
-OPERATIONS = ("create", "delete", "extend", "retype", "attach", "detach", "snapshot")
+OPERATIONS = ("create", "delete", "extend", "retype", "attach", "detach", "snapshot", "backup")
 
 
 @dataclass(eq=False)
@@ -28,6 +28,7 @@ class Rule:
     status: int = 0
     seconds: float = 0.0
     retry_after: int = 0
+    concurrency: int = 0  # for "limit": transitions of `target` that may run at once
     message: str = ""
     target: str | None = None  # a volume id or name, or an operation, or a service
     hits: int = 0
@@ -142,9 +143,10 @@ class Faults:
 
     def fail_create(self, *, count: int | None = 1, volume: str | None = None,
                     message: str = "") -> Rule:
-        """The next `count` volume creations (by name, or any) end in status ``error``; with
-        `message`, Cinder also leaves it as a user message about the volume (API 3.3+), as
-        its scheduler does ("No valid backend was found. ...")."""
+        """The next `count` volume creations (by name, or any) end in status ``error``, with
+        Cinder's user message (API 3.3+) that its driver failed (``error_restoring`` for a
+        restore from a backup); with `message`, the scheduler refused it for that reason
+        ("No valid backend was found. ...")."""
         return self._add(Rule("fail_create", self, count, target=volume, message=message))
 
     def fail_snapshot(self, *, count: int | None = 1, snapshot: str | None = None) -> Rule:
@@ -156,10 +158,22 @@ class Faults:
         ``error_extending``."""
         return self._add(Rule("fail_extend", self, count, target=volume))
 
+    def fail_backup(self, *, count: int | None = 1, backup: str | None = None) -> Rule:
+        """The next `count` backups (by id or name, or any) end in status ``error``."""
+        return self._add(Rule("fail_backup", self, count, target=backup))
+
     def slow(self, operation: str, seconds: float) -> Rule:
         """Make one kind of asynchronous transition take `seconds`."""
         _check(operation, OPERATIONS)
         return self._add(Rule("slow", self, target=operation, seconds=seconds))
+
+    def limit(self, operation: str, concurrency: int) -> Rule:
+        """At most `concurrency` transitions of one kind run at once; the rest wait their turn
+        in order, as on a backend with a bounded number of workers."""
+        _check(operation, OPERATIONS)
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        return self._add(Rule("limit", self, target=operation, concurrency=concurrency))
 
     def reset(self) -> None:
         """Undo every fault and release requests that hang."""
@@ -226,8 +240,8 @@ class Faults:
             )
 
     def take_failure(self, kind: str, resource_id: str, name: str) -> Rule | None:
-        """Consume one 'fail_create'/'fail_extend'/'fail_snapshot' rule matching this volume
-        or snapshot, if any, and return it."""
+        """Consume one 'fail_create'/'fail_extend'/'fail_snapshot'/'fail_backup' rule matching
+        this volume, snapshot or backup, if any, and return it."""
         with self._lock:
             for rule in self._rules:
                 if rule.kind == kind and rule.target in (None, resource_id, name):
@@ -240,6 +254,14 @@ class Faults:
             for rule in self._rules:
                 if rule.kind == "slow" and rule.target == operation:
                     return rule.seconds
+        return None
+
+    def concurrency(self, operation: str) -> int | None:
+        """How many transitions of `operation` may run at once (None: unbounded)."""
+        with self._lock:
+            for rule in self._rules:
+                if rule.kind == "limit" and rule.target == operation:
+                    return rule.concurrency
         return None
 
     # --- internals ----------------------------------------------------------------------

@@ -79,6 +79,9 @@ class ApiHttpServer(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes: with Nagle on, a keep-alive client's
+    # delayed ACK holds every answer back by ~40 ms.
+    disable_nagle_algorithm = True
     server: ApiHttpServer
 
     def do_GET(self) -> None:
@@ -141,6 +144,11 @@ class _Handler(BaseHTTPRequestHandler):
                 raise ApiError(faults.status, faults.message, headers=faults.headers)
         except ApiError as error:
             response = Response(error.status, error.body(service), error.headers)
+            if error.status == 401:
+                # Keystone, and keystonemiddleware in front of each service, say where to
+                # authenticate.
+                auth_url = f"{self.server.base_url}{layout.IDENTITY}/v3"
+                response.headers.setdefault("WWW-Authenticate", f'Keystone uri="{auth_url}"')
         if faults.lose_answer:
             self._drop(path, url.query, request_id)
             return

@@ -59,6 +59,9 @@ def size(value: Any) -> int | None:
     except (TypeError, ValueError):
         raise bad_request(f"Invalid input received: Invalid input for field/attribute size. "
                           f"Value: {value}.") from None
+    if number < 1:  # Cinder's request schema, before anything else is looked at
+        raise bad_request(f"Invalid input for field/attribute size. Value: {value}. "
+                          f"{number} is less than the minimum of 1")
     if number > MAX_INT:
         raise bad_request(f"Invalid input for field/attribute size. Value: {value}. "
                           f"{value} is greater than the maximum of {MAX_INT}")
