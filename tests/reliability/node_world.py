@@ -7,7 +7,6 @@ detached, and none may be left."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
@@ -20,7 +19,7 @@ from tests.integration.csi_helpers import create_request, mount_cap
 from tests.integration.loop_devices import MIB, sha256
 from tests.integration.node_env import loop_devices_backed_by, unmount_below
 
-__all__ = ["MIB", "NodeWorld", "blkid", "has", "node_world", "run", "sha256"]
+__all__ = ["MIB", "NodeWorld", "blkid", "node_world", "run", "sha256"]
 from tests.reliability.driver_env import (
     PluginProcess,
     controller_process,
@@ -128,7 +127,3 @@ def node_world(tmp: Path) -> Iterator[NodeWorld]:
     # The stand-in stopped last (ExitStack order) and detached its loop devices.
     leaked = loop_devices_backed_by(tmp)
     assert not leaked, f"loop devices leaked: {leaked}"
-
-
-def has(program: str) -> bool:
-    return shutil.which(program) is not None

@@ -17,9 +17,10 @@ import pytest
 
 from cinder_csi.csi import csi_pb2
 from tests.reliability.driver_env import audit, outcome, specific, wait_until
-from tests.reliability.node_world import MIB, NodeWorld, blkid, has, node_world, run, sha256
+from tests.reliability.node_world import MIB, NodeWorld, blkid, node_world, run, sha256
+from tests.tools import LOOP, require_tools
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.tools(*LOOP, "mkfs.ext4")]
 C = grpc.StatusCode
 
 
@@ -30,36 +31,31 @@ def world(tmp_path: Path) -> Iterator[NodeWorld]:
         yield running
 
 
-def needs(program: str, package: str) -> None:
-    if not has(program):
-        pytest.skip(f"{program} is missing: install the {package} package (.ci/run does)")
-
-
 def write_xfs(device: Path) -> None:
-    needs("mkfs.xfs", "xfsprogs")
+    require_tools("mkfs.xfs")
     run("mkfs.xfs", "-q", str(device))
 
 
 def write_mbr(device: Path) -> None:
-    needs("sfdisk", "fdisk")
+    require_tools("sfdisk")
     run("sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", str(device),
         input_text="label: dos\n,32M,L\n")
 
 
 def write_gpt(device: Path) -> None:
-    needs("sfdisk", "fdisk")
+    require_tools("sfdisk")
     run("sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", str(device),
         input_text="label: gpt\n,32M\n")
 
 
 def write_luks(device: Path) -> None:
-    needs("cryptsetup", "cryptsetup-bin")
+    require_tools("cryptsetup")
     run("cryptsetup", "luksFormat", "--batch-mode", "--type", "luks2", "--pbkdf", "pbkdf2",
         "--pbkdf-force-iterations", "1000", "--key-file", "-", str(device), input_text="pw")
 
 
 def write_lvm(device: Path) -> None:
-    needs("pvcreate", "lvm2")
+    require_tools("pvcreate")
     run("pvcreate", "--config", "devices { use_devicesfile = 0 }", "-y", str(device))
 
 
