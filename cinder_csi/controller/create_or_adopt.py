@@ -7,7 +7,8 @@ The rules that keep volumes from leaking or doubling:
 - a create POST that failed without a clear answer (5xx, a lost connection) is followed by a
   lookup by name before the error is returned, so a volume Cinder made anyway is adopted, not
   orphaned; one still awaiting its answer when the caller's deadline comes is left running,
-  and a retry waits for it rather than posting a second volume (controller/pending.py);
+  and a retry waits for it rather than posting a second volume (controller/pending.py), and
+  posts itself only if that POST then fails and no volume by the name exists;
 - a volume that ends in ``error`` is deleted before the call fails, so the retry starts clean.
   Only a deletion seen through to the end is reported as such: while the failed volume may
   still exist the call fails UNAVAILABLE ("still in progress" to every CO), never with a
@@ -176,30 +177,39 @@ class VolumeCreator:
                 backup_id=spec.backup_id,
             )
 
-        try:
-            volume, joined = self.pending.run(spec.name, post, deadline,
-                                              what=f"the create of volume {spec.name}")
-            if joined and volume.size_gib != spec.size_gib:
-                raise errors.AlreadyExists(
-                    f"volume {spec.name} is being created ({volume.id}) with "
-                    f"{volume.size_gib} GiB, not the {spec.size_gib} GiB requested"
-                )
-            return volume
-        except StillWaiting:
-            raise  # the POST is still awaiting its answer: the retry joins it
-        except (errors.CloudUnavailable, errors.Timeout) as exc:
-            if isinstance(exc, errors.RateLimited):
-                raise
-            # The POST may have been carried out; look before reporting failure.
+        # A POST in flight for this name is an earlier call's: it is joined, not repeated.
+        # Should it fail without a clear answer and without making the volume, this call
+        # posts once itself (that earlier call's caller has its answer already).
+        joining = self.pending.in_flight(spec.name)
+        while True:
             try:
-                adopted = self.find_own(spec.name, deadline.shorter(30.0))
-            except errors.CinderCSIError:
-                raise exc from None
-            if adopted is None:
-                raise
-            log.warning("create of %s failed (%s) but Cinder made %s; adopting it",
-                        spec.name, exc, adopted.id)
-            return adopted
+                volume, joined = self.pending.run(spec.name, post, deadline,
+                                                  what=f"the create of volume {spec.name}")
+                if joined and volume.size_gib != spec.size_gib:
+                    raise errors.AlreadyExists(
+                        f"volume {spec.name} is being created ({volume.id}) with "
+                        f"{volume.size_gib} GiB, not the {spec.size_gib} GiB requested"
+                    )
+                return volume
+            except StillWaiting:
+                raise  # the POST is still awaiting its answer: the retry joins it
+            except (errors.CloudUnavailable, errors.Timeout) as exc:
+                if isinstance(exc, errors.RateLimited):
+                    raise
+                # The POST may have been carried out; look before reporting failure.
+                try:
+                    adopted = self.find_own(spec.name, deadline.shorter(30.0))
+                except errors.CinderCSIError:
+                    raise exc from None
+                if adopted is not None:
+                    log.warning("create of %s failed (%s) but Cinder made %s; adopting it",
+                                spec.name, exc, adopted.id)
+                    return adopted
+                if not joining or deadline.expired():
+                    raise
+                log.info("the earlier create of %s failed (%s) and made nothing; posting it "
+                         "again", spec.name, exc)
+                joining = False
 
     def _until_available(self, volume: Volume, deadline: Deadline) -> Volume:
         if volume.status in _USABLE:

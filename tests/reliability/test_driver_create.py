@@ -130,6 +130,20 @@ def test_retry_while_the_failed_volume_is_still_being_deleted(
     assert [v["status"] for v in volumes] == ["available"]
 
 
+def test_retry_that_joined_a_create_which_made_nothing_creates_the_volume(
+    standin: OpenStackStandIn, plugin: PluginProcess
+) -> None:
+    # The first POST is held past its caller's deadline, then dropped unanswered and not
+    # carried out, while the retry waits for it: the retry posts itself and succeeds.
+    standin.faults.hang(4.0, count=1, method="POST", path="/volumes$")
+    first = specific(outcome(lambda: create(plugin, "pvc-dropped", timeout=2)))
+    assert first.code == C.DEADLINE_EXCEEDED, first
+    assert standin.volumes() == []
+    again = specific(outcome(lambda: create(plugin, "pvc-dropped", timeout=20)))
+    assert again.ok, again.details
+    audit(standin, {"pvc-dropped": 1})
+
+
 def test_volume_in_error_extending_is_never_deleted_by_create(
     standin: OpenStackStandIn, plugin: PluginProcess
 ) -> None:
