@@ -10,7 +10,8 @@ the ID up as a snapshot first, then as a backup.
 A backup may take longer than one call: CreateSnapshot waits a bounded time and answers
 ``ready_to_use=false``; the snapshotter calls again with the same name, which finds the backup
 and reports its progress. A backup that fails is deleted, with its snapshot, so a retry starts
-clean.
+clean; the answer says so only once it is gone, and a retry that finds it still being deleted
+waits that out before making it anew (as snapshot_creator.py does for snapshots).
 """
 
 from __future__ import annotations
@@ -19,13 +20,18 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 from cinder_csi import errors
 from cinder_csi.cloud.connection import Cloud
 from cinder_csi.cloud.models import Backup, Page, Snapshot
 from cinder_csi.controller.create_or_adopt import CLUSTER_METADATA_KEY
-from cinder_csi.controller.snapshot_creator import READY_WAIT_S, SnapshotCreator, ready_window
+from cinder_csi.controller.snapshot_creator import (
+    DISCARD_WAIT_S,
+    READY_WAIT_S,
+    SnapshotCreator,
+    ready_window,
+)
 from cinder_csi.csi.validation import cinder_text
 from cinder_csi.deadline import Deadline
 
@@ -149,6 +155,10 @@ class Snapshots:
     def _create_backup(self, name: str, source_id: str, params: SnapshotParams,
                        deadline: Deadline) -> CsiSnapshot:
         backup = self._backup_named(name, deadline)
+        if backup is not None and backup.status == "deleting":
+            # A failed one an earlier call left being deleted: wait it out, then make it anew.
+            self.cloud.backups.wait_for_delete(backup.id, deadline)
+            backup = None
         if backup is not None and backup.volume_id != source_id:
             raise errors.AlreadyExists(
                 f"backup {name} already exists ({backup.id}) of volume {backup.volume_id}, "
@@ -190,16 +200,24 @@ class Snapshots:
                       name, ", ".join(b.id for b in found), found[0].id)
         return found[0] if found else None
 
-    def _discard_backup(self, backup: Backup, deadline: Deadline) -> None:
+    def _discard_backup(self, backup: Backup, deadline: Deadline) -> NoReturn:
+        """Delete a failed backup (and its snapshot), then fail; the answer says it was
+        deleted only once Cinder no longer has it (else the retry finishes the deletion)."""
         try:
             self.cloud.backups.delete(backup.id, deadline)
+            # At most a while, leaving time to drop the snapshot and answer.
+            self.cloud.backups.wait_for_delete(backup.id, ready_window(deadline, DISCARD_WAIT_S))
+            outcome = "it was deleted, a retry starts clean"
         except errors.CinderCSIError as exc:
-            log.error("could not delete failed backup %s: %s", backup.id, exc)
+            log.error("could not delete failed backup %s yet: %s; the next CreateSnapshot of "
+                      "%s tries again", backup.id, exc, backup.name)
+            outcome = ("deleting it has not finished yet, a retry finishes it and creates the "
+                       "backup again")
         self._drop_intermediate_snapshot(backup, deadline)
         reason = f": {backup.fail_reason}" if backup.fail_reason else ""
         raise errors.CloudUnavailable(
             f"Cinder could not create backup {backup.name} ({backup.id}), status "
-            f"{backup.status}{reason}; it was deleted, a retry starts clean"
+            f"{backup.status}{reason}; {outcome}"
         )
 
     def _drop_intermediate_snapshot(self, backup: Backup, deadline: Deadline) -> None:

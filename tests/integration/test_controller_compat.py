@@ -319,6 +319,22 @@ def test_failed_backup_is_cleaned_up_and_the_retry_starts_clean(
     assert made.ready_to_use and [b["id"] for b in openstack.backups()] == [made.snapshot_id]
 
 
+def test_failed_backup_still_being_deleted_is_not_reported_deleted(
+    csi: ControllerHandle, openstack: OpenStackStandIn
+) -> None:
+    volume = csi.controller.CreateVolume(create_request("pvc-g", 1), timeout=30).volume
+    openstack.faults.fail_backup(backup="snap-g")
+    stuck = openstack.faults.stick("deleting", volume="snap-g")
+    error = expect_code(C.UNAVAILABLE, lambda: csi.controller.CreateSnapshot(
+        csi_pb2.CreateSnapshotRequest(name="snap-g", source_volume_id=volume.volume_id,
+                                      parameters=BACKUP), timeout=10))
+    assert "has not finished" in (error.details() or ""), error.details()
+    assert [b["status"] for b in openstack.backups()] == ["deleting"]
+    stuck.cancel()
+    made = backup_of(csi, "snap-g", volume.volume_id)
+    assert made.ready_to_use and [b["id"] for b in openstack.backups()] == [made.snapshot_id]
+
+
 def test_slow_backup_is_reported_not_ready_until_done(
     csi: ControllerHandle, openstack: OpenStackStandIn
 ) -> None:
