@@ -7,6 +7,11 @@ CSIDriver and StorageClasses wherever the package is installed. pyproject.toml c
 find packages or list them, not both: this lists every package found, plus that one.
 """
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, find_packages, setup
 
-setup(packages=[*find_packages(include=["cinder_csi", "cinder_csi.*"]), "cinder_csi.manifests"])
+# Every folder of manifests/ is a package of its own to setuptools (its YAML is package data).
+MANIFESTS = ["cinder_csi.manifests"] + [
+    f"cinder_csi.manifests.{name}" for name in find_namespace_packages(where="manifests")
+]
+
+setup(packages=[*find_packages(include=["cinder_csi", "cinder_csi.*"]), *MANIFESTS])
