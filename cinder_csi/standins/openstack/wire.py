@@ -58,6 +58,18 @@ class Request:
     def at_least(self, major: int, minor: int) -> bool:
         return self.microversion >= (major, minor)
 
+    def owner(self) -> str | None:
+        """The project whose resources this request may touch (None: any, for an admin)."""
+        assert self.auth is not None
+        return None if self.auth.is_admin else self.project_id
+
+    def scope(self) -> str | None:
+        """The project whose resources a listing shows (None: all, for admins who ask)."""
+        assert self.auth is not None
+        if self.auth.is_admin and self.arg("all_tenants") in ("1", "true", "True"):
+            return self.arg("project_id")
+        return self.project_id
+
 
 @dataclass
 class Response:
