@@ -6,7 +6,7 @@ from typing import Any
 
 from . import listing, timefmt
 from .backups import BackupStore
-from .block_storage_views import links
+from .block_storage_views import links, record_fields
 from .block_store import BlockStore
 from .errors import bad_request, policy_refusal
 from .models import Backup, VolumeRequest
@@ -122,16 +122,12 @@ def summary(request: Request, backup: Backup) -> dict[str, Any]:
 
 def view(request: Request, backup: Backup) -> dict[str, Any]:
     detail: dict[str, Any] = {
-        **summary(request, backup),
-        "description": backup.description,
-        "status": backup.status,
-        "size": backup.size,
+        **record_fields(backup),
+        "links": links(request, "backups", backup.id),
         "volume_id": backup.volume_id,
         "snapshot_id": backup.snapshot_id,
         "availability_zone": backup.availability_zone,
         "container": backup.container,
-        "created_at": timefmt.cinder(backup.created_at),
-        "updated_at": timefmt.cinder(backup.updated_at) if backup.updated_at else None,
         "data_timestamp": timefmt.cinder(backup.created_at),
         "fail_reason": backup.fail_reason,
         "object_count": 0 if backup.status != "available" else max(1, backup.size),
