@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from . import block_storage_views as views
 from . import layout, listing, schema
@@ -71,8 +71,8 @@ class BlockStorageApi:
         r.add("GET", "/volumes", lambda q: self._list_volumes(q, detail=False))
         r.add("GET", "/volumes/detail", lambda q: self._list_volumes(q, detail=True))
         r.add("POST", "/volumes", self._create_volume)
-        r.add("GET", "/volumes/{id}", self._show_volume)
-        r.add("PUT", "/volumes/{id}", self._update_volume)
+        _show_and_update_routes(r, "volume", self.store.get_volume, self.store.update_volume,
+                                self._volume_view, aliases={"display_name": "name"})
         r.add("DELETE", "/volumes/{id}", self._delete_volume)
         r.add("POST", "/volumes/{id}/action", self._volume_action)
         _metadata_routes(r, "volumes", self.store.get_volume, self.store.set_metadata)
@@ -82,8 +82,8 @@ class BlockStorageApi:
         r.add("GET", "/snapshots", lambda q: self._list_snapshots(q, detail=False))
         r.add("GET", "/snapshots/detail", lambda q: self._list_snapshots(q, detail=True))
         r.add("POST", "/snapshots", self._create_snapshot)
-        r.add("GET", "/snapshots/{id}", self._show_snapshot)
-        r.add("PUT", "/snapshots/{id}", self._update_snapshot)
+        _show_and_update_routes(r, "snapshot", self.store.get_snapshot,
+                                self.store.update_snapshot, views.snapshot)
         r.add("DELETE", "/snapshots/{id}", self._delete_snapshot)
         r.add("POST", "/snapshots/{id}/action", self._snapshot_action)
         _metadata_routes(r, "snapshots", self.store.get_snapshot,
@@ -179,19 +179,6 @@ class BlockStorageApi:
         volume = self.store.create_volume(vreq, request.project_id, request.auth.user_id)
         return Response(202, {"volume": views.created_volume(
             request, volume, self.store.type_name(volume.type_id))})
-
-    def _show_volume(self, request: Request) -> Response:
-        volume = self.store.get_volume(request.params["id"], request.owner())
-        return Response(200, {"volume": self._volume_view(request, volume)})
-
-    def _update_volume(self, request: Request) -> Response:
-        body = request.json_object("volume")
-        changes: dict[str, Any] = {k: body[k] for k in ("name", "description", "metadata")
-                                   if k in body}
-        if "display_name" in body:
-            changes["name"] = body["display_name"]
-        volume = self.store.update_volume(request.params["id"], request.owner(), changes)
-        return Response(200, {"volume": self._volume_view(request, volume)})
 
     def _delete_volume(self, request: Request) -> Response:
         truthy = ("true", "True", "1")
@@ -303,17 +290,6 @@ class BlockStorageApi:
             metadata=schema.metadata(body.get("metadata")),
         )
         return Response(202, {"snapshot": views.created_snapshot(request, snap)})
-
-    def _show_snapshot(self, request: Request) -> Response:
-        snap = self.store.get_snapshot(request.params["id"], request.owner())
-        return Response(200, {"snapshot": views.snapshot(request, snap)})
-
-    def _update_snapshot(self, request: Request) -> Response:
-        body = request.json_object("snapshot")
-        changes: dict[str, Any] = {k: body[k] for k in ("name", "description", "metadata")
-                                   if k in body}
-        snap = self.store.update_snapshot(request.params["id"], request.owner(), changes)
-        return Response(200, {"snapshot": views.snapshot(request, snap)})
 
     def _delete_snapshot(self, request: Request) -> Response:
         self.store.delete_snapshot(request.params["id"], request.owner())
@@ -511,6 +487,37 @@ def _no_such_action(body: dict[str, Any]) -> ApiError:
     return bad_request(f"There is no such action: {', '.join(body) or 'none'}. Verify the "
                        "request body and Content-Type header and try again.")
 
+
+
+R = TypeVar("R", Volume, Snapshot)
+
+
+def _show_and_update_routes(
+    r: Router, kind: str,
+    get: Callable[[str, str | None], R],
+    update: Callable[[str, str | None, Mapping[str, Any]], R],
+    view: Callable[[Request, R], dict[str, Any]],
+    *, aliases: Mapping[str, str] | None = None,
+) -> None:
+    """GET and PUT (name, description, metadata; ``aliases`` are older names of those) of one
+    volume or snapshot."""
+    path = f"/{kind}s/{{id}}"
+
+    def show(request: Request) -> Response:
+        record = get(request.params["id"], request.owner())
+        return Response(200, {kind: view(request, record)})
+
+    def change(request: Request) -> Response:
+        body = request.json_object(kind)
+        changes: dict[str, Any] = {k: body[k] for k in ("name", "description", "metadata")
+                                   if k in body}
+        changes.update({field: body[alias] for alias, field in (aliases or {}).items()
+                        if alias in body})
+        record = update(request.params["id"], request.owner(), changes)
+        return Response(200, {kind: view(request, record)})
+
+    r.add("GET", path, show)
+    r.add("PUT", path, change)
 
 
 class _SetMetadata(Protocol):
