@@ -15,7 +15,7 @@ from .messages import Message
 from .microversion import CINDER
 from .models import Snapshot, Volume, VolumeRequest
 from .quotas import DEFAULTS
-from .wire import Request, Response, Router
+from .wire import Request, Response, Router, version_root
 
 # First path segments that are collections, so a URL without a project id is recognisable.
 _COLLECTIONS = frozenset({"volumes", "snapshots", "types", "os-quota-sets", "limits",
@@ -44,17 +44,12 @@ class BlockStorageApi:
 
     def handle(self, request: Request) -> Response:
         """`request.path` is relative to /volume."""
-        root = f"{request.base_url}{layout.VOLUME_V3}/"
-        path = request.path.rstrip("/")
-        if path == "":
-            return Response(300, {"versions": [CINDER.document(root)]})
-        if path != "/v3" and not path.startswith("/v3/"):
-            raise not_found("The resource could not be found.")
-        if path == "/v3":
-            # Cinder answers the versioned root with a list, like the unversioned one.
-            return Response(200, {"versions": [CINDER.document(root)]})
+        # Cinder answers the versioned root with a list, like the unversioned one.
+        answer = version_root(request, CINDER, layout.VOLUME_V3, "/v3", listed=True)
+        if answer is not None:
+            return answer
         auth = self.identity.validate(request.headers.get("x-auth-token"))
-        segments = path[len("/v3/"):].split("/")
+        segments = request.path.rstrip("/")[len("/v3/"):].split("/")
         if segments[0] not in _COLLECTIONS:
             if segments[0] != auth.project_id:
                 version = CINDER.negotiate(request.headers)  # a bad version is the first error
