@@ -1,8 +1,9 @@
-"""The verbs Cinder gives each of its listed resources (snapshots, backups): show, look up,
-list one page oldest first, delete, and wait for a status or for the deletion."""
+"""The verbs Cinder gives each of its listed resources (volumes, snapshots, backups): show,
+look up, list one page oldest first, delete, and wait for a status or for the deletion."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -54,7 +55,9 @@ class CinderCollection(Generic[R]):
         return none_if_missing(lambda: self.get(item_id, deadline))
 
     def find_by_name(self, name: str, deadline: Deadline) -> list[R]:
-        page = self.list_page(deadline=deadline, limit=1000, filters={"name": name})
+        """Every item with exactly this name, over all pages (Cinder's filter may be a prefix
+        match)."""
+        page = self.list_page(deadline=deadline, filters={"name": name}, limit=None)
         return [item for item in page.items if item.name == name]
 
     def list_page(
@@ -64,10 +67,34 @@ class CinderCollection(Generic[R]):
         limit: int | None,
         marker: str | None = None,
         filters: Mapping[str, str] | None = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> Page[R]:
+        """One page, oldest first so markers stay stable while items are added; with no
+        ``limit`` every page, 1000 at a time."""
+        params = page_params(limit, marker, filters)
+        if metadata:
+            params["metadata"] = json.dumps(dict(metadata), sort_keys=True)
+        if limit is None:
+            return self._all_pages(params, deadline)
+        return self._fetch_page(params, deadline)
+
+    def _all_pages(self, params: dict[str, str], deadline: Deadline) -> Page[R]:
+        collected: list[R] = []
+        marker: str | None = None
+        while True:
+            query = dict(params, limit="1000")
+            if marker:
+                query["marker"] = marker
+            page = self._fetch_page(query, deadline)
+            collected.extend(page.items)
+            if page.next_marker is None:
+                return Page(items=tuple(collected), next_marker=None)
+            marker = page.next_marker
+
+    def _fetch_page(self, params: dict[str, str], deadline: Deadline) -> Page[R]:
         resp = self._session.request(
             "GET", f"/{self._kind}s/detail", what=f"{self._kind} list", deadline=deadline,
-            params=page_params(limit, marker, filters), microversion=self._microversion,
+            params=params, microversion=self._microversion,
         )
         items = tuple(self._parse(b) for b in resp.body.get(f"{self._kind}s", ()))
         more = has_next(resp.body, f"{self._kind}s_links")
@@ -80,9 +107,19 @@ class CinderCollection(Generic[R]):
             deadline=deadline,
         ))
 
-    def wait_for_status(self, item_id: str, status: str, deadline: Deadline) -> R:
+    def wait_for_status(
+        self,
+        item_id: str,
+        statuses: tuple[str, ...],
+        deadline: Deadline,
+        *,
+        what: str | None = None,
+    ) -> R:
+        """The item once its status is one of ``statuses``; one of the collection's failure
+        states ends the wait with FailedPrecondition, the deadline with Timeout (see
+        cloud/waits.py)."""
         return until_status(lambda: self.get(item_id, deadline), f"{self._kind} {item_id}",
-                            (status,), deadline, failures=self._failures)
+                            statuses, deadline, failures=self._failures, what=what)
 
     def wait_for_delete(self, item_id: str, deadline: Deadline) -> None:
         until_deleted(lambda: self.find(item_id, deadline), f"{self._kind} {item_id}", deadline)

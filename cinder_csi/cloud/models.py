@@ -40,20 +40,37 @@ class CinderAttachment:
     device: str | None
 
 
-@dataclass(frozen=True)
-class Volume:
+@dataclass(frozen=True, kw_only=True)
+class CinderRecord:
+    """What Cinder gives volumes, snapshots and backups alike."""
+
     id: str
     name: str
     size_gib: int
     status: str
+    created_at: datetime | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @staticmethod
+    def fields_from_api(body: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "id": str(body["id"]),
+            "name": str(body.get("name") or ""),
+            "size_gib": int(body.get("size") or 0),
+            "status": str(body.get("status") or "unknown"),
+            "created_at": parse_time(body.get("created_at")),
+            "metadata": _str_dict(body.get("metadata")),
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class Volume(CinderRecord):
     availability_zone: str | None
     volume_type: str | None
     multiattach: bool
-    metadata: dict[str, str] = field(default_factory=dict)
     attachments: tuple[CinderAttachment, ...] = ()
     snapshot_id: str | None = None
     source_volid: str | None = None
-    created_at: datetime | None = None
 
     @property
     def attached_servers(self) -> tuple[str, ...]:
@@ -71,72 +88,42 @@ class Volume:
             if a.get("server_id")
         )
         return cls(
-            id=str(body["id"]),
-            name=str(body.get("name") or ""),
-            size_gib=int(body.get("size") or 0),
-            status=str(body.get("status") or "unknown"),
+            **cls.fields_from_api(body),
             availability_zone=body.get("availability_zone"),
             volume_type=body.get("volume_type"),
             multiattach=bool(body.get("multiattach")),
-            metadata=_str_dict(body.get("metadata")),
             attachments=attachments,
             snapshot_id=body.get("snapshot_id"),
             source_volid=body.get("source_volid"),
-            created_at=parse_time(body.get("created_at")),
         )
 
 
-@dataclass(frozen=True)
-class Snapshot:
-    id: str
-    name: str
+@dataclass(frozen=True, kw_only=True)
+class Snapshot(CinderRecord):
     volume_id: str
-    size_gib: int
-    status: str
-    created_at: datetime | None
-    metadata: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_api(cls, body: dict[str, Any]) -> Snapshot:
-        return cls(
-            id=str(body["id"]),
-            name=str(body.get("name") or ""),
-            volume_id=str(body.get("volume_id") or ""),
-            size_gib=int(body.get("size") or 0),
-            status=str(body.get("status") or "unknown"),
-            created_at=parse_time(body.get("created_at")),
-            metadata=_str_dict(body.get("metadata")),
-        )
+        return cls(**cls.fields_from_api(body), volume_id=str(body.get("volume_id") or ""))
 
 
-@dataclass(frozen=True)
-class Backup:
+@dataclass(frozen=True, kw_only=True)
+class Backup(CinderRecord):
     """A Cinder backup; the CSI snapshot of a VolumeSnapshotClass with ``type: backup``."""
 
-    id: str
-    name: str
     volume_id: str
     snapshot_id: str | None
-    size_gib: int
-    status: str
-    created_at: datetime | None
     availability_zone: str | None = None
     fail_reason: str | None = None
-    metadata: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_api(cls, body: dict[str, Any]) -> Backup:
         return cls(
-            id=str(body["id"]),
-            name=str(body.get("name") or ""),
+            **cls.fields_from_api(body),
             volume_id=str(body.get("volume_id") or ""),
             snapshot_id=body.get("snapshot_id") or None,
-            size_gib=int(body.get("size") or 0),
-            status=str(body.get("status") or "unknown"),
-            created_at=parse_time(body.get("created_at")),
             availability_zone=body.get("availability_zone"),
             fail_reason=body.get("fail_reason"),
-            metadata=_str_dict(body.get("metadata")),
         )
 
 

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-from cinder_csi.cloud.listing import has_next, page_params
-from cinder_csi.cloud.models import VOLUME_ERROR_STATES, Page, Volume, VolumeType
+from cinder_csi.cloud.collection import CinderCollection
+from cinder_csi.cloud.models import VOLUME_ERROR_STATES, Volume, VolumeType
 from cinder_csi.cloud.session import ServiceSession, none_if_missing
-from cinder_csi.cloud.waits import until_deleted, until_status
 from cinder_csi.deadline import Deadline
 
 # In-use extend needs 3.42; name/metadata filters need 3.34; a volume from a backup 3.47.
@@ -19,9 +17,10 @@ RESTORE_BACKUP_MICROVERSION = "3.47"
 ATTACHMENTS_MICROVERSION = "3.27"
 
 
-class VolumeApi:
+class VolumeApi(CinderCollection[Volume]):
     def __init__(self, session: ServiceSession) -> None:
-        self._session = session
+        super().__init__(session, kind="volume", parse=Volume.from_api,
+                         failures=VOLUME_ERROR_STATES)
 
     def create(
         self,
@@ -59,65 +58,6 @@ class VolumeApi:
     def can_restore_backups(self) -> bool:
         """Whether this Cinder creates a volume from a backup (API 3.47 or later)."""
         return self._session.supports(RESTORE_BACKUP_MICROVERSION)
-
-    def get(self, volume_id: str, deadline: Deadline) -> Volume:
-        resp = self._session.request(
-            "GET", f"/volumes/{volume_id}", what=f"volume {volume_id}", deadline=deadline
-        )
-        return Volume.from_api(resp.body["volume"])
-
-    def find(self, volume_id: str, deadline: Deadline) -> Volume | None:
-        return none_if_missing(lambda: self.get(volume_id, deadline))
-
-    def find_by_name(self, name: str, deadline: Deadline) -> list[Volume]:
-        """Every volume with exactly this name (Cinder's filter may be a prefix match)."""
-        page = self.list_page(deadline=deadline, filters={"name": name}, limit=None)
-        return [v for v in page.items if v.name == name]
-
-    def list_page(
-        self,
-        *,
-        deadline: Deadline,
-        limit: int | None,
-        marker: str | None = None,
-        filters: Mapping[str, str] | None = None,
-        metadata: Mapping[str, str] | None = None,
-    ) -> Page[Volume]:
-        """One page, oldest first so markers stay stable while volumes are added."""
-        params = page_params(limit, marker, filters)
-        if metadata:
-            params["metadata"] = json.dumps(dict(metadata), sort_keys=True)
-        if limit is None:
-            return self._all_pages(params, deadline)
-        resp = self._session.request(
-            "GET", "/volumes/detail", what="volume list", deadline=deadline, params=params
-        )
-        items = tuple(Volume.from_api(v) for v in resp.body.get("volumes", ()))
-        more = has_next(resp.body, "volumes_links")
-        return Page(items=items, next_marker=items[-1].id if items and more else None)
-
-    def _all_pages(self, params: dict[str, str], deadline: Deadline) -> Page[Volume]:
-        collected: list[Volume] = []
-        marker: str | None = None
-        while True:
-            query = dict(params, limit="1000")
-            if marker:
-                query["marker"] = marker
-            resp = self._session.request(
-                "GET", "/volumes/detail", what="volume list", deadline=deadline, params=query
-            )
-            batch = [Volume.from_api(v) for v in resp.body.get("volumes", ())]
-            collected.extend(batch)
-            if not batch or not has_next(resp.body, "volumes_links"):
-                return Page(items=tuple(collected), next_marker=None)
-            marker = batch[-1].id
-
-    def delete(self, volume_id: str, deadline: Deadline) -> None:
-        """Ask Cinder to delete; a volume already gone counts as deleted."""
-        none_if_missing(lambda: self._session.request(
-            "DELETE", f"/volumes/{volume_id}", what=f"delete volume {volume_id}",
-            deadline=deadline,
-        ))
 
     def remove_attachment(self, volume_id: str, attachment_id: str, deadline: Deadline) -> None:
         """Drop Cinder's record of one attachment, whatever Nova knows: for a server Nova no
@@ -172,23 +112,6 @@ class VolumeApi:
             "POST", f"/volumes/{volume_id}/action", what=what, deadline=deadline, json=body,
             microversion=microversion,
         )
-
-    def wait_for_status(
-        self,
-        volume_id: str,
-        statuses: Iterable[str],
-        deadline: Deadline,
-        *,
-        failures: Iterable[str] = VOLUME_ERROR_STATES,
-        what: str | None = None,
-    ) -> Volume:
-        """The volume once its status is one of ``statuses``; one in ``failures`` ends the
-        wait with FailedPrecondition, the deadline with Timeout (see cloud/waits.py)."""
-        return until_status(lambda: self.get(volume_id, deadline), f"volume {volume_id}",
-                            statuses, deadline, failures=failures, what=what)
-
-    def wait_for_delete(self, volume_id: str, deadline: Deadline) -> None:
-        until_deleted(lambda: self.find(volume_id, deadline), f"volume {volume_id}", deadline)
 
     def types(self, deadline: Deadline) -> list[VolumeType]:
         resp = self._session.request("GET", "/types", what="volume types", deadline=deadline)

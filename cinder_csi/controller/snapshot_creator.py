@@ -73,7 +73,7 @@ class SnapshotCreator:
             return snapshot
         try:
             return self.cloud.snapshots.wait_for_status(
-                snapshot.id, "available", ready_window(deadline, READY_WAIT_S)
+                snapshot.id, ("available",), ready_window(deadline, READY_WAIT_S)
             )
         except errors.Timeout:
             return self.cloud.snapshots.get(snapshot.id, deadline)  # ready_to_use=false

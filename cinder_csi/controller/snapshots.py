@@ -181,7 +181,7 @@ class Snapshots:
             wait = BACKUP_BASE_WAIT_S + params.wait_per_gib_s * max(backup.size_gib, 1)
             try:
                 backup = self.cloud.backups.wait_for_status(
-                    backup.id, "available", ready_window(deadline, wait))
+                    backup.id, ("available",), ready_window(deadline, wait))
             except errors.Timeout:
                 backup = self.cloud.backups.get(backup.id, deadline)
             except errors.FailedPrecondition:

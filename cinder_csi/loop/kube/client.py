@@ -211,6 +211,28 @@ def build_clients(options: KubeOptions) -> KubeClients:
     return KubeClients(main=main, leader_election=leader, limiter=limiter, options=options)
 
 
+@dataclass(frozen=True)
+class _Outgoing:
+    """One request as either transport sends it: the query as pairs, the JSON headers."""
+
+    method: str
+    path: str
+    params: tuple[tuple[str, Any], ...]
+    headers: dict[str, str]
+    body: Any
+    timeout: Timeout
+
+    @classmethod
+    def of(cls, method: str, path: str,
+           query: Mapping[str, Any] | Sequence[tuple[str, Any]] | None, body: Any,
+           content_type: str, timeout: Timeout) -> _Outgoing:
+        params = tuple(query.items()) if isinstance(query, Mapping) else tuple(query or ())
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        return cls(method, path, params, headers, body, timeout)
+
+
 class KubeRest:
     """Raw JSON requests through an ApiClient: dicts in, dicts out, ApiException on non-2xx.
 
@@ -243,13 +265,12 @@ class KubeRest:
         content_type: str = "application/json",
         timeout: Timeout = None,
     ) -> JSON:
+        outgoing = _Outgoing.of(method, path, query, body, content_type, timeout)
         if self._pool is not None:
-            resp = self._direct(method, path, query=query, body=body,
-                                content_type=content_type, timeout=timeout)
+            resp = self._direct(outgoing)
             data = resp.data  # read in full: the connection is back in the pool
         else:
-            resp = self._send(method, path, query=query, body=body,
-                              content_type=content_type, timeout=timeout)
+            resp = self._send(outgoing)
             try:
                 data = resp.read()
             finally:
@@ -298,8 +319,7 @@ class KubeRest:
         timeout: Timeout = None,
     ) -> Any:
         """GET with the body left unread (an ``urllib3.HTTPResponse``), for watches."""
-        resp = self._send("GET", path, query=query, body=None,
-                          content_type="application/json", timeout=timeout)
+        resp = self._send(_Outgoing.of("GET", path, query, None, "application/json", timeout))
         if not 200 <= resp.status <= 299:
             data = resp.read()
             resp.response.release_conn()
@@ -308,61 +328,35 @@ class KubeRest:
             )
         return resp.response
 
-    def _direct(
-        self,
-        method: str,
-        path: str,
-        *,
-        query: Mapping[str, Any] | Sequence[tuple[str, Any]] | None,
-        body: Any,
-        content_type: str,
-        timeout: Timeout,
-    ) -> Any:
+    def _direct(self, out: _Outgoing) -> Any:
         assert self._throttled is not None
-        params = list(query.items()) if isinstance(query, Mapping) else list(query or [])
-        headers = dict(self.api_client.default_headers)
-        headers["Accept"] = "application/json"
-        data = None
-        if body is not None:
-            headers["Content-Type"] = content_type
-            data = json.dumps(body).encode()
+        headers = {**self.api_client.default_headers, **out.headers}
+        data = json.dumps(out.body).encode() if out.body is not None else None
+        params = list(out.params)
         # The client's own auth (a bearer token it may refresh, or none with client certs).
-        self.api_client.update_params_for_auth(headers, params, ["BearerToken"], path, method,
-                                               body)
-        url = self._prefix + path + (f"?{urlencode(params)}" if params else "")
-        limit = timeout if timeout is not None else self.timeout
+        self.api_client.update_params_for_auth(headers, params, ["BearerToken"], out.path,
+                                               out.method, out.body)
+        url = self._prefix + out.path + (f"?{urlencode(params)}" if params else "")
+        limit = out.timeout if out.timeout is not None else self.timeout
         pool_timeout = (urllib3.Timeout(connect=limit[0], read=limit[1])
                         if isinstance(limit, tuple) else urllib3.Timeout(total=limit))
         pool = self._pool
-        return self._throttled.send(method, url, lambda: pool.urlopen(
-            method, url, body=data, headers=headers, timeout=pool_timeout,
+        return self._throttled.send(out.method, url, lambda: pool.urlopen(
+            out.method, url, body=data, headers=headers, timeout=pool_timeout,
             preload_content=True, redirect=False))
 
-    def _send(
-        self,
-        method: str,
-        path: str,
-        *,
-        query: Mapping[str, Any] | Sequence[tuple[str, Any]] | None,
-        body: Any,
-        content_type: str,
-        timeout: Timeout,
-    ) -> Any:
-        params = list(query.items()) if isinstance(query, Mapping) else list(query or [])
-        headers = {"Accept": "application/json"}
-        if body is not None:
-            headers["Content-Type"] = content_type
+    def _send(self, out: _Outgoing) -> Any:
         method_, url, header_params, body_, post = self.api_client.param_serialize(
-            method,
-            path,
-            query_params=params or None,
-            header_params=headers,
-            body=body,
+            out.method,
+            out.path,
+            query_params=list(out.params) or None,
+            header_params=dict(out.headers),
+            body=out.body,
             auth_settings=["BearerToken"],
         )
         return self.api_client.call_api(
             method_, url, header_params=header_params, body=body_, post_params=post,
-            _request_timeout=timeout if timeout is not None else self.timeout,
+            _request_timeout=out.timeout if out.timeout is not None else self.timeout,
         )
 
     def get(self, path: str, **kw: Any) -> JSON:

@@ -6,7 +6,7 @@ from typing import Any
 
 from . import listing, timefmt
 from .backups import BackupStore
-from .block_storage_views import links
+from .block_storage_views import links, record_fields
 from .block_store import BlockStore
 from .errors import bad_request, policy_refusal
 from .models import Backup, VolumeRequest
@@ -31,19 +31,9 @@ class BackupsApi:
         r.add("POST", "/backups/{id}/restore", self._restore)
         r.add("POST", "/backups/{id}/action", self._action)
 
-    def _owner(self, request: Request) -> str | None:
-        assert request.auth is not None
-        return None if request.auth.is_admin else request.project_id
-
-    def _scope(self, request: Request) -> str | None:
-        assert request.auth is not None
-        if request.auth.is_admin and request.arg("all_tenants") in ("1", "true", "True"):
-            return request.arg("project_id")
-        return request.project_id
-
     def _list(self, request: Request, *, detail: bool) -> Response:
         listing.check_filters(request, FILTERS)
-        found = [b for b in self.backups.backups(self._scope(request)) if _matches(b, request)]
+        found = [b for b in self.backups.backups(request.scope()) if _matches(b, request)]
         chosen, extra = listing.page(
             request, found,
             field=lambda b, k: (b.created_at, b.seq) if k == "created_at" else getattr(b, k),
@@ -81,11 +71,11 @@ class BackupsApi:
         return Response(202, {"backup": created})
 
     def _show(self, request: Request) -> Response:
-        backup = self.backups.get(request.params["id"], self._owner(request))
+        backup = self.backups.get(request.params["id"], request.owner())
         return Response(200, {"backup": view(request, backup)})
 
     def _delete(self, request: Request) -> Response:
-        self.backups.delete(request.params["id"], self._owner(request))
+        self.backups.delete(request.params["id"], request.owner())
         return Response(202)
 
     def _restore(self, request: Request) -> Response:
@@ -94,7 +84,7 @@ class BackupsApi:
         if spec.get("volume_id"):
             raise bad_request("Invalid input received: the stand-in restores a backup only "
                               "into a new volume; create one with backup_id instead.")
-        backup = self.backups.get(request.params["id"], self._owner(request))
+        backup = self.backups.get(request.params["id"], request.owner())
         assert request.auth is not None and request.project_id is not None
         name = spec.get("name") or f"restore_backup_{backup.id}"
         volume = self.store.create_volume(
@@ -132,16 +122,12 @@ def summary(request: Request, backup: Backup) -> dict[str, Any]:
 
 def view(request: Request, backup: Backup) -> dict[str, Any]:
     detail: dict[str, Any] = {
-        **summary(request, backup),
-        "description": backup.description,
-        "status": backup.status,
-        "size": backup.size,
+        **record_fields(backup),
+        "links": links(request, "backups", backup.id),
         "volume_id": backup.volume_id,
         "snapshot_id": backup.snapshot_id,
         "availability_zone": backup.availability_zone,
         "container": backup.container,
-        "created_at": timefmt.cinder(backup.created_at),
-        "updated_at": timefmt.cinder(backup.updated_at) if backup.updated_at else None,
         "data_timestamp": timefmt.cinder(backup.created_at),
         "fail_reason": backup.fail_reason,
         "object_count": 0 if backup.status != "available" else max(1, backup.size),

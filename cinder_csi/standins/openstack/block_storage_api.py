@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol, TypeVar
 
 from . import block_storage_views as views
 from . import layout, listing, schema
@@ -14,7 +15,7 @@ from .messages import Message
 from .microversion import CINDER
 from .models import Snapshot, Volume, VolumeRequest
 from .quotas import DEFAULTS
-from .wire import Request, Response, Router
+from .wire import Request, Response, Router, version_root
 
 # First path segments that are collections, so a URL without a project id is recognisable.
 _COLLECTIONS = frozenset({"volumes", "snapshots", "types", "os-quota-sets", "limits",
@@ -43,17 +44,12 @@ class BlockStorageApi:
 
     def handle(self, request: Request) -> Response:
         """`request.path` is relative to /volume."""
-        root = f"{request.base_url}{layout.VOLUME_V3}/"
-        path = request.path.rstrip("/")
-        if path == "":
-            return Response(300, {"versions": [CINDER.document(root)]})
-        if path != "/v3" and not path.startswith("/v3/"):
-            raise not_found("The resource could not be found.")
-        if path == "/v3":
-            # Cinder answers the versioned root with a list, like the unversioned one.
-            return Response(200, {"versions": [CINDER.document(root)]})
+        # Cinder answers the versioned root with a list, like the unversioned one.
+        answer = version_root(request, CINDER, layout.VOLUME_V3, "/v3", listed=True)
+        if answer is not None:
+            return answer
         auth = self.identity.validate(request.headers.get("x-auth-token"))
-        segments = path[len("/v3/"):].split("/")
+        segments = request.path.rstrip("/")[len("/v3/"):].split("/")
         if segments[0] not in _COLLECTIONS:
             if segments[0] != auth.project_id:
                 version = CINDER.negotiate(request.headers)  # a bad version is the first error
@@ -70,28 +66,23 @@ class BlockStorageApi:
         r.add("GET", "/volumes", lambda q: self._list_volumes(q, detail=False))
         r.add("GET", "/volumes/detail", lambda q: self._list_volumes(q, detail=True))
         r.add("POST", "/volumes", self._create_volume)
-        r.add("GET", "/volumes/{id}", self._show_volume)
-        r.add("PUT", "/volumes/{id}", self._update_volume)
+        _show_and_update_routes(r, "volume", self.store.get_volume, self.store.update_volume,
+                                self._volume_view, aliases={"display_name": "name"})
         r.add("DELETE", "/volumes/{id}", self._delete_volume)
         r.add("POST", "/volumes/{id}/action", self._volume_action)
-        r.add("GET", "/volumes/{id}/metadata", self._show_metadata)
-        r.add("POST", "/volumes/{id}/metadata", lambda q: self._set_metadata(q, replace=False))
-        r.add("PUT", "/volumes/{id}/metadata", lambda q: self._set_metadata(q, replace=True))
+        _metadata_routes(r, "volumes", self.store.get_volume, self.store.set_metadata)
         r.add("GET", "/volumes/{id}/metadata/{key}", self._show_metadata_key)
         r.add("PUT", "/volumes/{id}/metadata/{key}", self._set_metadata_key)
         r.add("DELETE", "/volumes/{id}/metadata/{key}", self._delete_metadata_key)
         r.add("GET", "/snapshots", lambda q: self._list_snapshots(q, detail=False))
         r.add("GET", "/snapshots/detail", lambda q: self._list_snapshots(q, detail=True))
         r.add("POST", "/snapshots", self._create_snapshot)
-        r.add("GET", "/snapshots/{id}", self._show_snapshot)
-        r.add("PUT", "/snapshots/{id}", self._update_snapshot)
+        _show_and_update_routes(r, "snapshot", self.store.get_snapshot,
+                                self.store.update_snapshot, views.snapshot)
         r.add("DELETE", "/snapshots/{id}", self._delete_snapshot)
         r.add("POST", "/snapshots/{id}/action", self._snapshot_action)
-        r.add("GET", "/snapshots/{id}/metadata", self._show_snapshot_metadata)
-        r.add("POST", "/snapshots/{id}/metadata",
-              lambda q: self._set_snapshot_metadata(q, replace=False))
-        r.add("PUT", "/snapshots/{id}/metadata",
-              lambda q: self._set_snapshot_metadata(q, replace=True))
+        _metadata_routes(r, "snapshots", self.store.get_snapshot,
+                         self.store.set_snapshot_metadata)
         r.add("GET", "/attachments", lambda q: self._list_attachments(q, detail=False))
         r.add("GET", "/attachments/detail", lambda q: self._list_attachments(q, detail=True))
         r.add("GET", "/attachments/{id}", self._show_attachment)
@@ -115,17 +106,10 @@ class BlockStorageApi:
 
     # --- volumes --------------------------------------------------------------------------
 
-    def _scope(self, request: Request) -> str | None:
-        """Project whose resources a request may see (None: all, for admins who ask)."""
-        assert request.auth is not None
-        if request.auth.is_admin and request.arg("all_tenants") in ("1", "true", "True"):
-            return request.arg("project_id")
-        return request.project_id
-
     def _list_volumes(self, request: Request, *, detail: bool) -> Response:
         listing.check_filters(request, _VOLUME_FILTERS)
         name = request.arg("name") or None  # exact: looked up, not scanned ("name~" is not)
-        volumes = self.store.volumes(self._scope(request), name=name,
+        volumes = self.store.volumes(request.scope(), name=name,
                                      match=lambda v: self._volume_matches(v, request))
         chosen, extra = listing.page(request, volumes, field=self._volume_field,
                                      item_id=lambda v: v.id, sort_keys=_VOLUME_SORT,
@@ -191,23 +175,10 @@ class BlockStorageApi:
         return Response(202, {"volume": views.created_volume(
             request, volume, self.store.type_name(volume.type_id))})
 
-    def _show_volume(self, request: Request) -> Response:
-        volume = self.store.get_volume(request.params["id"], self._owner(request))
-        return Response(200, {"volume": self._volume_view(request, volume)})
-
-    def _update_volume(self, request: Request) -> Response:
-        body = request.json_object("volume")
-        changes: dict[str, Any] = {k: body[k] for k in ("name", "description", "metadata")
-                                   if k in body}
-        if "display_name" in body:
-            changes["name"] = body["display_name"]
-        volume = self.store.update_volume(request.params["id"], self._owner(request), changes)
-        return Response(200, {"volume": self._volume_view(request, volume)})
-
     def _delete_volume(self, request: Request) -> Response:
         truthy = ("true", "True", "1")
         self.store.delete_volume(
-            request.params["id"], self._owner(request),
+            request.params["id"], request.owner(),
             cascade=request.arg("cascade") in truthy,
             force=request.arg("force") in truthy and request.at_least(3, 23),
         )
@@ -215,7 +186,7 @@ class BlockStorageApi:
 
     def _volume_action(self, request: Request) -> Response:
         body = request.json_object()
-        volume_id, owner = request.params["id"], self._owner(request)
+        volume_id, owner = request.params["id"], request.owner()
         if "os-extend" in body:
             spec = request.json_object("os-extend")
             try:
@@ -257,18 +228,8 @@ class BlockStorageApi:
             raise _no_such_action(body)
         return Response(202)
 
-    def _show_metadata(self, request: Request) -> Response:
-        volume = self.store.get_volume(request.params["id"], self._owner(request))
-        return Response(200, {"metadata": volume.metadata})
-
-    def _set_metadata(self, request: Request, *, replace: bool) -> Response:
-        metadata = _metadata_body(request, "metadata")
-        merged = self.store.set_metadata(request.params["id"], self._owner(request), metadata,
-                                         replace=replace)
-        return Response(200, {"metadata": merged})
-
     def _show_metadata_key(self, request: Request) -> Response:
-        volume = self.store.get_volume(request.params["id"], self._owner(request))
+        volume = self.store.get_volume(request.params["id"], request.owner())
         key = request.params["key"]
         if key not in volume.metadata:
             raise not_found(f"Volume {volume.id} has no metadata with key {key}.")
@@ -279,11 +240,11 @@ class BlockStorageApi:
         key = request.params["key"]
         if list(meta) != [key]:
             raise bad_request("Request body and URI mismatch")
-        self.store.set_metadata(request.params["id"], self._owner(request), meta, replace=False)
+        self.store.set_metadata(request.params["id"], request.owner(), meta, replace=False)
         return Response(200, {"meta": meta})
 
     def _delete_metadata_key(self, request: Request) -> Response:
-        self.store.delete_metadata_key(request.params["id"], self._owner(request),
+        self.store.delete_metadata_key(request.params["id"], request.owner(),
                                        request.params["key"])
         return Response(200)
 
@@ -291,7 +252,7 @@ class BlockStorageApi:
 
     def _list_snapshots(self, request: Request, *, detail: bool) -> Response:
         listing.check_filters(request, _SNAPSHOT_FILTERS)
-        snaps = [s for s in self.store.snapshots(self._scope(request))
+        snaps = [s for s in self.store.snapshots(request.scope())
                  if _snapshot_matches(s, request)]
         chosen, extra = listing.page(
             request, snaps,
@@ -325,24 +286,13 @@ class BlockStorageApi:
         )
         return Response(202, {"snapshot": views.created_snapshot(request, snap)})
 
-    def _show_snapshot(self, request: Request) -> Response:
-        snap = self.store.get_snapshot(request.params["id"], self._owner(request))
-        return Response(200, {"snapshot": views.snapshot(request, snap)})
-
-    def _update_snapshot(self, request: Request) -> Response:
-        body = request.json_object("snapshot")
-        changes: dict[str, Any] = {k: body[k] for k in ("name", "description", "metadata")
-                                   if k in body}
-        snap = self.store.update_snapshot(request.params["id"], self._owner(request), changes)
-        return Response(200, {"snapshot": views.snapshot(request, snap)})
-
     def _delete_snapshot(self, request: Request) -> Response:
-        self.store.delete_snapshot(request.params["id"], self._owner(request))
+        self.store.delete_snapshot(request.params["id"], request.owner())
         return Response(202)
 
     def _snapshot_action(self, request: Request) -> Response:
         body = request.json_object()
-        snapshot_id, owner = request.params["id"], self._owner(request)
+        snapshot_id, owner = request.params["id"], request.owner()
         if "os-reset_status" in body:
             self._admin_only(request, "volume_extension:snapshot_admin_actions:reset_status")
             status = request.json_object("os-reset_status").get("status")
@@ -355,16 +305,6 @@ class BlockStorageApi:
             raise _no_such_action(body)
         return Response(202)
 
-    def _show_snapshot_metadata(self, request: Request) -> Response:
-        snap = self.store.get_snapshot(request.params["id"], self._owner(request))
-        return Response(200, {"metadata": snap.metadata})
-
-    def _set_snapshot_metadata(self, request: Request, *, replace: bool) -> Response:
-        metadata = _metadata_body(request, "metadata")
-        merged = self.store.set_snapshot_metadata(request.params["id"], self._owner(request),
-                                                  metadata, replace=replace)
-        return Response(200, {"metadata": merged})
-
     # --- attachments (API 3.27) -----------------------------------------------------------
 
     def _attachments_api(self, request: Request) -> None:
@@ -373,7 +313,7 @@ class BlockStorageApi:
 
     def _list_attachments(self, request: Request, *, detail: bool) -> Response:
         self._attachments_api(request)
-        owner = self._scope(request)
+        owner = request.scope()
         volume_id = request.arg("volume_id")
         found = [(v, a) for v in self.store.volumes(owner) for a in v.attachments
                  if volume_id is None or v.id == volume_id]
@@ -382,12 +322,12 @@ class BlockStorageApi:
 
     def _show_attachment(self, request: Request) -> Response:
         self._attachments_api(request)
-        attachment = self.store.find_attachment(request.params["id"], self._owner(request))
+        attachment = self.store.find_attachment(request.params["id"], request.owner())
         return Response(200, {"attachment": views.attachment(attachment, detail=True)})
 
     def _delete_attachment(self, request: Request) -> Response:
         self._attachments_api(request)
-        self.store.delete_attachment(request.params["id"], self._owner(request))
+        self.store.delete_attachment(request.params["id"], request.owner())
         return Response(200, {"attachments": []})
 
     # --- types, quotas, limits, zones -----------------------------------------------------
@@ -499,7 +439,7 @@ class BlockStorageApi:
     def _list_messages(self, request: Request) -> Response:
         self._messages_supported(request)
         with self.store.lock:
-            found = self.store.messages.of_project(self._owner(request))
+            found = self.store.messages.of_project(request.owner())
         if request.at_least(*MESSAGE_FILTERS_MICROVERSION):
             # Before 3.5 Cinder ignores every filter and lists the project's messages.
             listing.check_filters(request, _MESSAGE_FILTERS)
@@ -522,16 +462,12 @@ class BlockStorageApi:
         with self.store.lock:
             book = self.store.messages
             lookup = book.pop if remove else book.get
-            found = lookup(request.params["id"], self._owner(request))
+            found = lookup(request.params["id"], request.owner())
         if found is None:
             raise not_found(f"Message {request.params['id']} could not be found.")
         return found
 
     # --- helpers --------------------------------------------------------------------------
-
-    def _owner(self, request: Request) -> str | None:
-        assert request.auth is not None
-        return None if request.auth.is_admin else request.project_id
 
     def _volume_view(self, request: Request, volume: Volume) -> dict[str, Any]:
         return views.volume_detail(request, volume, self.store.type_name(volume.type_id))
@@ -545,6 +481,62 @@ class BlockStorageApi:
 def _no_such_action(body: dict[str, Any]) -> ApiError:
     return bad_request(f"There is no such action: {', '.join(body) or 'none'}. Verify the "
                        "request body and Content-Type header and try again.")
+
+
+
+R = TypeVar("R", Volume, Snapshot)
+
+
+def _show_and_update_routes(
+    r: Router, kind: str,
+    get: Callable[[str, str | None], R],
+    update: Callable[[str, str | None, Mapping[str, Any]], R],
+    view: Callable[[Request, R], dict[str, Any]],
+    *, aliases: Mapping[str, str] | None = None,
+) -> None:
+    """GET and PUT (name, description, metadata; ``aliases`` are older names of those) of one
+    volume or snapshot."""
+    path = f"/{kind}s/{{id}}"
+
+    def show(request: Request) -> Response:
+        record = get(request.params["id"], request.owner())
+        return Response(200, {kind: view(request, record)})
+
+    def change(request: Request) -> Response:
+        body = request.json_object(kind)
+        changes: dict[str, Any] = {k: body[k] for k in ("name", "description", "metadata")
+                                   if k in body}
+        changes.update({field: body[alias] for alias, field in (aliases or {}).items()
+                        if alias in body})
+        record = update(request.params["id"], request.owner(), changes)
+        return Response(200, {kind: view(request, record)})
+
+    r.add("GET", path, show)
+    r.add("PUT", path, change)
+
+
+class _SetMetadata(Protocol):
+    def __call__(self, item_id: str, project_id: str | None, metadata: Mapping[str, str], /,
+                 *, replace: bool) -> dict[str, str]: ...
+
+
+def _metadata_routes(r: Router, collection: str,
+                     get: Callable[[str, str | None], Volume | Snapshot],
+                     store: _SetMetadata) -> None:
+    """GET, POST (merge into) and PUT (replace) the metadata of a volume or a snapshot."""
+    path = f"/{collection}/{{id}}/metadata"
+
+    def show(request: Request) -> Response:
+        return Response(200, {"metadata": get(request.params["id"], request.owner()).metadata})
+
+    def change(request: Request, *, replace: bool) -> Response:
+        metadata = _metadata_body(request, "metadata")
+        merged = store(request.params["id"], request.owner(), metadata, replace=replace)
+        return Response(200, {"metadata": merged})
+
+    r.add("GET", path, show)
+    r.add("POST", path, lambda q: change(q, replace=False))
+    r.add("PUT", path, lambda q: change(q, replace=True))
 
 
 def _metadata_body(request: Request, key: str) -> dict[str, str]:

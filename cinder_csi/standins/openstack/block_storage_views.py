@@ -6,7 +6,7 @@ from typing import Any
 
 from . import timefmt
 from .backend import Backend
-from .models import Attachment, Snapshot, Volume, VolumeType
+from .models import Attachment, Record, Snapshot, Volume, VolumeType
 from .wire import Request
 
 BACKEND_HOST = Backend().host
@@ -19,6 +19,19 @@ def links(request: Request, kind: str, item_id: str) -> list[dict[str, str]]:
     return [{"rel": "self", "href": href}, {"rel": "bookmark", "href": href}]
 
 
+def record_fields(record: Record) -> dict[str, Any]:
+    """The fields Cinder shows alike for volumes, snapshots and backups."""
+    return {
+        "id": record.id,
+        "name": record.name,
+        "description": record.description,
+        "status": record.status,
+        "size": record.size,
+        "created_at": timefmt.cinder(record.created_at),
+        "updated_at": timefmt.cinder(record.updated_at) if record.updated_at else None,
+    }
+
+
 def volume_summary(request: Request, volume: Volume) -> dict[str, Any]:
     return {"id": volume.id, "name": volume.name,
             "links": links(request, "volumes", volume.id)}
@@ -27,14 +40,8 @@ def volume_summary(request: Request, volume: Volume) -> dict[str, Any]:
 def volume_detail(request: Request, volume: Volume, type_name: str) -> dict[str, Any]:
     assert request.auth is not None
     view: dict[str, Any] = {
-        "id": volume.id,
-        "name": volume.name,
-        "description": volume.description,
-        "status": volume.status,
-        "size": volume.size,
+        **record_fields(volume),
         "availability_zone": volume.availability_zone,
-        "created_at": timefmt.cinder(volume.created_at),
-        "updated_at": timefmt.cinder(volume.updated_at) if volume.updated_at else None,
         "attachments": [
             {"id": volume.id, "attachment_id": a.id, "volume_id": volume.id,
              "server_id": a.server_id, "host_name": a.host_name, "device": a.device,
@@ -88,14 +95,8 @@ def created_snapshot(request: Request, snap: Snapshot) -> dict[str, Any]:
 
 def snapshot(request: Request, snap: Snapshot) -> dict[str, Any]:
     view: dict[str, Any] = {
-        "id": snap.id,
-        "name": snap.name,
-        "description": snap.description,
-        "status": snap.status,
-        "size": snap.size,
+        **record_fields(snap),
         "volume_id": snap.volume_id,
-        "created_at": timefmt.cinder(snap.created_at),
-        "updated_at": timefmt.cinder(snap.updated_at) if snap.updated_at else None,
         "metadata": snap.metadata,
         "os-extended-snapshot-attributes:progress":
             "100%" if snap.status == "available" else "0%",

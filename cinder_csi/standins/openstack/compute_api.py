@@ -13,7 +13,7 @@ from .identity import Identity
 from .microversion import NOVA
 from .models import Attachment
 from .servers import Server, Servers
-from .wire import Request, Response, Router
+from .wire import Request, Response, Router, version_root
 
 # The server list filters Nova knows (others are refused from 2.102 on).
 _SERVER_QUERY = frozenset({
@@ -38,16 +38,11 @@ class ComputeApi:
 
     def handle(self, request: Request) -> Response:
         """`request.path` is relative to /compute."""
-        root = f"{request.base_url}{layout.COMPUTE_V21}/"
-        path = request.path.rstrip("/")
-        if path == "":
-            return Response(300, {"versions": [NOVA.document(root)]})
-        if path == "/v2.1":
-            return Response(200, {"version": NOVA.document(root)})
-        if not path.startswith("/v2.1/"):
-            raise not_found("The resource could not be found.")
+        answer = version_root(request, NOVA, layout.COMPUTE_V21, "/v2.1", listed=False)
+        if answer is not None:
+            return answer
         auth = self.identity.validate(request.headers.get("x-auth-token"))
-        segments = path[len("/v2.1/"):].split("/")
+        segments = request.path.rstrip("/")[len("/v2.1/"):].split("/")
         if segments[0] == auth.project_id:  # legacy URLs carry the project id
             segments = segments[1:]
         return self.router.serve(request, auth, NOVA, segments,

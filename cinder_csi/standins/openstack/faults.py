@@ -250,19 +250,19 @@ class Faults:
         return None
 
     def transition_delay(self, operation: str) -> float | None:
-        with self._lock:
-            for rule in self._rules:
-                if rule.kind == "slow" and rule.target == operation:
-                    return rule.seconds
-        return None
+        rule = self._rule_for("slow", operation)
+        return rule.seconds if rule is not None else None
 
     def concurrency(self, operation: str) -> int | None:
         """How many transitions of `operation` may run at once (None: unbounded)."""
+        rule = self._rule_for("limit", operation)
+        return rule.concurrency if rule is not None else None
+
+    def _rule_for(self, kind: str, operation: str) -> Rule | None:
+        """The first rule of this kind set on `operation` (it is not consumed)."""
         with self._lock:
-            for rule in self._rules:
-                if rule.kind == "limit" and rule.target == operation:
-                    return rule.concurrency
-        return None
+            return next((r for r in self._rules if r.kind == kind and r.target == operation),
+                        None)
 
     # --- internals ----------------------------------------------------------------------
 

@@ -31,21 +31,27 @@ class Attachment:
     loop_device: str | None = None
 
 
-@dataclass
-class Volume:
+@dataclass(kw_only=True)
+class Record:
+    """What Cinder keeps of every volume, snapshot and backup."""
+
     id: str
     name: str | None
     description: str | None
     size: int
     status: str
-    availability_zone: str
-    type_id: str
     project_id: str
     user_id: str
     metadata: dict[str, str]
     created_at: float
     updated_at: float | None
-    seq: int
+    seq: int  # order of creation: sorts break created_at ties with it
+
+
+@dataclass(kw_only=True)
+class Volume(Record):
+    availability_zone: str
+    type_id: str
     multiattach: bool
     snapshot_id: str | None = None
     source_volid: str | None = None
@@ -55,20 +61,9 @@ class Volume:
     pending_gigabytes: int = 0  # quota reserved by an extend in progress
 
 
-@dataclass
-class Snapshot:
-    id: str
-    name: str | None
-    description: str | None
+@dataclass(kw_only=True)
+class Snapshot(Record):
     volume_id: str
-    size: int
-    status: str
-    project_id: str
-    user_id: str
-    metadata: dict[str, str]
-    created_at: float
-    updated_at: float | None
-    seq: int
     type_id: str
 
 
@@ -95,22 +90,13 @@ def copy_volume(volume: Volume) -> Volume:
                                attachments=list(volume.attachments))
 
 
-@dataclass
-class Backup:
-    id: str
-    name: str | None
-    description: str | None
+@dataclass(kw_only=True)
+class Backup(Record):
+    """Its status: creating -> available (-> restoring -> available) -> deleting; error."""
+
     volume_id: str
     snapshot_id: str | None
-    size: int
-    status: str  # creating -> available (-> restoring -> available) -> deleting; error
-    project_id: str
-    user_id: str
-    metadata: dict[str, str]
     availability_zone: str | None
-    created_at: float
-    updated_at: float | None
-    seq: int
     container: str | None = None
     fail_reason: str | None = None
 

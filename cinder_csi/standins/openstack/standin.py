@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -215,30 +215,22 @@ class OpenStackStandIn:
     # --- inspection -----------------------------------------------------------------------
 
     def volumes(self) -> list[dict[str, Any]]:
-        out = []
-        for volume in self._store.volumes():
-            item = dataclasses.asdict(volume)
-            item["volume_type"] = self._store.type_name(volume.type_id)
-            item["backing_file"] = str(self._store.volume_file(volume.id))
-            out.append(item)
-        return out
+        return _as_dicts(self._store.volumes(),
+                         volume_type=lambda v: self._store.type_name(v.type_id),
+                         backing_file=lambda v: str(self._store.volume_file(v.id)))
 
     def snapshots(self) -> list[dict[str, Any]]:
-        return [dataclasses.asdict(s) for s in self._store.snapshots()]
+        return _as_dicts(self._store.snapshots())
 
     def backups(self) -> list[dict[str, Any]]:
-        out = []
-        for backup in self._backups.backups():
-            item = dataclasses.asdict(backup)
-            item["backing_file"] = str(self._backups.backup_file(backup.id))
-            out.append(item)
-        return out
+        return _as_dicts(self._backups.backups(),
+                         backing_file=lambda b: str(self._backups.backup_file(b.id)))
 
     def attachments(self) -> list[dict[str, Any]]:
-        return [dataclasses.asdict(a) for a in self._store.attachments()]
+        return _as_dicts(self._store.attachments())
 
     def servers(self) -> list[dict[str, Any]]:
-        return [dataclasses.asdict(s) for s in self._servers.all()]
+        return _as_dicts(self._servers.all())
 
     def requests(self) -> list[LoggedRequest]:
         """Every request answered (or dropped) so far, oldest first."""
@@ -267,3 +259,9 @@ class OpenStackStandIn:
                                         "compute"))
         hidden = self.faults.hidden_services()
         return [e for e in entries if e.service not in hidden]
+
+
+def _as_dicts(records: Iterable[Any], **extra: Callable[[Any], object]) -> list[dict[str, Any]]:
+    """Each record's fields as a dict, with the ``extra`` keys computed from it."""
+    return [{**dataclasses.asdict(record), **{key: get(record) for key, get in extra.items()}}
+            for record in records]

@@ -58,6 +58,18 @@ class Request:
     def at_least(self, major: int, minor: int) -> bool:
         return self.microversion >= (major, minor)
 
+    def owner(self) -> str | None:
+        """The project whose resources this request may touch (None: any, for an admin)."""
+        assert self.auth is not None
+        return None if self.auth.is_admin else self.project_id
+
+    def scope(self) -> str | None:
+        """The project whose resources a listing shows (None: all, for admins who ask)."""
+        assert self.auth is not None
+        if self.auth.is_admin and self.arg("all_tenants") in ("1", "true", "True"):
+            return self.arg("project_id")
+        return self.project_id
+
 
 @dataclass
 class Response:
@@ -67,6 +79,22 @@ class Response:
 
 
 Handler = Callable[[Request], Response]
+
+
+def version_root(request: Request, versions: ApiVersions, service_root: str, version_path: str,
+                 *, listed: bool) -> Response | None:
+    """The version documents a service answers at its root ("": 300) and at its versioned root
+    (``version_path``, "/v3": a list when ``listed``, else the one); None for a path below the
+    versioned root, which the API serves; 404 for any other."""
+    path = request.path.rstrip("/")
+    document = versions.document(f"{request.base_url}{service_root}/")
+    if path == "":
+        return Response(300, {"versions": [document]})
+    if path == version_path:
+        return Response(200, {"versions": [document]} if listed else {"version": document})
+    if not path.startswith(version_path + "/"):
+        raise not_found("The resource could not be found.")
+    return None
 
 
 class Router:

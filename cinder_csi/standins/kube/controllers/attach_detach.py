@@ -145,18 +145,7 @@ class AttachDetachController(Controller):
             and (a.get("status") or {}).get("attached") is True
         )
         report = [{"name": name, "devicePath": ""} for name in attached]
-
-        def change(obj: Obj) -> bool:
-            status = obj.setdefault("status", {})
-            if (status.get("volumesAttached") or []) == report:
-                return False
-            if report:
-                status["volumesAttached"] = report
-            else:
-                status.pop("volumesAttached", None)
-            return True
-
-        self.store.mutate("nodes", node, change, subresource="status")
+        self._write_status("nodes", node, {"volumesAttached": report})
 
     def _handle(self, va: Obj) -> str:
         pv = self.store.peek(

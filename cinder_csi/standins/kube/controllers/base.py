@@ -13,10 +13,10 @@ import logging
 import threading
 import time
 from collections.abc import Hashable, Iterable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from cinder_csi.standins.kube.errors import ApiError
-from cinder_csi.standins.kube.store import Change, Store
+from cinder_csi.standins.kube.store import Change, Obj, Store
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,23 @@ class Controller:
         self._sub = store.subscribe()
 
     # ------------------------------------------------------------ for subclasses
+
+    def _write_status(self, resource: str, name: str, fields: dict[str, Any]) -> None:
+        """Set these status fields of one object, a falsy value removing its field; no write
+        when they already are so (absent, empty and falsy count as the same)."""
+
+        def change(obj: Obj) -> bool:
+            status = obj.setdefault("status", {})
+            if all((status.get(k) or None) == (v or None) for k, v in fields.items()):
+                return False
+            for key, value in fields.items():
+                if value:
+                    status[key] = value
+                else:
+                    status.pop(key, None)
+            return True
+
+        self.store.mutate(resource, name, change, subresource="status")
 
     def keys_for(self, change: Change) -> Iterable[Hashable]:
         raise NotImplementedError

@@ -275,18 +275,7 @@ class PVController(Controller):
         self._set_volume_phase(name, "Available")
 
     def _set_volume_phase(self, name: str, phase: str, message: str = "") -> None:
-        def change(obj: Obj) -> bool:
-            status = obj.setdefault("status", {})
-            if status.get("phase") == phase and status.get("message", "") == message:
-                return False
-            status["phase"] = phase
-            if message:
-                status["message"] = message
-            else:
-                status.pop("message", None)
-            return True
-
-        self.store.mutate("persistentvolumes", name, change, subresource="status")
+        self._write_status("persistentvolumes", name, {"phase": phase, "message": message})
 
 
 def _refers_to(ref: dict[str, Any], claim: Obj) -> bool:
