@@ -184,7 +184,7 @@ class Mounter:
         if self._top(target) is None:
             found = self.filesystems.probe(device, deadline)
             if found.blank:
-                self.filesystems.make(device, fstype, deadline)
+                self.filesystems.make(device, fstype, deadline, probed=found)
             elif found.fstype != fstype:
                 raise FailedPrecondition(
                     f"device {device} holds {found.describe()}, but {fstype} was requested; "

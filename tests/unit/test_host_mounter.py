@@ -8,10 +8,9 @@ import pytest
 
 from cinder_csi.deadline import Deadline
 from cinder_csi.errors import FailedPrecondition, InvalidArgument, NotFound
-from cinder_csi.host.filesystems import Filesystems
 from cinder_csi.host.mounter import Mounter
 from cinder_csi.host.mountinfo import MountTable
-from tests.unit.host_fakes import FakeRunner
+from tests.unit.host_fakes import FakeRunner, command_filesystems, write_superblock_magic
 
 
 class FakeKernel:
@@ -52,13 +51,14 @@ class FakeKernel:
             return (0, f"TYPE={self.fstype_on_disk}\n", "") if self.fstype_on_disk else (2, "", "")
         elif argv[0].startswith("mkfs."):
             self.fstype_on_disk = argv[0].split(".")[1]
+            write_superblock_magic(self.vdb, self.fstype_on_disk)
         return None
 
     def mounter(self) -> Mounter:
         return Mounter(
             runner=self.runner,
             table=MountTable(self.mountinfo),
-            filesystems=Filesystems(self.runner, allow_files=True),
+            filesystems=command_filesystems(self.runner),
             sys_root=self.sys,
         )
 
