@@ -258,7 +258,9 @@ class DeviceFinder:
         try:
             rescan.write_text("1")
         except OSError as exc:
-            raise InternalError(f"cannot rescan device {device} via {rescan}: {exc}") from exc
+            raise FailedPrecondition(
+                f"cannot rescan device {device} via {rescan}: {exc}"
+            ) from exc
 
 
 def _volume_named_by(link_name: str) -> str | None:

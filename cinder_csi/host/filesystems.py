@@ -28,6 +28,7 @@ from cinder_csi import FS_TYPES
 from cinder_csi.deadline import Deadline
 from cinder_csi.errors import FailedPrecondition, InternalError, InvalidArgument, NotFound
 from cinder_csi.host.commands import CommandRunner
+from cinder_csi.host.refusals import GROW_REASONS, explaining
 from cinder_csi.host.signatures import SignatureReader, default_reader
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,7 @@ class VolumeStats:
     total_inodes: int
     free_inodes: int
     used_inodes: int
+    block_device: bool = False  # then only total_bytes is known
 
 
 def check_fstype(fstype: str) -> None:
@@ -99,8 +101,8 @@ def _stat(path: Path, name: str) -> os.stat_result:
         return os.stat(path)
     except FileNotFoundError:
         raise NotFound(f"{name} does not exist") from None
-    except OSError as exc:
-        raise InternalError(f"cannot stat {name}: {exc}") from exc
+    except OSError as exc:  # permission, I/O error, a loop of links: the node's to fix
+        raise FailedPrecondition(f"cannot stat {name}: {exc}") from exc
 
 
 def _block_size_of_open(fd: int) -> int:
@@ -239,7 +241,9 @@ class Filesystems:
         # xfs grows only while mounted, via its mount point; resize2fs grows ext3/4 online.
         argv = ["xfs_growfs", str(mount_point)] if fstype == "xfs" else ["resize2fs", str(device)]
         log.info("growing %s filesystem on %s", fstype, device)
-        self.runner.run(argv, deadline=deadline)
+        with explaining(doing=f"grow the {fstype} filesystem on {device}", device=device,
+                        fstype=fstype, reasons=GROW_REASONS):
+            self.runner.run(argv, deadline=deadline)
 
 
     def size(
@@ -285,10 +289,10 @@ def stats(path: Path) -> VolumeStats:
                 size = _block_size_of_open(fd)
             finally:
                 os.close(fd)
-            return VolumeStats(size, 0, 0, 0, 0, 0)
+            return VolumeStats(size, 0, 0, 0, 0, 0, block_device=True)
         vfs = os.statvfs(path)
-    except OSError as exc:
-        raise InternalError(f"cannot read usage of {path}: {exc}") from exc
+    except OSError as exc:  # an I/O error of a failing or detached disk, say
+        raise FailedPrecondition(f"cannot read usage of {path}: {exc}") from exc
     return VolumeStats(
         total_bytes=vfs.f_blocks * vfs.f_frsize,
         available_bytes=vfs.f_bavail * vfs.f_frsize,

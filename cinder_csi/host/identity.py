@@ -17,15 +17,14 @@ vendor designator without the ID) neither prove nor refute.
 from __future__ import annotations
 
 import logging
-import os
 import re
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cinder_csi.deadline import Deadline
 from cinder_csi.errors import CommandNotFound, InternalError, Timeout
 from cinder_csi.host.commands import CommandRunner
+from cinder_csi.host.mountinfo import device_number
 
 log = logging.getLogger(__name__)
 
@@ -147,13 +146,10 @@ class IdentityReader:
         """udev's properties of a block device, read from its database as `udevadm info`
         reads them, without starting a program; None when only udevadm can tell (not a block
         device, an unreadable database)."""
-        try:
-            st = os.stat(device)
-        except OSError:
+        number = device_number(device)
+        if number is None:
             return None
-        if not stat.S_ISBLK(st.st_mode):
-            return None
-        entry = self.udev_db / f"b{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
+        entry = self.udev_db / f"b{number}"
         try:
             text = entry.read_text(errors="replace")
         except FileNotFoundError:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from cinder_csi.deadline import Deadline
 from cinder_csi.errors import (
+    CinderCSIError,
     CommandFailed,
     FailedPrecondition,
     InternalError,
@@ -25,6 +26,7 @@ from cinder_csi.errors import (
 from cinder_csi.host.commands import CommandRunner
 from cinder_csi.host.filesystems import Filesystems, check_fstype
 from cinder_csi.host.mountinfo import MountInfo, MountTable, device_number, normalize
+from cinder_csi.host.refusals import MOUNT_FAILURE, MOUNT_REASONS, explaining
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +80,9 @@ class Mounter:
         argv = ["mount", "-t", fstype]
         if options:
             argv += ["-o", ",".join(options)]
-        self.runner.run([*argv, str(device), str(target)], deadline=deadline)
+        with explaining(doing=f"mount {device} ({fstype}) at {target}", device=device,
+                        fstype=fstype, reasons=MOUNT_REASONS, refusal_codes=(MOUNT_FAILURE,)):
+            self.runner.run([*argv, str(device), str(target)], deadline=deadline)
         log.info("mounted %s at %s (%s, %s)", device, target, fstype, ",".join(options) or "-")
 
     def bind_mount(
@@ -110,7 +114,7 @@ class Mounter:
         if readonly:
             try:
                 self._remount_bind_ro(target, deadline)
-            except (InternalError, Timeout):
+            except CinderCSIError:
                 # Never leave a writable bind where a read-only one was asked for.
                 self._undo_bind(target)
                 raise

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Protocol
 
 from cinder_csi.deadline import Deadline
-from cinder_csi.errors import InternalError, NotFound
+from cinder_csi.errors import FailedPrecondition, InternalError, NotFound
 from cinder_csi.host.commands import CommandRunner
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ class LibblkidSignatures:
             code = ctypes.get_errno()
             if code == errno.ENOENT:
                 raise NotFound(f"device {device} does not exist")
-            raise InternalError(f"libblkid cannot open {device}: {os.strerror(code)}")
+            raise FailedPrecondition(f"cannot open {device} to probe it: {os.strerror(code)}")
         try:
             for setup, argument in ((lib.blkid_probe_enable_superblocks, 1),
                                     (lib.blkid_probe_set_superblocks_flags, SUPERBLOCK_FLAGS),
@@ -132,8 +132,9 @@ class LibblkidSignatures:
                     raise InternalError(f"libblkid refused to set up a probe of {device}")
             answer = lib.blkid_do_safeprobe(probe)
             if answer not in (_FOUND, _NOTHING, _AMBIVALENT):
-                raise InternalError(f"libblkid could not probe {device} (error {answer}); "
-                                    "is the device readable?")
+                raise FailedPrecondition(
+                    f"cannot probe {device} for signatures (libblkid error {answer}); is the "
+                    "device readable?")
             values = self._values(probe)
         finally:
             lib.blkid_free_probe(probe)
