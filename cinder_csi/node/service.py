@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +25,14 @@ from cinder_csi.csi import csi_pb2, csi_pb2_grpc
 from cinder_csi.csi import validation as v
 from cinder_csi.csi.call_context import deadline_from
 from cinder_csi.deadline import DEFAULT_TIMEOUT_S, Deadline
-from cinder_csi.host import DeviceFinder, MetadataSource, Mounter, check_volume_id, stats
+from cinder_csi.host import (
+    DeviceFinder,
+    MetadataSource,
+    Mounter,
+    MountInfo,
+    check_volume_id,
+    stats,
+)
 from cinder_csi.locks import OperationLocks
 
 log = logging.getLogger(__name__)
@@ -217,17 +224,23 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         staged = self.mounter.table.mounts_at(staging)
         if not staged:
             return
-        device = staged[-1].major_minor
-        elsewhere = sorted({
-            m.mount_point for m in self.mounter.table.all()
-            if m.major_minor == device and Path(m.mount_point) != staging
-        })
+        elsewhere = self._other_mounts(staged[-1], besides=(staging,), below_root=False)
         if elsewhere:
             shown = ", ".join(elsewhere[:3]) + (" ..." if len(elsewhere) > 3 else "")
             raise errors.FailedPrecondition(
                 f"volume {volume_id} is still published at {shown}; NodeUnpublishVolume "
                 f"there before unstaging it from {staging}"
             )
+
+    def _other_mounts(self, staged: MountInfo, *, besides: Collection[Path], below_root: bool
+                      ) -> list[str]:
+        """Where else the staged filesystem is mounted (its bind mounts share its device
+        number), sorted; only below the kubelet root when `below_root`."""
+        return sorted({
+            m.mount_point for m in self.mounter.table.all()
+            if m.major_minor == staged.major_minor and Path(m.mount_point) not in besides
+            and (not below_root or m.mount_point.startswith(self._root + "/"))
+        })
 
     # -- publish ------------------------------------------------------------------------------
 
@@ -251,22 +264,20 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                         f"volume {volume_id} is not staged at {staging}; NodeStageVolume first"
                     )
                 if cap.access_mode.mode == v.Mode.SINGLE_NODE_SINGLE_WRITER:
-                    self._refuse_second_publication(volume_id, staged[-1].source, staging, target)
+                    self._refuse_second_publication(volume_id, staged[-1], staging, target)
                 _make_mount_point(target, directory=True)
                 self.mounter.bind_mount(staging, target, readonly=readonly, deadline=deadline)
         return csi_pb2.NodePublishVolumeResponse()
 
     def _refuse_second_publication(
-        self, volume_id: str, device: str, staging: Path, target: Path
+        self, volume_id: str, staged: MountInfo, staging: Path, target: Path
     ) -> None:
         """SINGLE_NODE_SINGLE_WRITER: one workload at a time, so one publish target."""
-        for mount in self.mounter.table.find_by_source(device):
-            where = Path(mount.mount_point)
-            if where in (staging, target) or not mount.mount_point.startswith(self._root + "/"):
-                continue
+        others = self._other_mounts(staged, besides=(staging, target), below_root=True)
+        if others:
             raise errors.FailedPrecondition(
                 f"volume {volume_id} is SINGLE_NODE_SINGLE_WRITER and already published at "
-                f"{where}; unpublish it there first"
+                f"{others[0]}; unpublish it there first"
             )
 
     def NodeUnpublishVolume(

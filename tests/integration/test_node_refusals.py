@@ -71,6 +71,8 @@ def test_stage_of_a_damaged_filesystem_says_so(env: NodeEnv, fstype: str) -> Non
 
 @pytest.mark.tools("mkfs.ext4", "resize2fs", "debugfs")
 def test_expand_refused_by_an_ext4_with_recorded_errors_says_so(env: NodeEnv) -> None:
+    """The kernel refuses to grow online an ext4 with recorded errors with EPERM; so it does
+    for a plugin without CAP_SYS_RESOURCE (this sandbox), and the message names both causes."""
     volume, device = attached_with(env, "pvc-errors", "mkfs.ext4", "-q")
     run("debugfs", "-w", "-R", "ssv state 3", str(device))  # valid, but errors recorded
     staging = env.staging(volume)
