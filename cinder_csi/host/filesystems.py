@@ -188,6 +188,10 @@ class Filesystems:
             size = _block_size_of_open(fd)
             head = min(size, ZERO_CHECK_BYTES)
             tail_start = max(head, size - ZERO_CHECK_BYTES)
+            # Ask for both ends at once: the device reads them side by side instead of one
+            # readahead window after the other.
+            os.posix_fadvise(fd, 0, head, os.POSIX_FADV_WILLNEED)
+            os.posix_fadvise(fd, tail_start, size - tail_start, os.POSIX_FADV_WILLNEED)
             return _is_zero(fd, 0, head) and _is_zero(fd, tail_start, size - tail_start)
         except OSError as exc:
             raise FailedPrecondition(
