@@ -61,21 +61,30 @@ class Mounter:
         options: Sequence[str] = (),
         deadline: Deadline | None = None,
     ) -> None:
-        bad = _FORBIDDEN_OPTIONS.intersection(options)
-        if bad:
-            raise InvalidArgument(f"mount option(s) {', '.join(sorted(bad))} are not allowed")
-        readonly = "ro" in options
+        _check_options(options)
         top = self._top(target)
         if top is not None:
-            if not self._same_device(top, device):
-                raise FailedPrecondition(f"{target} already has {top.source} mounted, not {device}")
-            if top.fstype != fstype:
-                raise FailedPrecondition(
-                    f"{device} is already mounted at {target} as {top.fstype}, not {fstype}"
-                )
-            self._check_flags(top, target, readonly, options)
-            log.debug("%s already mounted at %s", device, target)
+            self._check_already_mounted(top, device, target, fstype, options)
             return
+        self._mount_now(device, target, fstype, options, deadline)
+
+    def _check_already_mounted(
+        self, top: MountInfo, device: Path, target: Path, fstype: str, options: Sequence[str]
+    ) -> None:
+        """A retried call finds its own earlier mount (fine), or anything else (refused)."""
+        if not self._same_device(top, device):
+            raise FailedPrecondition(f"{target} already has {top.source} mounted, not {device}")
+        if top.fstype != fstype:
+            raise FailedPrecondition(
+                f"{device} is already mounted at {target} as {top.fstype}, not {fstype}"
+            )
+        self._check_flags(top, target, "ro" in options, options)
+        log.debug("%s already mounted at %s", device, target)
+
+    def _mount_now(
+        self, device: Path, target: Path, fstype: str, options: Sequence[str],
+        deadline: Deadline | None,
+    ) -> None:
         _check_mount_point(target)
         argv = ["mount", "-t", fstype]
         if options:
@@ -183,18 +192,23 @@ class Mounter:
         mount_options: Sequence[str],
         deadline: Deadline,
     ) -> None:
-        """Mount `device` at `target`, creating a filesystem first only if the device is blank."""
+        """Mount `device` at `target`, creating a filesystem first only if the device is blank.
+        Bad input is refused before anything is written; the mount table is read once."""
         check_fstype(fstype)
-        if self._top(target) is None:
-            found = self.filesystems.probe(device, deadline)
-            if found.blank:
-                self.filesystems.make(device, fstype, deadline, probed=found)
-            elif found.fstype != fstype:
-                raise FailedPrecondition(
-                    f"device {device} holds {found.describe()}, but {fstype} was requested; "
-                    "it will not be reformatted"
-                )
-        self.mount(device, target, fstype, mount_options, deadline)
+        _check_options(mount_options)
+        top = self._top(target)
+        if top is not None:
+            self._check_already_mounted(top, device, target, fstype, mount_options)
+            return
+        found = self.filesystems.probe(device, deadline)
+        if found.blank:
+            self.filesystems.make(device, fstype, deadline, probed=found)
+        elif found.fstype != fstype:
+            raise FailedPrecondition(
+                f"device {device} holds {found.describe()}, but {fstype} was requested; "
+                "it will not be reformatted"
+            )
+        self._mount_now(device, target, fstype, mount_options, deadline)
 
     # ---- helpers -------------------------------------------------------------------------
 
@@ -229,6 +243,12 @@ class Mounter:
             raise FailedPrecondition(
                 f"{target} is already mounted without option(s) {', '.join(missing)}"
             )
+
+
+def _check_options(options: Sequence[str]) -> None:
+    bad = _FORBIDDEN_OPTIONS.intersection(options)
+    if bad:
+        raise InvalidArgument(f"mount option(s) {', '.join(sorted(bad))} are not allowed")
 
 
 def _check_mount_point(target: Path) -> None:

@@ -173,3 +173,18 @@ def test_format_and_mount_when_already_mounted_probes_nothing(
 def test_format_and_mount_unsupported_type(kernel: FakeKernel, target: Path) -> None:
     with pytest.raises(InvalidArgument):
         kernel.mounter().format_and_mount(kernel.vdb, target, "zfs", [], Deadline.after(5))
+
+
+def test_format_and_mount_refuses_a_forbidden_option_before_touching_the_device(
+    kernel: FakeKernel, target: Path
+) -> None:
+    with pytest.raises(InvalidArgument, match="bind"):
+        kernel.mounter().format_and_mount(kernel.vdb, target, "ext4", ["bind"], Deadline.after(5))
+    assert kernel.runner.calls == []  # no probe, no mkfs
+
+
+def test_format_and_mount_of_a_blank_device_runs_only_mkfs_and_mount(
+    kernel: FakeKernel, target: Path
+) -> None:
+    kernel.mounter().format_and_mount(kernel.vdb, target, "ext4", [], Deadline.after(5))
+    assert [c[0] for c in kernel.runner.calls] == ["blkid", "mkfs.ext4", "mount"]
