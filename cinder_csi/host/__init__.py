@@ -6,7 +6,9 @@ Never imports openstack or grpc: errors are the project's own (cinder_csi.errors
     devices.py      a volume's block device: find it, prove it is that volume, size, rescan
     identity.py     what a device says it is (serial, SCSI VPD pages, udev), and whether that
                     proves it is a given volume
-    filesystems.py  blkid probe and blank check, mkfs, grow, usage
+    signatures.py   the low-level signature probe of `blkid -p`, through libblkid in-process
+    filesystems.py  blank check (signatures + zeroed ends), mkfs, grow, usage
+    refusals.py     a mount or grow the OS refuses, as FailedPrecondition saying why
     mounter.py      idempotent mount, bind-mount, remount read-only, unmount
     mountinfo.py    /proc/self/mountinfo, parsed
     metadata.py     this node's server UUID and zone: flags, config drive, metadata service

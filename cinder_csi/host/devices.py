@@ -24,6 +24,7 @@ from cinder_csi.errors import (
 )
 from cinder_csi.host.commands import CommandRunner
 from cinder_csi.host.identity import (
+    UDEV_DB_DIR,
     VIRTIO_SERIAL_LEN,
     VOLUME_REF,
     IdentityReader,
@@ -65,12 +66,13 @@ class DeviceFinder:
         sys_root: Path = Path("/sys"),
         dev_root: Path = Path("/dev"),
         runner: CommandRunner | None = None,
+        udev_db: Path = UDEV_DB_DIR,
     ) -> None:
         self.by_id_dir = by_id_dir
         self.sys_root = sys_root
         self.dev_root = dev_root
         self.runner = runner or CommandRunner()
-        self.identity = IdentityReader(sys_root, self.runner)
+        self.identity = IdentityReader(sys_root, self.runner, udev_db)
 
     # ---- finding -------------------------------------------------------------------------
 
@@ -256,7 +258,9 @@ class DeviceFinder:
         try:
             rescan.write_text("1")
         except OSError as exc:
-            raise InternalError(f"cannot rescan device {device} via {rescan}: {exc}") from exc
+            raise FailedPrecondition(
+                f"cannot rescan device {device} via {rescan}: {exc}"
+            ) from exc
 
 
 def _volume_named_by(link_name: str) -> str | None:

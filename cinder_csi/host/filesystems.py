@@ -2,8 +2,9 @@
 
 The rule this module exists to keep: never format a device that holds data. A device is blank
 only when ALL of these hold:
-  * `blkid -p` (low-level probe, no cache) finds no signature at all: no TYPE, no PTTYPE, no
-    PART_ENTRY_*, nothing but the device name, and its answer is not "ambivalent";
+  * the low-level probe of `blkid -p` (libblkid, no cache; host/signatures.py) finds no
+    signature at all: no TYPE, no PTTYPE, no PART_ENTRY_*, nothing but the device name, and its
+    answer is not "ambivalent";
   * the first and the last MiB of the device read as zeros. blkid only knows the formats it
     knows: a volume holding something else (an unknown filesystem, a database's raw file,
     encrypted data without header, a GPT whose primary header was wiped) would otherwise look
@@ -27,14 +28,19 @@ from cinder_csi import FS_TYPES
 from cinder_csi.deadline import Deadline
 from cinder_csi.errors import FailedPrecondition, InternalError, InvalidArgument, NotFound
 from cinder_csi.host.commands import CommandRunner
+from cinder_csi.host.refusals import GROW_REASONS, explaining
+from cinder_csi.host.signatures import SignatureReader, default_reader
 
 log = logging.getLogger(__name__)
 
-# Exit codes of blkid(8): 2 = nothing identified, 8 = ambivalent (several signatures).
-_BLKID_NOTHING = 2
-_BLKID_AMBIVALENT = 8
 # How much of each end of the device must be zero for it to count as blank.
 ZERO_CHECK_BYTES = 1024 * 1024
+# Read in pieces, so that a device holding data is told apart after its first piece.
+_ZERO_CHUNK = 128 * 1024
+# The superblock magic mkfs writes: "XFSB" at byte 0 (xfs); 0xEF53, little-endian, at byte
+# 1080 (ext2/3/4: 1024 + s_magic's offset 56).
+_XFS_MAGIC = (0, b"XFSB")
+_EXT_MAGIC = (1080, b"\x53\xef")
 # A filesystem this much smaller than its device is grown; less is rounding to blocks (and
 # Cinder sizes differ by whole GiB).
 GROW_THRESHOLD_BYTES = 1024 * 1024
@@ -79,6 +85,7 @@ class VolumeStats:
     total_inodes: int
     free_inodes: int
     used_inodes: int
+    block_device: bool = False  # then only total_bytes is known
 
 
 def check_fstype(fstype: str) -> None:
@@ -94,8 +101,8 @@ def _stat(path: Path, name: str) -> os.stat_result:
         return os.stat(path)
     except FileNotFoundError:
         raise NotFound(f"{name} does not exist") from None
-    except OSError as exc:
-        raise InternalError(f"cannot stat {name}: {exc}") from exc
+    except OSError as exc:  # permission, I/O error, a loop of links: the node's to fix
+        raise FailedPrecondition(f"cannot stat {name}: {exc}") from exc
 
 
 def _block_size_of_open(fd: int) -> int:
@@ -103,23 +110,31 @@ def _block_size_of_open(fd: int) -> int:
 
 
 def _is_zero(fd: int, offset: int, length: int) -> bool:
-    os.lseek(fd, offset, os.SEEK_SET)
-    remaining = length
-    while remaining > 0:
-        chunk = os.read(fd, min(remaining, 65536))
+    end = offset + length
+    while offset < end:
+        chunk = os.pread(fd, min(end - offset, _ZERO_CHUNK), offset)
         if not chunk:
             break
-        if chunk.count(0) != len(chunk):
+        if chunk != bytes(len(chunk)):
             return False
-        remaining -= len(chunk)
+        offset += len(chunk)
     return True
 
 
+def _superblock_magic(fstype: str) -> tuple[int, bytes]:
+    """Where mkfs writes the magic of `fstype`, and what it is."""
+    return _XFS_MAGIC if fstype == "xfs" else _EXT_MAGIC
+
+
 class Filesystems:
-    def __init__(self, runner: CommandRunner | None = None, *, allow_files: bool = False) -> None:
+    def __init__(
+        self, runner: CommandRunner | None = None, *, allow_files: bool = False,
+        signatures: SignatureReader | None = None,
+    ) -> None:
         self.runner = runner or CommandRunner()
         # Unit tests probe plain files; in production anything but a block device is refused.
         self.allow_files = allow_files
+        self.signatures = signatures or default_reader(self.runner)
 
     def _check_device(self, device: Path) -> None:
         st = _stat(device, f"device {device}")
@@ -129,30 +144,28 @@ class Filesystems:
     def probe(self, device: Path, deadline: Deadline | None = None) -> Probe:
         # blkid also answers "nothing found" for a missing device: check it exists first.
         self._check_device(device)
-        result = self.runner.run(
-            ["blkid", "-p", "-o", "export", str(device)],
-            deadline=deadline,
-            ok_codes=(0, _BLKID_NOTHING, _BLKID_AMBIVALENT),
-        )
-        signatures: dict[str, str] = {}
-        for line in result.stdout.splitlines():
-            key, sep, value = line.partition("=")
-            if sep and key != "DEVNAME":
-                signatures[key] = value
-        if result.returncode == _BLKID_AMBIVALENT:
+        # The zero check comes first and its descriptor stays open during the signature probe:
+        # the kernel drops a block device's page cache at its last close, and kept, the probe
+        # reads from memory most of what the zero check has just read.
+        fd = self._open(device)
+        try:
+            ends_are_zero = self._ends_are_zero(fd, device)
+            found = self.signatures.read(device, deadline)
+        finally:
+            os.close(fd)
+        signatures = dict(found.values)
+        if found.ambivalent:
             signatures.setdefault("AMBIVALENT", "several signatures found")
-        if result.returncode == 0 and not signatures:
-            # blkid said "found" but printed nothing we understand: be conservative.
-            signatures["UNPARSED"] = result.stdout.strip() or "(empty)"
-        unknown = False
-        if not signatures:
-            unknown = not self._ends_are_zero(device)
-            if unknown:
-                log.warning(
-                    "device %s has no known signature but holds non-zero data; "
-                    "it will not be formatted",
-                    device,
-                )
+        if found.unexplained is not None and not signatures:
+            # The probe said "found" but reported nothing we understand: be conservative.
+            signatures["UNPARSED"] = found.unexplained
+        unknown = not signatures and not ends_are_zero
+        if unknown:
+            log.warning(
+                "device %s has no known signature but holds non-zero data; "
+                "it will not be formatted",
+                device,
+            )
         return Probe(
             fstype=signatures.get("TYPE") or None,
             has_partition_table="PTTYPE" in signatures,
@@ -160,25 +173,50 @@ class Filesystems:
             unknown_data=unknown,
         )
 
-    def _ends_are_zero(self, device: Path) -> bool:
+    @staticmethod
+    def _open(device: Path) -> int:
         try:
-            fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
+            return os.open(device, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise NotFound(f"device {device} does not exist") from None
         except OSError as exc:
-            raise InternalError(f"cannot open {device} to check it is blank: {exc}") from exc
+            raise FailedPrecondition(f"cannot open {device} to read it: {exc}") from exc
+
+    @staticmethod
+    def _ends_are_zero(fd: int, device: Path) -> bool:
         try:
             size = _block_size_of_open(fd)
             head = min(size, ZERO_CHECK_BYTES)
             tail_start = max(head, size - ZERO_CHECK_BYTES)
+            # Ask for both ends at once: the device reads them side by side instead of one
+            # readahead window after the other.
+            os.posix_fadvise(fd, 0, head, os.POSIX_FADV_WILLNEED)
+            os.posix_fadvise(fd, tail_start, size - tail_start, os.POSIX_FADV_WILLNEED)
             return _is_zero(fd, 0, head) and _is_zero(fd, tail_start, size - tail_start)
         except OSError as exc:
-            raise InternalError(f"cannot read {device} to check it is blank: {exc}") from exc
+            raise FailedPrecondition(
+                f"cannot read {device} to check it is blank: {exc}"
+            ) from exc
+
+    def _holds_magic(self, device: Path, fstype: str) -> bool:
+        offset, magic = _superblock_magic(fstype)
+        fd = self._open(device)
+        try:
+            return os.pread(fd, len(magic), offset) == magic
+        except OSError as exc:
+            raise FailedPrecondition(f"cannot read {device} after mkfs: {exc}") from exc
         finally:
             os.close(fd)
 
-    def make(self, device: Path, fstype: str, deadline: Deadline | None = None) -> None:
-        """Create a filesystem on a device that `probe` just reported blank; then re-probe."""
+    def make(
+        self, device: Path, fstype: str, deadline: Deadline | None = None, *,
+        probed: Probe | None = None,
+    ) -> None:
+        """Create a filesystem on a blank device, then check that mkfs made it. `probed` is the
+        caller's probe of the device, taken just before under the same per-volume lock; without
+        one, the device is probed here."""
         check_fstype(fstype)
-        before = self.probe(device, deadline)
+        before = probed if probed is not None else self.probe(device, deadline)
         if not before.blank:
             raise FailedPrecondition(
                 f"refusing to format {device} as {fstype}: it holds {before.describe()}"
@@ -191,11 +229,12 @@ class Filesystems:
             argv = [f"mkfs.{fstype}", "-q", "-E", "nodiscard,lazy_itable_init=1", str(device)]
         log.info("formatting %s as %s", device, fstype)
         self.runner.run(argv, deadline=deadline)
-        after = self.probe(device, deadline)
-        if after.fstype != fstype:
+        # mkfs said it succeeded; its superblock's magic says it really wrote (a full probe
+        # would cost as much as mkfs itself).
+        if not self._holds_magic(device, fstype):
             raise InternalError(
-                f"mkfs of {device} as {fstype} succeeded but the device now holds "
-                f"{after.describe()}"
+                f"mkfs of {device} as {fstype} succeeded but the device holds no {fstype} "
+                "superblock afterwards"
             )
 
     def grow(
@@ -206,7 +245,9 @@ class Filesystems:
         # xfs grows only while mounted, via its mount point; resize2fs grows ext3/4 online.
         argv = ["xfs_growfs", str(mount_point)] if fstype == "xfs" else ["resize2fs", str(device)]
         log.info("growing %s filesystem on %s", fstype, device)
-        self.runner.run(argv, deadline=deadline)
+        with explaining(doing=f"grow the {fstype} filesystem on {device}", device=device,
+                        fstype=fstype, reasons=GROW_REASONS):
+            self.runner.run(argv, deadline=deadline)
 
 
     def size(
@@ -252,10 +293,10 @@ def stats(path: Path) -> VolumeStats:
                 size = _block_size_of_open(fd)
             finally:
                 os.close(fd)
-            return VolumeStats(size, 0, 0, 0, 0, 0)
+            return VolumeStats(size, 0, 0, 0, 0, 0, block_device=True)
         vfs = os.statvfs(path)
-    except OSError as exc:
-        raise InternalError(f"cannot read usage of {path}: {exc}") from exc
+    except OSError as exc:  # an I/O error of a failing or detached disk, say
+        raise FailedPrecondition(f"cannot read usage of {path}: {exc}") from exc
     return VolumeStats(
         total_bytes=vfs.f_blocks * vfs.f_frsize,
         available_bytes=vfs.f_bavail * vfs.f_frsize,

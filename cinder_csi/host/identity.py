@@ -24,12 +24,16 @@ from pathlib import Path
 from cinder_csi.deadline import Deadline
 from cinder_csi.errors import CommandNotFound, InternalError, Timeout
 from cinder_csi.host.commands import CommandRunner
+from cinder_csi.host.mountinfo import device_number
 
 log = logging.getLogger(__name__)
 
 # virtio-blk serials hold at most 20 bytes, so Nova's volume ID arrives cut to that.
 VIRTIO_SERIAL_LEN = 20
 UDEV_INFO_TIMEOUT_S = 5.0
+# udev's database: one file per device, "b<major>:<minor>" for a block device, whose "E:"
+# lines are the properties `udevadm info --query=property` prints besides the kernel's own.
+UDEV_DB_DIR = Path("/run/udev/data")
 # A volume ID as a device shows it: the 20-character virtio prefix, or the whole UUID.
 VOLUME_REF = re.compile(
     r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f](?:[0-9a-f]{3}-[0-9a-f]{12})?", re.IGNORECASE
@@ -89,9 +93,11 @@ def judge(identifiers: list[Identifier], volume_id: str) -> Verdict:
 class IdentityReader:
     """Reads a block device's identifiers from sysfs and udev."""
 
-    def __init__(self, sys_root: Path, runner: CommandRunner) -> None:
+    def __init__(self, sys_root: Path, runner: CommandRunner,
+                 udev_db: Path = UDEV_DB_DIR) -> None:
         self.sys_root = sys_root
         self.runner = runner
+        self.udev_db = udev_db
 
     def read(self, device: Path, deadline: Deadline | None = None) -> list[Identifier]:
         name = device.name
@@ -127,8 +133,36 @@ class IdentityReader:
         return found
 
     def udev(self, device: Path, deadline: Deadline | None) -> list[Identifier]:
+        props = self._udev_database(device)
+        if props is None:
+            props = self._udevadm_info(device, deadline)
+        found = [Identifier(f"udev {key}", props[key], "serial" if key != "ID_SERIAL" else
+                            "designator") for key in _UDEV_SERIALS if props.get(key)]
+        found += [Identifier(f"udev {key}", props[key], "wwn") for key in _UDEV_WWNS
+                  if props.get(key)]
+        return found
+
+    def _udev_database(self, device: Path) -> dict[str, str] | None:
+        """udev's properties of a block device, read from its database as `udevadm info`
+        reads them, without starting a program; None when only udevadm can tell (not a block
+        device, an unreadable database)."""
+        number = device_number(device)
+        if number is None:
+            return None
+        entry = self.udev_db / f"b{number}"
+        try:
+            text = entry.read_text(errors="replace")
+        except FileNotFoundError:
+            return {}  # udev has no record of the device (or runs elsewhere): nothing to add
+        except OSError as exc:
+            log.debug("cannot read udev's record %s (%s); asking udevadm", entry, exc)
+            return None
+        return dict(line[2:].partition("=")[::2] for line in text.splitlines()
+                    if line.startswith("E:") and "=" in line)
+
+    def _udevadm_info(self, device: Path, deadline: Deadline | None) -> dict[str, str]:
         if not self.runner.has("udevadm"):
-            return []
+            return {}
         try:
             result = self.runner.run(
                 ["udevadm", "info", "--query=property", f"--name={device}"],
@@ -136,13 +170,8 @@ class IdentityReader:
             )
         except (InternalError, CommandNotFound, Timeout) as exc:
             log.warning("udevadm info %s failed; judging the device without it: %s", device, exc)
-            return []
-        props = dict(line.partition("=")[::2] for line in result.stdout.splitlines() if "=" in line)
-        found = [Identifier(f"udev {key}", props[key], "serial" if key != "ID_SERIAL" else
-                            "designator") for key in _UDEV_SERIALS if props.get(key)]
-        found += [Identifier(f"udev {key}", props[key], "wwn") for key in _UDEV_WWNS
-                  if props.get(key)]
-        return found
+            return {}
+        return dict(line.partition("=")[::2] for line in result.stdout.splitlines() if "=" in line)
 
 
 def parse_vpd80(page: bytes) -> str:

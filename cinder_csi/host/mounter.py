@@ -15,6 +15,7 @@ from pathlib import Path
 
 from cinder_csi.deadline import Deadline
 from cinder_csi.errors import (
+    CinderCSIError,
     CommandFailed,
     FailedPrecondition,
     InternalError,
@@ -25,6 +26,7 @@ from cinder_csi.errors import (
 from cinder_csi.host.commands import CommandRunner
 from cinder_csi.host.filesystems import Filesystems, check_fstype
 from cinder_csi.host.mountinfo import MountInfo, MountTable, device_number, normalize
+from cinder_csi.host.refusals import MOUNT_FAILURE, MOUNT_REASONS, explaining
 
 log = logging.getLogger(__name__)
 
@@ -59,26 +61,37 @@ class Mounter:
         options: Sequence[str] = (),
         deadline: Deadline | None = None,
     ) -> None:
-        bad = _FORBIDDEN_OPTIONS.intersection(options)
-        if bad:
-            raise InvalidArgument(f"mount option(s) {', '.join(sorted(bad))} are not allowed")
-        readonly = "ro" in options
+        _check_options(options)
         top = self._top(target)
         if top is not None:
-            if not self._same_device(top, device):
-                raise FailedPrecondition(f"{target} already has {top.source} mounted, not {device}")
-            if top.fstype != fstype:
-                raise FailedPrecondition(
-                    f"{device} is already mounted at {target} as {top.fstype}, not {fstype}"
-                )
-            self._check_flags(top, target, readonly, options)
-            log.debug("%s already mounted at %s", device, target)
+            self._check_already_mounted(top, device, target, fstype, options)
             return
+        self._mount_now(device, target, fstype, options, deadline)
+
+    def _check_already_mounted(
+        self, top: MountInfo, device: Path, target: Path, fstype: str, options: Sequence[str]
+    ) -> None:
+        """A retried call finds its own earlier mount (fine), or anything else (refused)."""
+        if not self._same_device(top, device):
+            raise FailedPrecondition(f"{target} already has {top.source} mounted, not {device}")
+        if top.fstype != fstype:
+            raise FailedPrecondition(
+                f"{device} is already mounted at {target} as {top.fstype}, not {fstype}"
+            )
+        self._check_flags(top, target, "ro" in options, options)
+        log.debug("%s already mounted at %s", device, target)
+
+    def _mount_now(
+        self, device: Path, target: Path, fstype: str, options: Sequence[str],
+        deadline: Deadline | None,
+    ) -> None:
         _check_mount_point(target)
         argv = ["mount", "-t", fstype]
         if options:
             argv += ["-o", ",".join(options)]
-        self.runner.run([*argv, str(device), str(target)], deadline=deadline)
+        with explaining(doing=f"mount {device} ({fstype}) at {target}", device=device,
+                        fstype=fstype, reasons=MOUNT_REASONS, refusal_codes=(MOUNT_FAILURE,)):
+            self.runner.run([*argv, str(device), str(target)], deadline=deadline)
         log.info("mounted %s at %s (%s, %s)", device, target, fstype, ",".join(options) or "-")
 
     def bind_mount(
@@ -110,7 +123,7 @@ class Mounter:
         if readonly:
             try:
                 self._remount_bind_ro(target, deadline)
-            except (InternalError, Timeout):
+            except CinderCSIError:
                 # Never leave a writable bind where a read-only one was asked for.
                 self._undo_bind(target)
                 raise
@@ -179,18 +192,23 @@ class Mounter:
         mount_options: Sequence[str],
         deadline: Deadline,
     ) -> None:
-        """Mount `device` at `target`, creating a filesystem first only if the device is blank."""
+        """Mount `device` at `target`, creating a filesystem first only if the device is blank.
+        Bad input is refused before anything is written; the mount table is read once."""
         check_fstype(fstype)
-        if self._top(target) is None:
-            found = self.filesystems.probe(device, deadline)
-            if found.blank:
-                self.filesystems.make(device, fstype, deadline)
-            elif found.fstype != fstype:
-                raise FailedPrecondition(
-                    f"device {device} holds {found.describe()}, but {fstype} was requested; "
-                    "it will not be reformatted"
-                )
-        self.mount(device, target, fstype, mount_options, deadline)
+        _check_options(mount_options)
+        top = self._top(target)
+        if top is not None:
+            self._check_already_mounted(top, device, target, fstype, mount_options)
+            return
+        found = self.filesystems.probe(device, deadline)
+        if found.blank:
+            self.filesystems.make(device, fstype, deadline, probed=found)
+        elif found.fstype != fstype:
+            raise FailedPrecondition(
+                f"device {device} holds {found.describe()}, but {fstype} was requested; "
+                "it will not be reformatted"
+            )
+        self._mount_now(device, target, fstype, mount_options, deadline)
 
     # ---- helpers -------------------------------------------------------------------------
 
@@ -225,6 +243,12 @@ class Mounter:
             raise FailedPrecondition(
                 f"{target} is already mounted without option(s) {', '.join(missing)}"
             )
+
+
+def _check_options(options: Sequence[str]) -> None:
+    bad = _FORBIDDEN_OPTIONS.intersection(options)
+    if bad:
+        raise InvalidArgument(f"mount option(s) {', '.join(sorted(bad))} are not allowed")
 
 
 def _check_mount_point(target: Path) -> None:

@@ -13,7 +13,8 @@ from __future__ import annotations
 import logging
 import os
 import stat
-from collections.abc import Mapping
+from collections.abc import Collection, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +25,14 @@ from cinder_csi.csi import csi_pb2, csi_pb2_grpc
 from cinder_csi.csi import validation as v
 from cinder_csi.csi.call_context import deadline_from
 from cinder_csi.deadline import DEFAULT_TIMEOUT_S, Deadline
-from cinder_csi.host import DeviceFinder, MetadataSource, Mounter, check_volume_id, stats
+from cinder_csi.host import (
+    DeviceFinder,
+    MetadataSource,
+    Mounter,
+    MountInfo,
+    check_volume_id,
+    stats,
+)
 from cinder_csi.locks import OperationLocks
 
 log = logging.getLogger(__name__)
@@ -63,6 +71,24 @@ def _make_mount_point(path: Path, *, directory: bool) -> None:
         raise errors.FailedPrecondition(f"cannot make mount point {path}: {exc}") from None
 
 
+def _stat_volume_path(path: Path) -> os.stat_result:
+    try:
+        return os.stat(path)
+    except FileNotFoundError:
+        raise errors.NotFound(f"volume path {path} does not exist") from None
+    except OSError as exc:  # EIO from a mount whose disk failed or whose filesystem shut down
+        raise errors.FailedPrecondition(
+            f"cannot stat volume path {path} ({exc.strerror or exc}): the filesystem mounted "
+            "there cannot answer; its disk may have failed or been detached, or it shut down "
+            "after an error (see the node's kernel log)"
+        ) from exc
+
+
+def _abnormal(message: str) -> csi_pb2.NodeGetVolumeStatsResponse:
+    return csi_pb2.NodeGetVolumeStatsResponse(
+        volume_condition=csi_pb2.VolumeCondition(abnormal=True, message=message))
+
+
 @dataclass(frozen=True)
 class NodeOptions:
     kubelet_root: Path = Path("/var/lib/kubelet")
@@ -90,8 +116,13 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         self.locks = locks or OperationLocks()
         self._root = os.path.realpath(self.options.kubelet_root)
 
-    def _deadline(self, context: grpc.ServicerContext) -> Deadline:
-        return deadline_from(context, self.options.default_call_timeout)
+    @contextmanager
+    def _holding(self, volume_id: str, rpc: str, context: grpc.ServicerContext
+                 ) -> Iterator[Deadline]:
+        """The call's deadline, with the volume's lock held for it: one operation per volume."""
+        deadline = deadline_from(context, self.options.default_call_timeout)
+        with self.locks.hold([volume_id], rpc, deadline):
+            yield deadline
 
     # -- paths --------------------------------------------------------------------------------
 
@@ -120,8 +151,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         if not os.path.isabs(value) or "\0" in value:
             raise errors.NotFound(f"no volume at {value!r} (not an absolute path)")
         path = self._checked_path(value, "volume_path")
-        if not path.exists():
-            raise errors.NotFound(f"volume path {path} does not exist")
+        _stat_volume_path(path)
         return path
 
     @staticmethod
@@ -161,8 +191,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         volume_id = self._volume_id(request.volume_id)
         staging = self._checked_path(request.staging_target_path, "staging_target_path")
         cap = self._capability(request)
-        deadline = self._deadline(context)
-        with self.locks.hold([volume_id], "NodeStageVolume", deadline):
+        with self._holding(volume_id, "NodeStageVolume", context) as deadline:
             device = self._device(volume_id, deadline)
             if cap.WhichOneof("access_type") == "block":
                 return csi_pb2.NodeStageVolumeResponse()  # published straight from the device
@@ -183,8 +212,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
     ) -> csi_pb2.NodeUnstageVolumeResponse:
         volume_id = self._volume_id(request.volume_id)
         staging = self._checked_path(request.staging_target_path, "staging_target_path")
-        deadline = self._deadline(context)
-        with self.locks.hold([volume_id], "NodeUnstageVolume", deadline):
+        with self._holding(volume_id, "NodeUnstageVolume", context) as deadline:
             self._refuse_while_published(volume_id, staging)
             self.mounter.unmount(staging, deadline)
         return csi_pb2.NodeUnstageVolumeResponse()
@@ -196,17 +224,23 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         staged = self.mounter.table.mounts_at(staging)
         if not staged:
             return
-        device = staged[-1].major_minor
-        elsewhere = sorted({
-            m.mount_point for m in self.mounter.table.all()
-            if m.major_minor == device and Path(m.mount_point) != staging
-        })
+        elsewhere = self._other_mounts(staged[-1], besides=(staging,), below_root=False)
         if elsewhere:
             shown = ", ".join(elsewhere[:3]) + (" ..." if len(elsewhere) > 3 else "")
             raise errors.FailedPrecondition(
                 f"volume {volume_id} is still published at {shown}; NodeUnpublishVolume "
                 f"there before unstaging it from {staging}"
             )
+
+    def _other_mounts(self, staged: MountInfo, *, besides: Collection[Path], below_root: bool
+                      ) -> list[str]:
+        """Where else the staged filesystem is mounted (its bind mounts share its device
+        number), sorted; only below the kubelet root when `below_root`."""
+        return sorted({
+            m.mount_point for m in self.mounter.table.all()
+            if m.major_minor == staged.major_minor and Path(m.mount_point) not in besides
+            and (not below_root or m.mount_point.startswith(self._root + "/"))
+        })
 
     # -- publish ------------------------------------------------------------------------------
 
@@ -218,8 +252,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         staging = self._checked_path(request.staging_target_path, "staging_target_path")
         cap = self._capability(request)
         readonly = request.readonly or cap.access_mode.mode in v.READ_ONLY_MODES
-        deadline = self._deadline(context)
-        with self.locks.hold([volume_id], "NodePublishVolume", deadline):
+        with self._holding(volume_id, "NodePublishVolume", context) as deadline:
             if cap.WhichOneof("access_type") == "block":
                 device = self._device(volume_id, deadline)
                 _make_mount_point(target, directory=False)
@@ -231,22 +264,20 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                         f"volume {volume_id} is not staged at {staging}; NodeStageVolume first"
                     )
                 if cap.access_mode.mode == v.Mode.SINGLE_NODE_SINGLE_WRITER:
-                    self._refuse_second_publication(volume_id, staged[-1].source, staging, target)
+                    self._refuse_second_publication(volume_id, staged[-1], staging, target)
                 _make_mount_point(target, directory=True)
                 self.mounter.bind_mount(staging, target, readonly=readonly, deadline=deadline)
         return csi_pb2.NodePublishVolumeResponse()
 
     def _refuse_second_publication(
-        self, volume_id: str, device: str, staging: Path, target: Path
+        self, volume_id: str, staged: MountInfo, staging: Path, target: Path
     ) -> None:
         """SINGLE_NODE_SINGLE_WRITER: one workload at a time, so one publish target."""
-        for mount in self.mounter.table.find_by_source(device):
-            where = Path(mount.mount_point)
-            if where in (staging, target) or not mount.mount_point.startswith(self._root + "/"):
-                continue
+        others = self._other_mounts(staged, besides=(staging, target), below_root=True)
+        if others:
             raise errors.FailedPrecondition(
                 f"volume {volume_id} is SINGLE_NODE_SINGLE_WRITER and already published at "
-                f"{where}; unpublish it there first"
+                f"{others[0]}; unpublish it there first"
             )
 
     def NodeUnpublishVolume(
@@ -254,8 +285,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
     ) -> csi_pb2.NodeUnpublishVolumeResponse:
         volume_id = self._volume_id(request.volume_id)
         target = self._checked_path(request.target_path, "target_path")
-        deadline = self._deadline(context)
-        with self.locks.hold([volume_id], "NodeUnpublishVolume", deadline):
+        with self._holding(volume_id, "NodeUnpublishVolume", context) as deadline:
             self.mounter.unmount(target, deadline)
             self._remove_target(target)
         return csi_pb2.NodeUnpublishVolumeResponse()
@@ -287,14 +317,13 @@ class NodeService(csi_pb2_grpc.NodeServicer):
     ) -> csi_pb2.NodeExpandVolumeResponse:
         volume_id = self._volume_id(request.volume_id)
         path = self._existing_volume_path(request.volume_path)
-        deadline = self._deadline(context)
-        with self.locks.hold([volume_id], "NodeExpandVolume", deadline):
+        with self._holding(volume_id, "NodeExpandVolume", context) as deadline:
             device = self._device(volume_id, deadline)
             self.finder.rescan(device, deadline)
             is_block = (
                 request.HasField("volume_capability")
                 and request.volume_capability.WhichOneof("access_type") == "block"
-            ) or stat.S_ISBLK(os.stat(path).st_mode)
+            ) or stat.S_ISBLK(_stat_volume_path(path).st_mode)
             if not is_block:
                 mounts = self.mounter.table.mounts_at(path)
                 if not mounts:
@@ -314,14 +343,22 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         self, request: csi_pb2.NodeGetVolumeStatsRequest, context: grpc.ServicerContext
     ) -> csi_pb2.NodeGetVolumeStatsResponse:
         self._volume_id(request.volume_id)
-        path = self._existing_volume_path(request.volume_path)
+        # Usage is optional; a volume whose filesystem cannot answer (the I/O error of a failing
+        # or detached disk, an xfs that shut down) is what the volume condition is for.
+        try:
+            path = self._existing_volume_path(request.volume_path)
+        except errors.FailedPrecondition as exc:
+            return _abnormal(str(exc))
         mounts = self.mounter.table.mounts_at(path)
         if not mounts:
             raise errors.NotFound(f"volume {request.volume_id} is not mounted at {path}")
         condition = self._condition(mounts[-1].source)
-        usage = stats(path)
+        try:
+            usage = stats(path)
+        except errors.FailedPrecondition as exc:
+            return _abnormal(str(exc))
         Unit = csi_pb2.VolumeUsage.Unit
-        if stat.S_ISBLK(os.stat(path).st_mode):
+        if usage.block_device:
             entries = [csi_pb2.VolumeUsage(unit=Unit.BYTES, total=usage.total_bytes)]
         else:
             entries = [

@@ -6,6 +6,7 @@ the real node (SCSI host scan, udev trigger); the miss path is covered by unit t
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from tests.tools import LOOP
 pytestmark = [pytest.mark.root, pytest.mark.tools(*LOOP)]
 
 VOLUME = "5d8c2b1a-7e4f-4a3b-9c6d-2e1f0a9b8c7d"
+OTHER = "9a0b1c2d-3e4f-4a5b-8c7d-6e5f4a3b2c1d"
 
 
 def attach(loops: LoopDevices, device: Path) -> DeviceFinder:
@@ -48,3 +50,34 @@ def test_verify_refuses_a_device_nothing_names(loops: LoopDevices) -> None:
     finder = DeviceFinder(by_id_dir=loops.directory("by-id"))
     with pytest.raises(FailedPrecondition, match="cannot prove"):
         finder.verify(VOLUME, device)
+
+
+def udev_record(loops: LoopDevices, device: Path, **properties: str) -> Path:
+    """A udev database in the test's directory holding one record, for `device`."""
+    database = loops.directory("udev-data")
+    number = os.stat(device).st_rdev
+    lines = [f"E:{key}={value}" for key, value in properties.items()]
+    (database / f"b{os.major(number)}:{os.minor(number)}").write_text(
+        "S:disk/by-id/whatever\nI:123\n" + "\n".join(lines) + "\nG:systemd\n")
+    return database
+
+
+def test_udevs_record_proves_a_device_nothing_else_names(loops: LoopDevices) -> None:
+    device = loops.create(64 * MIB)
+    database = udev_record(loops, device, ID_SERIAL_SHORT=VOLUME, ID_TYPE="disk")
+    DeviceFinder(by_id_dir=loops.directory("by-id"), udev_db=database).verify(VOLUME, device)
+
+
+def test_udevs_record_naming_another_volume_refuses_the_device(loops: LoopDevices) -> None:
+    device = loops.create(64 * MIB, name=VOLUME)  # its backing file names the volume...
+    database = udev_record(loops, device, ID_SERIAL_SHORT=OTHER)  # ...udev says otherwise
+    finder = DeviceFinder(by_id_dir=loops.directory("by-id"), udev_db=database)
+    with pytest.raises(FailedPrecondition, match=f"udev ID_SERIAL_SHORT is '{OTHER}'"):
+        finder.verify(VOLUME, device)
+
+
+def test_no_udev_record_adds_nothing(loops: LoopDevices) -> None:
+    device = loops.create(64 * MIB, name=VOLUME)
+    finder = DeviceFinder(by_id_dir=loops.directory("by-id"), udev_db=loops.directory("empty"))
+    assert [i for i in finder.identity.read(device) if i.source.startswith("udev")] == []
+    finder.verify(VOLUME, device)

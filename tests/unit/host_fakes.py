@@ -7,6 +7,8 @@ from pathlib import Path
 
 from cinder_csi.deadline import Deadline
 from cinder_csi.host.commands import CommandResult, CommandRunner, failure
+from cinder_csi.host.filesystems import Filesystems
+from cinder_csi.host.signatures import BlkidCommandSignatures
 
 Handler = Callable[[tuple[str, ...]], "CommandResult | tuple[int, str, str] | None"]
 
@@ -65,3 +67,17 @@ class FakeDevTree:
         link = self.by_id / name
         link.symlink_to(device)
         return link
+
+
+def command_filesystems(runner: CommandRunner) -> Filesystems:
+    """Filesystems over plain files that probes with the blkid program, i.e. through `runner`
+    (the production default probes with libblkid in-process, which no fake runner sees)."""
+    return Filesystems(runner, allow_files=True, signatures=BlkidCommandSignatures(runner))
+
+
+def write_superblock_magic(path: Path, fstype: str) -> None:
+    """What a fake mkfs leaves: the magic number at the place mkfs would write it."""
+    offset, magic = (0, b"XFSB") if fstype == "xfs" else (1080, b"\x53\xef")
+    with path.open("r+b") as f:
+        f.seek(offset)
+        f.write(magic)

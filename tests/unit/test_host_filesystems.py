@@ -13,7 +13,7 @@ from cinder_csi.errors import (
     NotFound,
 )
 from cinder_csi.host.filesystems import Filesystems, Probe, stats
-from tests.unit.host_fakes import FakeRunner
+from tests.unit.host_fakes import FakeRunner, command_filesystems, write_superblock_magic
 
 MIB = 1024 * 1024
 
@@ -31,37 +31,37 @@ def blkid(rc: int, out: str = "") -> FakeRunner:
 
 
 def test_blank_device(disk: Path) -> None:
-    found = Filesystems(blkid(2), allow_files=True).probe(disk)
+    found = command_filesystems(blkid(2)).probe(disk)
     assert found == Probe(fstype=None, has_partition_table=False)
     assert found.blank
 
 
 def test_filesystem(disk: Path) -> None:
     out = f"DEVNAME={disk}\nUUID=1234\nTYPE=ext4\nUSAGE=filesystem\n"
-    found = Filesystems(blkid(0, out), allow_files=True).probe(disk)
+    found = command_filesystems(blkid(0, out)).probe(disk)
     assert found.fstype == "ext4" and not found.has_partition_table and not found.blank
     assert "DEVNAME" not in found.signatures
 
 
 def test_partition_table(disk: Path) -> None:
-    found = Filesystems(blkid(0, "PTUUID=ab\nPTTYPE=gpt\n"), allow_files=True).probe(disk)
+    found = command_filesystems(blkid(0, "PTUUID=ab\nPTTYPE=gpt\n")).probe(disk)
     assert found.fstype is None and found.has_partition_table and not found.blank
     assert "gpt partition table" in found.describe()
 
 
 @pytest.mark.parametrize("out", ["PART_ENTRY_SCHEME=dos\n", "UUID=x\n", "garbage\n"])
 def test_any_signature_is_not_blank(disk: Path, out: str) -> None:
-    assert not Filesystems(blkid(0, out), allow_files=True).probe(disk).blank
+    assert not command_filesystems(blkid(0, out)).probe(disk).blank
 
 
 def test_ambivalent_is_not_blank(disk: Path) -> None:
-    found = Filesystems(blkid(8), allow_files=True).probe(disk)
+    found = command_filesystems(blkid(8)).probe(disk)
     assert not found.blank and "AMBIVALENT" in found.signatures
 
 
 def test_blkid_error_is_not_mistaken_for_blank(disk: Path) -> None:
     with pytest.raises(CommandFailed, match="exit code 4"):
-        Filesystems(blkid(4), allow_files=True).probe(disk)
+        command_filesystems(blkid(4)).probe(disk)
 
 
 @pytest.mark.parametrize("offset", [0, 512 * 1024, 8 * MIB - 1])
@@ -69,7 +69,7 @@ def test_unknown_data_at_either_end_is_not_blank(disk: Path, offset: int) -> Non
     with disk.open("r+b") as f:
         f.seek(offset)
         f.write(b"\x01")
-    found = Filesystems(blkid(2), allow_files=True).probe(disk)
+    found = command_filesystems(blkid(2)).probe(disk)
     assert found.unknown_data and not found.blank
     assert "unknown format" in found.describe()
 
@@ -77,7 +77,7 @@ def test_unknown_data_at_either_end_is_not_blank(disk: Path, offset: int) -> Non
 def test_missing_device_is_not_found_not_blank(tmp_path: Path) -> None:
     runner = blkid(2)
     with pytest.raises(NotFound):
-        Filesystems(runner, allow_files=True).probe(tmp_path / "nope")
+        command_filesystems(runner).probe(tmp_path / "nope")
     assert runner.calls == []
 
 
@@ -87,18 +87,18 @@ def test_regular_file_refused_in_production(disk: Path) -> None:
 
 
 class Mkfs:
-    """blkid answers blank until mkfs ran, then the new type."""
+    """blkid answers blank; mkfs writes the superblock magic of `writes` (None: nothing)."""
 
-    def __init__(self, result_type: str) -> None:
-        self.made = False
-        self.result_type = result_type
+    def __init__(self, disk: Path, writes: str | None) -> None:
+        self.disk = disk
+        self.writes = writes
         self.runner = FakeRunner(self.handle)
 
     def handle(self, argv: tuple[str, ...]) -> tuple[int, str, str] | None:
         if argv[0] == "blkid":
-            return (0, f"TYPE={self.result_type}\n", "") if self.made else (2, "", "")
-        if argv[0].startswith("mkfs."):
-            self.made = True
+            return (2, "", "")
+        if argv[0].startswith("mkfs.") and self.writes:
+            write_superblock_magic(self.disk, self.writes)
         return None
 
 
@@ -111,29 +111,48 @@ class Mkfs:
     ],
 )
 def test_make_runs_mkfs_without_discard_or_force(disk: Path, fstype: str, argv: str) -> None:
-    fake = Mkfs(fstype)
-    Filesystems(fake.runner, allow_files=True).make(disk, fstype)
-    assert [c for c in fake.runner.commands() if c.startswith("mkfs")] == [argv.format(d=disk)]
-    assert fake.runner.commands()[-1].startswith("blkid")  # confirmed afterwards
+    fake = Mkfs(disk, fstype)
+    command_filesystems(fake.runner).make(disk, fstype)
+    assert fake.runner.commands() == [f"blkid -p -o export {disk}", argv.format(d=disk)]
+
+
+def test_make_takes_the_callers_probe_instead_of_probing_again(disk: Path) -> None:
+    fake = Mkfs(disk, "ext4")
+    filesystems = command_filesystems(fake.runner)
+    probed = filesystems.probe(disk)
+    fake.runner.calls.clear()
+    filesystems.make(disk, "ext4", probed=probed)
+    assert [c[0] for c in fake.runner.calls] == ["mkfs.ext4"]
+
+
+def test_make_refuses_when_the_callers_probe_found_something(disk: Path) -> None:
+    runner = blkid(2)
+    found = Probe(fstype="crypto_LUKS", has_partition_table=False,
+                  signatures={"TYPE": "crypto_LUKS"})
+    with pytest.raises(FailedPrecondition, match=r"refusing to format.*crypto_LUKS"):
+        command_filesystems(runner).make(disk, "ext4", probed=found)
+    assert runner.calls == []
 
 
 def test_make_refuses_a_device_that_is_not_blank(disk: Path) -> None:
     runner = blkid(0, "TYPE=ext4\n")
     with pytest.raises(FailedPrecondition, match=r"refusing to format.*ext4"):
-        Filesystems(runner, allow_files=True).make(disk, "xfs")
+        command_filesystems(runner).make(disk, "xfs")
     assert not any(c[0].startswith("mkfs") for c in runner.calls)
 
 
-def test_make_notices_mkfs_that_did_nothing(disk: Path) -> None:
-    with pytest.raises(InternalError, match="now holds"):
-        Filesystems(Mkfs("swap").runner, allow_files=True).make(disk, "ext4")
+@pytest.mark.parametrize("writes", [None, "xfs"])
+def test_make_notices_mkfs_that_did_not_make_the_filesystem(disk: Path, writes: str | None
+                                                            ) -> None:
+    with pytest.raises(InternalError, match="holds no ext4 superblock"):
+        command_filesystems(Mkfs(disk, writes).runner).make(disk, "ext4")
 
 
 @pytest.mark.parametrize("fstype", ["btrfs", "ntfs", "", "ext4 -F"])
 def test_unsupported_fstype(disk: Path, fstype: str) -> None:
     runner = blkid(2)
     with pytest.raises(InvalidArgument, match="unsupported"):
-        Filesystems(runner, allow_files=True).make(disk, fstype)
+        command_filesystems(runner).make(disk, fstype)
     assert runner.calls == []
 
 

@@ -8,10 +8,9 @@ import pytest
 
 from cinder_csi.deadline import Deadline
 from cinder_csi.errors import FailedPrecondition, InvalidArgument, NotFound
-from cinder_csi.host.filesystems import Filesystems
 from cinder_csi.host.mounter import Mounter
 from cinder_csi.host.mountinfo import MountTable
-from tests.unit.host_fakes import FakeRunner
+from tests.unit.host_fakes import FakeRunner, command_filesystems, write_superblock_magic
 
 
 class FakeKernel:
@@ -52,13 +51,14 @@ class FakeKernel:
             return (0, f"TYPE={self.fstype_on_disk}\n", "") if self.fstype_on_disk else (2, "", "")
         elif argv[0].startswith("mkfs."):
             self.fstype_on_disk = argv[0].split(".")[1]
+            write_superblock_magic(self.vdb, self.fstype_on_disk)
         return None
 
     def mounter(self) -> Mounter:
         return Mounter(
             runner=self.runner,
             table=MountTable(self.mountinfo),
-            filesystems=Filesystems(self.runner, allow_files=True),
+            filesystems=command_filesystems(self.runner),
             sys_root=self.sys,
         )
 
@@ -173,3 +173,18 @@ def test_format_and_mount_when_already_mounted_probes_nothing(
 def test_format_and_mount_unsupported_type(kernel: FakeKernel, target: Path) -> None:
     with pytest.raises(InvalidArgument):
         kernel.mounter().format_and_mount(kernel.vdb, target, "zfs", [], Deadline.after(5))
+
+
+def test_format_and_mount_refuses_a_forbidden_option_before_touching_the_device(
+    kernel: FakeKernel, target: Path
+) -> None:
+    with pytest.raises(InvalidArgument, match="bind"):
+        kernel.mounter().format_and_mount(kernel.vdb, target, "ext4", ["bind"], Deadline.after(5))
+    assert kernel.runner.calls == []  # no probe, no mkfs
+
+
+def test_format_and_mount_of_a_blank_device_runs_only_mkfs_and_mount(
+    kernel: FakeKernel, target: Path
+) -> None:
+    kernel.mounter().format_and_mount(kernel.vdb, target, "ext4", [], Deadline.after(5))
+    assert [c[0] for c in kernel.runner.calls] == ["blkid", "mkfs.ext4", "mount"]
