@@ -16,7 +16,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.protobuf.wrappers_pb2 import Int64Value
 
-from cinder_csi import TOPOLOGY_KEY, errors
+from cinder_csi import LISTED_NAME_KEY, LISTED_STATUS_KEY, TOPOLOGY_KEY, errors
 from cinder_csi.cloud.connection import Cloud
 from cinder_csi.cloud.models import VOLUME_ERROR_STATES, Snapshot, Volume
 from cinder_csi.cloud.volumes import EXTEND_IN_USE_MICROVERSION
@@ -382,8 +382,10 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         )
 
     def _listed_volume(self, volume: Volume) -> csi_pb2.Volume:
-        # The cluster tag and Cinder name let a CO-side sweep find volumes it made but lost.
-        context = {"name": volume.name} if volume.name else {}
+        # The cluster tag, Cinder name and status let a CO-side sweep find volumes it made but
+        # lost, and tell an idle one (available) from one being used or changed.
+        context = {LISTED_NAME_KEY: volume.name} if volume.name else {}
+        context[LISTED_STATUS_KEY] = volume.status
         if CLUSTER_METADATA_KEY in volume.metadata:
             context[CLUSTER_METADATA_KEY] = volume.metadata[CLUSTER_METADATA_KEY]
         result = csi_pb2.Volume(

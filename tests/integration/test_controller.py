@@ -250,6 +250,7 @@ def test_list_volumes_pages_with_tokens(csi: ControllerHandle) -> None:
     first = csi.controller.ListVolumes(csi_pb2.ListVolumesRequest(max_entries=1), timeout=30)
     context = first.entries[0].volume.volume_context
     assert context[CLUSTER_METADATA_KEY] == CLUSTER and context["name"].startswith("pvc-list-")
+    assert context["status"] == "available"  # so a sweep can tell an idle volume from a busy one
     expect_code(C.ABORTED, lambda: csi.controller.ListVolumes(
         csi_pb2.ListVolumesRequest(starting_token="garbage"), timeout=30))
 
