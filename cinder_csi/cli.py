@@ -213,7 +213,7 @@ def registry_spec(args: argparse.Namespace) -> RegistrySpec:
 def run_controller(args: argparse.Namespace) -> int:
     from cinder_csi.cloud.connection import Cloud
     from cinder_csi.config import load_cloud_config
-    from cinder_csi.controller.service import ControllerOptions, ControllerService
+    from cinder_csi.controller.service import MANIFEST, ControllerOptions, ControllerService
     from cinder_csi.csi.identity import IdentityService
     from cinder_csi.csi.server import CSIServer
     from cinder_csi.metrics import Metrics, serve_http
@@ -227,7 +227,8 @@ def run_controller(args: argparse.Namespace) -> int:
         ignore_volume_az=config.block_storage.ignore_volume_az,
         node_volume_attach_limit=config.block_storage.node_volume_attach_limit,
     )
-    identity = IdentityService(args.driver_name, has_controller=True, probe=cloud.probe)
+    identity = IdentityService(args.driver_name, has_controller=True, probe=cloud.probe,
+                               manifest=MANIFEST)
     metrics = Metrics(args.driver_name)
     server = CSIServer(
         args.endpoint, identity=identity, controller=ControllerService(cloud, options),
