@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("cinder_csi")
 
 DEFAULT_ENDPOINT = "unix:///csi/csi.sock"
+DEFAULT_CLUSTER = "kubernetes"
 
 
 def go_bool(text: str) -> bool:
@@ -63,8 +64,9 @@ def _add_controller(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--cloud", default=os.environ.get("OS_CLOUD"),
                         help="clouds.yaml entry to use instead of [Global] credentials")
     parser.add_argument("--clouds-file", default=None, help="clouds.yaml path")
-    parser.add_argument("--cluster", default="kubernetes",
-                        help="cluster id stored in volume metadata; scopes idempotency and sweeps")
+    parser.add_argument("--cluster", default=None,
+                        help="cluster id stored in volume metadata; scopes idempotency and sweeps "
+                             f"(default {DEFAULT_CLUSTER!r}; orphans are deleted only when set)")
     parser.add_argument("--with-topology", type=go_bool, nargs="?", const=True, default=True)
     parser.add_argument("--max-workers", type=int, default=64,
                         help="gRPC worker threads (a CreateVolume may hold one for minutes)")
@@ -117,7 +119,9 @@ def _add_provisioner(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
                             help="run the watch loop against any CSI controller socket")
     parser.add_argument("--csi-address", required=True, help="the CSI controller's socket")
     parser.add_argument("--http-endpoint", default="")
-    parser.add_argument("--cluster", default="kubernetes")
+    parser.add_argument("--cluster", default=None,
+                        help=f"the controller's cluster id (default {DEFAULT_CLUSTER!r}; orphans "
+                             "are deleted only when set)")
     parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))
     parser.add_argument("--log-file", type=Path, default=None)
     _add_loop(parser)
@@ -182,6 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def cluster_id(args: argparse.Namespace) -> str:
+    return str(args.cluster) if args.cluster is not None else DEFAULT_CLUSTER
+
+
 def loop_options(args: argparse.Namespace, csi_address: str) -> LoopOptions:
     # Imported here: `cinder-csi node` must not load the Kubernetes client.
     from cinder_csi.loop.runner import ALL_DUTIES, LoopOptions
@@ -195,7 +203,8 @@ def loop_options(args: argparse.Namespace, csi_address: str) -> LoopOptions:
         leader_election=args.leader_election,
         leader_election_namespace=args.leader_election_namespace,
         duties=duties,
-        cluster=args.cluster, orphan_interval=args.orphan_sweep_interval,
+        cluster=cluster_id(args), cluster_explicit=args.cluster is not None,
+        orphan_interval=args.orphan_sweep_interval,
         orphan_grace=args.orphan_grace, delete_orphans=args.delete_orphans,
     )
 
@@ -222,7 +231,7 @@ def run_controller(args: argparse.Namespace) -> int:
     log.info("starting controller %s %s, cloud %r", args.driver_name, version(), config.auth)
     cloud = Cloud(config.auth)
     options = ControllerOptions(
-        cluster_id=args.cluster,
+        cluster_id=cluster_id(args),
         with_topology=args.with_topology,
         ignore_volume_az=config.block_storage.ignore_volume_az,
         node_volume_attach_limit=config.block_storage.node_volume_attach_limit,
@@ -261,7 +270,7 @@ def _start_loop(
     from cinder_csi.loop.registry import RegistryDuty
     from cinder_csi.loop.runner import WatchLoop
 
-    options = loop_options(args, args.endpoint)
+    options = replace(loop_options(args, args.endpoint), driver_in_process=True)
     if args.registry:
         spec = registry_spec(args)
         options = replace(options, extra=(lambda ctx: RegistryDuty(ctx, spec),))

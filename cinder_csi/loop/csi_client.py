@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import grpc
 from prometheus_client import CollectorRegistry, Histogram
 
+from cinder_csi import FEATURES_MANIFEST_KEY
 from cinder_csi.csi import csi_pb2, csi_pb2_grpc
 from cinder_csi.metrics import OPERATION_BUCKETS, go_code_name
 
@@ -43,6 +44,7 @@ class CSIClient:
         self._controller = csi_pb2_grpc.ControllerStub(self._channel)  # type: ignore[no-untyped-call]
         self._identity = csi_pb2_grpc.IdentityStub(self._channel)  # type: ignore[no-untyped-call]
         self._driver_name: str | None = None
+        self._manifest: dict[str, str] = {}
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -54,7 +56,15 @@ class CSIClient:
                 info = self._call("GetPluginInfo", self._identity.GetPluginInfo,
                                   csi_pb2.GetPluginInfoRequest(), timeout=30)
                 self._driver_name = str(info.name)
+                self._manifest = {str(k): str(v) for k, v in info.manifest.items()}
             return self._driver_name
+
+    def features(self) -> frozenset[str]:
+        """What the driver says it does beyond the spec (GetPluginInfo's manifest); our own
+        controller names them (cinder_csi.FEATURE_*), any other driver names none."""
+        self.driver_name()
+        text = self._manifest.get(FEATURES_MANIFEST_KEY, "")
+        return frozenset(f.strip() for f in text.split(",") if f.strip())
 
     def wait_ready(self, timeout: float) -> None:
         """Block until the driver answers Probe with ready (or raise the last error)."""
@@ -93,6 +103,10 @@ class CSIClient:
 
     def expand(self, request: csi_pb2.ControllerExpandVolumeRequest) -> Any:
         return self._call("ControllerExpandVolume", self._controller.ControllerExpandVolume,
+                          request)
+
+    def modify(self, request: csi_pb2.ControllerModifyVolumeRequest) -> Any:
+        return self._call("ControllerModifyVolume", self._controller.ControllerModifyVolume,
                           request)
 
     def list_volumes(self, request: csi_pb2.ListVolumesRequest) -> Any:

@@ -33,6 +33,9 @@ PROVISIONER_IDENTITY_KEY = "storage.kubernetes.io/csiProvisionerIdentity"
 # (external-provisioner forgets such volumes: kubernetes-csi/external-provisioner#486).
 ANN_PROVISIONING = "cinder.csi.openstack.org/provisioning"
 FINALIZER_PROVISIONING = "cinder.csi.openstack.org/provisioning-protection"
+# Everything resolved for the claim (loop/intent.py), written in the same patch as the two
+# above, so that the claim can be finished without resolving anything again.
+ANN_PROVISIONING_REQUEST = "cinder.csi.openstack.org/provisioning-request"
 
 # external-attacher.
 ANN_VA_NODE_ID = "csi.alpha.kubernetes.io/node-id"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -30,6 +31,7 @@ from cinder_csi.loop.kube.leader import (
     lease_name,
 )
 from cinder_csi.loop.kube.workqueue import WorkQueueMetrics
+from cinder_csi.loop.unprovision import CALL_END_MARGIN
 from cinder_csi.metrics import Metrics, serve_http
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,10 @@ class LoopOptions:
     http_endpoint: str = ""
     duties: tuple[str, ...] = ALL_DUTIES
     cluster: str = "kubernetes"
+    cluster_explicit: bool = False  # --cluster was given (only then may orphans be deleted)
+    # The controller runs in this process (--with-provisioner): no CSI call of an earlier run
+    # can outlive it, so a volume's absence is proven at once after a restart.
+    driver_in_process: bool = False
     orphan_interval: float = 600.0
     orphan_grace: float = 3600.0
     delete_orphans: bool = False
@@ -119,6 +125,7 @@ class WatchLoop:
                 recorder=recorder, registry=self.registry,
                 queue_metrics=WorkQueueMetrics(self.registry), workers=options.workers,
                 provisioner_identity=f"{default_identity()}-{driver}",
+                cluster=options.cluster, cluster_explicit=options.cluster_explicit,
             )
             if options.leader_election:
                 return self._run_elected(ctx, clients, stop)
@@ -147,6 +154,11 @@ class WatchLoop:
         return 0
 
     def _lead(self, ctx: LoopContext, stop: threading.Event) -> None:
+        # CSI calls that an earlier run sent (killed, or an earlier leader fenced off) end by
+        # their deadline; until then, not finding a volume proves nothing (unprovision.py).
+        fresh_driver = self.options.driver_in_process and not self.options.leader_election
+        ctx.earlier_calls_end = time.monotonic() + (
+            0.0 if fresh_driver else self.options.csi_timeout + CALL_END_MARGIN)
         controllers = build_controllers(ctx, self.options)
         for controller in controllers:
             controller.register()
