@@ -343,6 +343,10 @@ class ClaimController:
             requested_bytes=intent.request.capacity_range.required_bytes,
             params=intent.parameters(), provisioner_identity=self.ctx.provisioner_identity,
         )
+        if intent.request.parameters.get(RECLAIM_POLICY_KEY) == "Retain":
+            # The driver recorded Retain with the volume: nothing for the volume controller
+            # to record later (loop/deletion.py).
+            pv["metadata"]["annotations"][p.ANN_RECLAIM_RECORDED] = "Retain"
         self._create_pv(claim, pv)
         with self._lock:
             self._provisioned[str(claim["metadata"]["uid"])] = self._clock()

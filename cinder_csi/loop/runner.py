@@ -80,7 +80,7 @@ def build_controllers(ctx: LoopContext, options: LoopOptions) -> list[Controller
         "attachments": lambda: AttachmentController(ctx),
         "resizer": lambda: ResizeController(ctx),
         "orphans": lambda: OrphanSweep(
-            ctx, cluster=options.cluster, interval=options.orphan_interval,
+            ctx, interval=options.orphan_interval,
             grace=options.orphan_grace, delete_orphans=options.delete_orphans,
         ),
     }
@@ -100,6 +100,8 @@ class WatchLoop:
         self.registry = registry or CollectorRegistry()
         self.lost_lease = False
         self.ready = threading.Event()  # informers synced and workers running
+        # Since when (monotonic) the first sync has been overdue; None while it is not.
+        self.sync_overdue_since: float | None = None
         self._clients: KubeClients | None = None
 
     def run(self, stop: threading.Event) -> int:
@@ -164,8 +166,8 @@ class WatchLoop:
             controller.register()
         ctx.informers.start()
         try:
-            if not ctx.informers.wait_for_sync(SYNC_TIMEOUT_S):
-                log.error("informers did not sync within %.0fs", SYNC_TIMEOUT_S)
+            if not self._wait_for_sync(ctx, stop):
+                return
             threads = _start(controllers)
             self.ready.set()
             log.info("watch loop running for %s: %s", ctx.driver,
@@ -178,6 +180,25 @@ class WatchLoop:
             ctx.stop.set()
             ctx.informers.stop()
             ctx.recorder.stop()
+
+
+    def _wait_for_sync(self, ctx: LoopContext, stop: threading.Event) -> bool:
+        """Until every cache holds a whole first listing; False when stopped first.
+
+        No duty starts on a partial view (an orphan sweep over a PV cache that never filled
+        would see every volume as lost); an overdue sync is logged and fails /healthz, so a
+        liveness probe restarts a loop that cannot list (RBAC, an overloaded API server)."""
+        started = time.monotonic()
+        while not stop.is_set():
+            if ctx.informers.wait_for_sync(1.0):
+                self.sync_overdue_since = None
+                return True
+            if self.sync_overdue_since is None and time.monotonic() - started > SYNC_TIMEOUT_S:
+                self.sync_overdue_since = time.monotonic()
+                log.error("informers did not sync within %.0fs (%s); no duty starts until they "
+                          "do", SYNC_TIMEOUT_S, ", ".join(
+                              i.name for i in ctx.informers.all() if not i.has_synced()))
+        return False
 
 
 def _start(controllers: Iterable[Controller]) -> list[threading.Thread]:

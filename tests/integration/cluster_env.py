@@ -131,10 +131,13 @@ class ClusterEnv:
             workers=workers,
             provisioner_identity="1700000000000-8081-" + self.driver,
             stop=stop if stop is not None else threading.Event(),
+            cluster=self.cluster, cluster_explicit=True,
         )
         return ctx, clients
 
-    def start_loop(self, factories: Sequence[ControllerFactory], **kw: Any) -> LoopHandle:
+    def start_loop(self, factories: Sequence[ControllerFactory], *, synced: bool = True,
+                   **kw: Any) -> LoopHandle:
+        """``synced=False``: start the controllers without waiting for the caches."""
         ctx, clients = self.loop_context(**kw)
         controllers = [factory(ctx) for factory in factories]
         handle = LoopHandle(ctx, clients, controllers)
@@ -142,7 +145,8 @@ class ClusterEnv:
         for controller in controllers:
             controller.register()
         ctx.informers.start()
-        assert ctx.informers.wait_for_sync(20), "informers did not sync"
+        if synced:
+            assert ctx.informers.wait_for_sync(20), "informers did not sync"
         ctx.recorder.start()
         for controller in controllers:
             thread = threading.Thread(target=controller.run, name=f"loop-{controller.name}",
