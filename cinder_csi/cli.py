@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from cinder_csi.csi.server import CSIServer
     from cinder_csi.loop.registry import RegistrySpec
     from cinder_csi.loop.runner import LoopOptions
-    from cinder_csi.metrics import Metrics
+    from cinder_csi.metrics import HealthChecks, Metrics
 
 log = logging.getLogger("cinder_csi")
 
@@ -225,7 +225,7 @@ def run_controller(args: argparse.Namespace) -> int:
     from cinder_csi.controller.service import MANIFEST, ControllerOptions, ControllerService
     from cinder_csi.csi.identity import IdentityService
     from cinder_csi.csi.server import CSIServer
-    from cinder_csi.metrics import Metrics, serve_http
+    from cinder_csi.metrics import HealthChecks, Metrics, serve_http
 
     config = load_cloud_config(args.cloud_config, cloud=args.cloud, clouds_file=args.clouds_file)
     log.info("starting controller %s %s, cloud %r", args.driver_name, version(), config.auth)
@@ -246,10 +246,14 @@ def run_controller(args: argparse.Namespace) -> int:
     loop_thread = None
     loop_stop = threading.Event()
     loop_result: list[int] = []
-    healthy = lambda: cloud.probe() is None  # noqa: E731
+    health = HealthChecks()
     if args.with_provisioner:
-        loop_thread, healthy = _start_loop(args, server, metrics, loop_stop, loop_result)
-    http = serve_http(args.http_endpoint, metrics, healthz=healthy) if args.http_endpoint else None
+        # The loop's own checks (lease, caches, work queues); a cloud outage alone must not
+        # restart a pod whose loop is still doing its work.
+        loop_thread = _start_loop(args, server, metrics, health, loop_stop, loop_result)
+    else:
+        health.add_probe("cloud", cloud.probe)
+    http = serve_http(args.http_endpoint, metrics, health) if args.http_endpoint else None
     try:
         server.run_until_signal()
     finally:
@@ -262,9 +266,9 @@ def run_controller(args: argparse.Namespace) -> int:
 
 
 def _start_loop(
-    args: argparse.Namespace, server: CSIServer, metrics: Metrics,
+    args: argparse.Namespace, server: CSIServer, metrics: Metrics, health: HealthChecks,
     stop: threading.Event, result: list[int],
-) -> tuple[threading.Thread, Callable[[], bool]]:
+) -> threading.Thread:
     """The watch loop beside our controller: it calls us through our own socket, as the
     sidecars would, and losing the leader lease stops the whole process."""
     from cinder_csi.loop.registry import RegistryDuty
@@ -275,6 +279,7 @@ def _start_loop(
         spec = registry_spec(args)
         options = replace(options, extra=(lambda ctx: RegistryDuty(ctx, spec),))
     loop = WatchLoop(options, registry=metrics.registry)
+    health.add_flag("leader-election", lambda: not loop.lost_lease, "lost the leader lease")
     server.start()
 
     def run() -> None:
@@ -285,7 +290,7 @@ def _start_loop(
 
     thread = threading.Thread(target=run, name="watch-loop", daemon=True)
     thread.start()
-    return thread, lambda: not loop.lost_lease
+    return thread
 
 
 def run_provisioner(args: argparse.Namespace) -> int:

@@ -1,7 +1,9 @@
 """Prometheus metrics of the CSI plugin, and a small HTTP server for /metrics and /healthz.
 
 Every metric lives in a `Metrics` instance with its own registry, so tests and several
-servers in one process never collide on the global default registry.
+servers in one process never collide on the global default registry. /healthz runs the named
+checks of a `HealthChecks` registry: each part of the process (the cloud client, the watch
+loop's queues, leader election) adds its own, and the answer names every one that fails.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
@@ -58,6 +61,55 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+@dataclass(frozen=True)
+class Health:
+    """One check's answer: ok, or not with the reason an operator reads."""
+
+    ok: bool
+    reason: str = ""
+
+
+HealthCheck = Callable[[], Health]
+
+
+class HealthChecks:
+    """Named liveness checks; /healthz is 200 when all pass, else 500 with each failure."""
+
+    def __init__(self) -> None:
+        self._checks: dict[str, HealthCheck] = {}
+        self._lock = threading.Lock()
+
+    def add(self, name: str, check: HealthCheck) -> None:
+        with self._lock:
+            self._checks[name] = check
+
+    def add_flag(self, name: str, ok: Callable[[], bool], reason: str) -> None:
+        """A check from a yes/no callable and the reason it gives when false."""
+        self.add(name, lambda: Health(True) if ok() else Health(False, reason))
+
+    def add_probe(self, name: str, probe: Callable[[], str | None]) -> None:
+        """A check from a probe that returns None when fine, else the reason it is not."""
+        def check() -> Health:
+            reason = probe()
+            return Health(True) if reason is None else Health(False, reason)
+        self.add(name, check)
+
+    def remove(self, name: str) -> None:
+        with self._lock:
+            self._checks.pop(name, None)
+
+    def failing(self) -> list[str]:
+        """``name: reason`` of every failing check (a raising check raises)."""
+        with self._lock:
+            checks = sorted(self._checks.items())
+        out = []
+        for name, check in checks:
+            result = check()
+            if not result.ok:
+                out.append(f"{name}: {result.reason}")
+        return out
+
+
 class HTTPEndpoint:
     """A running /metrics + /healthz server; `stop()` shuts it down and joins its thread."""
 
@@ -86,10 +138,11 @@ def _parse_host_port(endpoint: str) -> tuple[str, int]:
     return host.strip("[]"), int(port_text)
 
 
-def serve_http(endpoint: str, metrics: Metrics, healthz: Callable[[], bool]) -> HTTPEndpoint:
+def serve_http(endpoint: str, metrics: Metrics, health: HealthChecks) -> HTTPEndpoint:
     """Serve GET /metrics and /healthz on `endpoint` ("host:port", port 0 picks one).
 
-    /healthz answers 200 "ok" when `healthz()` is true, else 503.
+    /healthz answers 200 "ok" when every check of `health` passes, else 500 with one line per
+    failing check (a liveness probe then restarts the pod).
     """
     host, port = _parse_host_port(endpoint)
 
@@ -99,9 +152,12 @@ def serve_http(endpoint: str, metrics: Metrics, healthz: Callable[[], bool]) -> 
             if path == "/metrics":
                 self._reply(200, metrics.render(), CONTENT_TYPE_LATEST)
             elif path == "/healthz":
-                # A raising callback drops the connection, which probes read as unhealthy.
-                ok = bool(healthz())
-                self._reply(200 if ok else 503, b"ok\n" if ok else b"not ready\n")
+                # A raising check drops the connection, which probes read as unhealthy.
+                failing = health.failing()
+                if failing:
+                    self._reply(500, ("\n".join(failing) + "\n").encode())
+                else:
+                    self._reply(200, b"ok\n")
             else:
                 self._reply(404, b"not found\n")
 

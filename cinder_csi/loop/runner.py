@@ -32,7 +32,7 @@ from cinder_csi.loop.kube.leader import (
 )
 from cinder_csi.loop.kube.workqueue import WorkQueueMetrics
 from cinder_csi.loop.unprovision import CALL_END_MARGIN
-from cinder_csi.metrics import Metrics, serve_http
+from cinder_csi.metrics import HealthChecks, Metrics, serve_http
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +117,11 @@ class WatchLoop:
             csi.wait_ready(CSI_READY_TIMEOUT_S)
             driver = csi.driver_name()
             if options.http_endpoint:  # standalone; in-process, the controller serves /metrics
+                health = HealthChecks()
+                health.add_flag("leader-election", lambda: not self.lost_lease,
+                                "lost the leader lease")
                 http = serve_http(options.http_endpoint, Metrics(driver, registry=self.registry),
-                                  healthz=lambda: not self.lost_lease)
+                                  health)
             recorder = EventRecorder(clients.rest(), driver, host=socket.gethostname())
             recorder.start()
             ctx = LoopContext(

@@ -11,7 +11,7 @@ from cinder_csi.csi.identity import IdentityService
 from cinder_csi.csi.server import CSIServer
 from cinder_csi.host import CommandRunner, DeviceFinder, MetadataSource, Mounter
 from cinder_csi.host.metadata import DEFAULT_METADATA_URL
-from cinder_csi.metrics import Metrics, serve_http
+from cinder_csi.metrics import HealthChecks, Metrics, serve_http
 from cinder_csi.node.service import NodeOptions, NodeService
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,9 @@ def run(args: argparse.Namespace) -> int:
     server = CSIServer(args.endpoint, identity=identity, node=node, metrics=metrics)
     http = None
     if args.http_endpoint:
-        http = serve_http(args.http_endpoint, metrics, healthz=lambda: node.probe() is None)
+        health = HealthChecks()
+        health.add_probe("node", node.probe)
+        http = serve_http(args.http_endpoint, metrics, health)
     try:
         server.run_until_signal()
     finally:

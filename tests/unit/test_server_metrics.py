@@ -7,7 +7,7 @@ import urllib.request
 
 import pytest
 
-from cinder_csi.metrics import Metrics, go_code_name, serve_http
+from cinder_csi.metrics import HealthChecks, Metrics, go_code_name, serve_http
 
 
 @pytest.mark.parametrize(("python", "go"), [
@@ -41,7 +41,10 @@ def test_serve_http_metrics_and_healthz() -> None:
     metrics = Metrics("cinder.csi.openstack.org")
     metrics.observe_operation("/csi.v1.Controller/CreateVolume", "NOT_FOUND", 1.5)
     healthy = [True]
-    endpoint = serve_http("127.0.0.1:0", metrics, lambda: healthy[0])
+    health = HealthChecks()
+    health.add_flag("lease", lambda: healthy[0], "lost the leader lease")
+    health.add_probe("cloud", lambda: None)
+    endpoint = serve_http("127.0.0.1:0", metrics, health)
     base = f"http://127.0.0.1:{endpoint.port}"
     try:
         status, body = fetch(base + "/metrics")
@@ -51,7 +54,13 @@ def test_serve_http_metrics_and_healthz() -> None:
                 in body)
         assert fetch(base + "/healthz") == (200, "ok\n")
         healthy[0] = False
-        assert fetch(base + "/healthz") == (503, "not ready\n")
+        assert fetch(base + "/healthz") == (500, "lease: lost the leader lease\n")
+        health.add_probe("cloud", lambda: "Cinder is not reachable")
+        assert fetch(base + "/healthz") == (
+            500, "cloud: Cinder is not reachable\nlease: lost the leader lease\n")
+        health.remove("cloud")
+        health.remove("lease")
+        assert fetch(base + "/healthz") == (200, "ok\n")
         assert fetch(base + "/nope")[0] == 404
     finally:
         endpoint.stop()
@@ -62,4 +71,4 @@ def test_serve_http_metrics_and_healthz() -> None:
 @pytest.mark.parametrize("endpoint", ["", "localhost", "host:http", "host:99999"])
 def test_serve_http_rejects_bad_endpoint(endpoint: str) -> None:
     with pytest.raises(ValueError, match="invalid HTTP endpoint"):
-        serve_http(endpoint, Metrics("x"), lambda: True)
+        serve_http(endpoint, Metrics("x"), HealthChecks())
