@@ -278,8 +278,7 @@ def _start_loop(
     if args.registry:
         spec = registry_spec(args)
         options = replace(options, extra=(lambda ctx: RegistryDuty(ctx, spec),))
-    loop = WatchLoop(options, registry=metrics.registry)
-    health.add_flag("leader-election", lambda: not loop.lost_lease, "lost the leader lease")
+    loop = WatchLoop(options, registry=metrics.registry, health=health)
     server.start()
 
     def run() -> None:

@@ -4,6 +4,10 @@
 --with-provisioner`` runs it beside our own controller in one process, calling it through its
 own socket. Every duty gets one ``LoopContext``: the same clients, informers, recorder,
 metrics registry and driver-capability cache.
+
+Its liveness checks (``/healthz``, so that a probe restarts a wedged pod): the leader lease is
+held (when electing), the caches synced in time, and no work queue is wedged (a worker on one
+key, or a queue not draining, for far longer than a CSI call may take: ``stuck_after``).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from cinder_csi.loop.kube.leader import (
 )
 from cinder_csi.loop.kube.workqueue import WorkQueueMetrics
 from cinder_csi.loop.unprovision import CALL_END_MARGIN
-from cinder_csi.metrics import HealthChecks, Metrics, serve_http
+from cinder_csi.metrics import Health, HealthChecks, Metrics, serve_http
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +66,17 @@ class LoopOptions:
     orphan_interval: float = 600.0
     orphan_grace: float = 3600.0
     delete_orphans: bool = False
+    # A work queue is wedged once a worker spent this long on one key (or nothing moved while
+    # keys wait); None: three CSI timeouts, at least a minute.
+    wedged_after: float | None = None
     # Extra duties built from the context (the registry claim, say).
     extra: tuple[Callable[[LoopContext], Controller], ...] = field(default_factory=tuple)
+
+    @property
+    def stuck_after(self) -> float:
+        if self.wedged_after is not None:
+            return self.wedged_after
+        return max(3 * self.csi_timeout, 60.0)
 
 
 def build_controllers(ctx: LoopContext, options: LoopOptions) -> list[Controller]:
@@ -95,9 +108,16 @@ def build_controllers(ctx: LoopContext, options: LoopOptions) -> list[Controller
 class WatchLoop:
     """Build once, ``run(stop)`` until stopped or the lease is lost."""
 
-    def __init__(self, options: LoopOptions, *, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, options: LoopOptions, *, registry: CollectorRegistry | None = None,
+                 health: HealthChecks | None = None) -> None:
         self.options = options
         self.registry = registry or CollectorRegistry()
+        self.health = health if health is not None else HealthChecks()
+        self.health.add_flag("leader-election", lambda: not self.lost_lease,
+                             "lost the leader lease")
+        self.health.add("informer-sync", self._sync_health)
+        self.health.add("work-queues", self._queue_health)
+        self._ctx: LoopContext | None = None
         self.lost_lease = False
         self.ready = threading.Event()  # informers synced and workers running
         # Since when (monotonic) the first sync has been overdue; None while it is not.
@@ -117,11 +137,8 @@ class WatchLoop:
             csi.wait_ready(CSI_READY_TIMEOUT_S)
             driver = csi.driver_name()
             if options.http_endpoint:  # standalone; in-process, the controller serves /metrics
-                health = HealthChecks()
-                health.add_flag("leader-election", lambda: not self.lost_lease,
-                                "lost the leader lease")
                 http = serve_http(options.http_endpoint, Metrics(driver, registry=self.registry),
-                                  health)
+                                  self.health)
             recorder = EventRecorder(clients.rest(), driver, host=socket.gethostname())
             recorder.start()
             ctx = LoopContext(
@@ -132,6 +149,7 @@ class WatchLoop:
                 provisioner_identity=f"{default_identity()}-{driver}",
                 cluster=options.cluster, cluster_explicit=options.cluster_explicit,
             )
+            self._ctx = ctx
             if options.leader_election:
                 return self._run_elected(ctx, clients, stop)
             self._lead(ctx, stop)
@@ -184,6 +202,21 @@ class WatchLoop:
             ctx.informers.stop()
             ctx.recorder.stop()
 
+
+    def _sync_health(self) -> Health:
+        since = self.sync_overdue_since
+        if since is None:
+            return Health(True)
+        waited = SYNC_TIMEOUT_S + time.monotonic() - since
+        return Health(False, f"the caches have not synced in {waited:.0f}s; no duty runs")
+
+    def _queue_health(self) -> Health:
+        ctx = self._ctx
+        if ctx is None:
+            return Health(True)
+        wedged = [f"{queue.name}: {why}" for queue in ctx.queue_metrics.queues
+                  if (why := queue.stalled(self.options.stuck_after)) is not None]
+        return Health(not wedged, "; ".join(wedged))
 
     def _wait_for_sync(self, ctx: LoopContext, stop: threading.Event) -> bool:
         """Until every cache holds a whole first listing; False when stopped first.
