@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -36,6 +37,26 @@ def go_bool(text: str) -> bool:
     if lowered in ("0", "f", "false", "no", "off"):
         return False
     raise argparse.ArgumentTypeError(f"{text!r} is not a boolean")
+
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def go_duration(text: str) -> float:
+    """Seconds from a Go duration ("15s", "1m30s", "500ms") or a plain number of seconds."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    total, rest = 0.0, text.strip()
+    pattern = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+    while rest:
+        match = pattern.match(rest)
+        if match is None:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 15s or 1m30s")
+        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        rest = rest[match.end():]
+    return total
 
 
 def key_value(text: str) -> tuple[str, str]:
@@ -89,6 +110,15 @@ def _add_loop(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kube-api-burst", type=int, default=100)
     parser.add_argument("--leader-election", type=go_bool, nargs="?", const=True, default=False)
     parser.add_argument("--leader-election-namespace", default=None)
+    parser.add_argument("--leader-election-lease-duration", type=go_duration, default=15.0,
+                        help="how long a silent leader's lease stays valid (15s)")
+    parser.add_argument("--leader-election-renew-deadline", type=go_duration, default=10.0,
+                        help="how long the leader may fail to renew before it stops; it stops "
+                             "starting volume calls then, before anyone may take over (10s)")
+    parser.add_argument("--leader-election-retry-period", type=go_duration, default=2.0,
+                        help="how often to renew or try to acquire (2s)")
+    parser.add_argument("--leader-election-clock-skew", type=float, default=0.0,
+                        help=argparse.SUPPRESS)  # tests: shift this replica's wall clock
     parser.add_argument("--resync-period", type=float, default=600.0, help="seconds")
     parser.add_argument("--timeout", type=float, default=180.0,
                         help="seconds a CSI call of the loop may take")
@@ -194,6 +224,15 @@ def loop_options(args: argparse.Namespace, csi_address: str) -> LoopOptions:
     # Imported here: `cinder-csi node` must not load the Kubernetes client.
     from cinder_csi.loop.runner import ALL_DUTIES, LoopOptions
 
+    if args.leader_election:
+        from cinder_csi.loop.kube.leader import LeaderElectionConfig
+
+        try:  # renew deadline < lease duration: what fencing relies on
+            LeaderElectionConfig("check", "check", "check", args.leader_election_lease_duration,
+                                 args.leader_election_renew_deadline,
+                                 args.leader_election_retry_period)
+        except ValueError as exc:
+            raise errors.InvalidArgument(f"leader election timing: {exc}") from None
     duties = ALL_DUTIES if args.duties is None else tuple(
         d.strip() for d in args.duties.split(",") if d.strip())
     return LoopOptions(
@@ -202,6 +241,10 @@ def loop_options(args: argparse.Namespace, csi_address: str) -> LoopOptions:
         resync_period=args.resync_period, csi_timeout=args.timeout,
         leader_election=args.leader_election,
         leader_election_namespace=args.leader_election_namespace,
+        lease_duration=args.leader_election_lease_duration,
+        renew_deadline=args.leader_election_renew_deadline,
+        retry_period=args.leader_election_retry_period,
+        clock_skew=args.leader_election_clock_skew,
         duties=duties,
         cluster=cluster_id(args), cluster_explicit=args.cluster is not None,
         orphan_interval=args.orphan_sweep_interval,

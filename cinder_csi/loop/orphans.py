@@ -52,7 +52,7 @@ from cinder_csi.loop import protocol as p
 from cinder_csi.loop.capabilities import RPC
 from cinder_csi.loop.context import LoopContext
 from cinder_csi.loop.csi_client import listed_volumes
-from cinder_csi.loop.errors import rpc_code, rpc_error_text
+from cinder_csi.loop.errors import Fenced, rpc_code, rpc_error_text
 from cinder_csi.loop.kube.client import API_ERRORS, api_error_text
 from cinder_csi.loop.kube.objects import PV_PATH, annotations_of, list_all
 
@@ -162,6 +162,9 @@ class OrphanSweep:
                 with self._lock:
                     self._seen.clear()  # the streaks are broken: start over
                 log.warning("orphan sweep: pass abandoned, nothing concluded: %s", exc)
+                return []
+            except Fenced as exc:  # not (provably) the leader: leave the rest to whoever is
+                log.warning("orphan sweep: pass stopped: %s", exc)
                 return []
 
     def _sweep(self) -> list[tuple[str, str]]:

@@ -30,6 +30,7 @@ from cinder_csi.loop.kube.leader import (
     KubeLeaseStore,
     LeaderElectionConfig,
     LeaderElector,
+    SystemClock,
     default_identity,
     default_namespace,
     lease_name,
@@ -56,6 +57,11 @@ class LoopOptions:
     csi_timeout: float = 180.0
     leader_election: bool = False
     leader_election_namespace: str | None = None
+    lease_duration: float = 15.0
+    renew_deadline: float = 10.0
+    retry_period: float = 2.0
+    # Shifts this replica's wall clock for leader election (tests: the Lease must not care).
+    clock_skew: float = 0.0
     http_endpoint: str = ""
     duties: tuple[str, ...] = ALL_DUTIES
     cluster: str = "kubernetes"
@@ -163,12 +169,19 @@ class WatchLoop:
     def _run_elected(self, ctx: LoopContext, clients: KubeClients, stop: threading.Event) -> int:
         namespace = self.options.leader_election_namespace or default_namespace()
         name = lease_name(ctx.driver)
+        options = self.options
         elector = LeaderElector(
             KubeLeaseStore(clients.leader_rest(), namespace, name),
-            LeaderElectionConfig(name=name, namespace=namespace, identity=default_identity()),
+            LeaderElectionConfig(name=name, namespace=namespace, identity=default_identity(),
+                                 lease_duration=options.lease_duration,
+                                 renew_deadline=options.renew_deadline,
+                                 retry_period=options.retry_period),
             on_started_leading=lambda leading_stop: self._lead(ctx, leading_stop),
             on_stopped_leading=lambda: ctx.stop.set(),
+            clock=SystemClock(options.clock_skew),
         )
+        # Fencing: no volume-changing CSI call starts unless the lease is proven held.
+        ctx.csi.fence = elector.fence.check
         elector.run(stop)
         if not stop.is_set():
             self.lost_lease = True
