@@ -12,7 +12,8 @@ static PV whose ``spec.csi.driver`` is the driver. For ours:
   removed in one patch. The finalizer holds a PV deleted right after its switch to Retain
   until then, so the orphan sweep can never mistake its volume for a lost one;
 - Released + Delete: never while a VolumeAttachment names the PV (it may still be attached
-  somewhere); DeleteVolume with the deletion secret, then the PV object, then the finalizer;
+  somewhere); DeleteVolume with the deletion secret (without, and a Warning Event, once that
+  Secret is gone: ``deletion_secrets``), then the PV object, then the finalizer;
 - Released + Retain: left Released.
 """
 
@@ -33,6 +34,7 @@ from cinder_csi.loop import caches as inf
 from cinder_csi.loop import protocol as p
 from cinder_csi.loop.capabilities import RPC
 from cinder_csi.loop.context import LoopContext
+from cinder_csi.loop.deletion_secrets import deletion_secrets
 from cinder_csi.loop.errors import RetryAfter, rpc_code, rpc_error_text
 from cinder_csi.loop.kube.client import api_error_text
 from cinder_csi.loop.kube.informer import Handlers
@@ -45,9 +47,9 @@ from cinder_csi.loop.kube.objects import (
     get_or_none,
     name_of,
     pv_path,
-    read_secret,
 )
 from cinder_csi.loop.kube.workqueue import WorkQueue
+from cinder_csi.loop.pvspec import SecretRef
 
 log = logging.getLogger(__name__)
 
@@ -194,10 +196,8 @@ class VolumeController:
         ann = annotations_of(pv)
         secret_name = ann.get(p.ANN_DELETION_SECRET_NAME) or ""
         secret_ns = ann.get(p.ANN_DELETION_SECRET_NAMESPACE) or ""
-        secrets: dict[str, str] = {}
-        if secret_name and secret_ns:
-            secrets = read_secret(self.ctx.rest, secret_ns, secret_name)
-            self.ctx.recorder.add_secrets(secrets.values())
+        ref = SecretRef(secret_name, secret_ns) if secret_name and secret_ns else None
+        secrets = deletion_secrets(self.ctx, pv, ref, handle)
         try:
             self.ctx.csi.delete_volume(
                 csi_pb2.DeleteVolumeRequest(volume_id=handle, secrets=secrets))

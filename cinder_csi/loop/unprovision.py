@@ -34,7 +34,6 @@ from collections.abc import Callable, Mapping
 from typing import NoReturn
 
 import grpc
-from kubernetes.client.exceptions import ApiException
 
 from cinder_csi import CLUSTER_KEY, FEATURE_LISTED_NAMES, LISTED_NAME_KEY
 from cinder_csi.csi import csi_pb2
@@ -43,6 +42,7 @@ from cinder_csi.loop import pvspec
 from cinder_csi.loop.capabilities import RPC
 from cinder_csi.loop.context import LoopContext
 from cinder_csi.loop.csi_client import listed_volumes
+from cinder_csi.loop.deletion_secrets import deletion_secrets
 from cinder_csi.loop.errors import (
     IN_PROGRESS_CODES,
     DoNotRetrySoon,
@@ -53,7 +53,7 @@ from cinder_csi.loop.errors import (
     rpc_error_text,
 )
 from cinder_csi.loop.intent import Intent, recorded_intent
-from cinder_csi.loop.kube.objects import Obj, object_key, read_secret
+from cinder_csi.loop.kube.objects import Obj, object_key
 
 log = logging.getLogger(__name__)
 
@@ -172,20 +172,7 @@ class Unprovisioner:
     def _secrets(self, claim: Obj, intent: Intent | None, name: str) -> Mapping[str, str]:
         ref = intent.provisioner_secret if intent is not None else self._class_secret(claim,
                                                                                        name)
-        if ref is None:
-            return {}
-        try:
-            values = read_secret(self.ctx.rest, ref.namespace, ref.name)
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
-            self.ctx.recorder.warning(
-                claim, "ProvisioningFailed",
-                f'provisioner secret "{ref.namespace}/{ref.name}" is gone; calling the driver '
-                f"for volume {name} without secrets")
-            return {}
-        self.ctx.recorder.add_secrets(values.values())
-        return values
+        return deletion_secrets(self.ctx, claim, ref, name)
 
     def _class_secret(self, claim: Obj, name: str) -> pvspec.SecretRef | None:
         """An intent of an older version recorded no Secret: the class's, if it still
