@@ -335,7 +335,10 @@ class ClaimController:
         try:
             response = self.ctx.csi.create_volume(intent.request_with(secrets))
         except grpc.RpcError as exc:
+            if rpc_code(exc) not in IN_PROGRESS_CODES:  # the driver answered: it is done
+                self.unprovisioner.forget(pv_name)
             self._create_failed(claim, labels, pv_name, intent.storage_class, exc)
+        self.unprovisioner.forget(pv_name)
         volume = pvspec.CreatedVolume.from_csi(response.volume)
         pv = pvspec.build_pv(
             name=pv_name, driver=self.ctx.driver, claim=claim,
@@ -351,7 +354,6 @@ class ClaimController:
         with self._lock:
             self._provisioned[str(claim["metadata"]["uid"])] = self._clock()
         self._clear_intent(claim)
-        self.unprovisioner.forget(pv_name)
         self.ctx.recorder.normal(claim, "ProvisioningSucceeded",
                                  f"Successfully provisioned volume {pv_name}")
         self.metrics.total.labels(*labels).inc()

@@ -79,6 +79,7 @@ class Unprovisioner:
             self._creates_end[name] = max(ends, self._creates_end.get(name, 0.0))
 
     def forget(self, name: str) -> None:
+        """The last CreateVolume of ``name`` got the driver's answer: it is not running."""
         with self._lock:
             self._creates_end.pop(name, None)
 

@@ -14,6 +14,7 @@ purpose (``retained``), no CSI name has two volumes, and no PV names a volume th
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cinder_csi.loop import protocol as p
 from cinder_csi.standins.kube import ApiError
 from tests.integration.cluster_env import ClusterEnv, wait_until
 
@@ -48,6 +50,8 @@ class LoopProcess:
     extra: Sequence[str] = ()
     timeout: float = 20.0  # --timeout: seconds a CSI call of the loop may take
     http_port: int = 0
+    cloud_config: Path | None = None  # default: the cluster's cloud.conf
+    kubeconfig: Path | None = None  # default: the cluster's kubeconfig
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
     logs: list[Path] = field(default_factory=list)
@@ -60,9 +64,9 @@ class LoopProcess:
         return [
             sys.executable, "-m", "cinder_csi.cli", "controller",
             "--endpoint", f"unix://{self.socket}",
-            "--cloud-config", str(self.env.tmp_path / "cloud.conf"),
+            "--cloud-config", str(self.cloud_config or self.env.tmp_path / "cloud.conf"),
             "--cluster", self.env.cluster,
-            "--with-provisioner", "--kubeconfig", str(self.env.kubeconfig),
+            "--with-provisioner", "--kubeconfig", str(self.kubeconfig or self.env.kubeconfig),
             "--timeout", str(self.timeout), "--worker-threads", "20",
             "--http-endpoint", f"127.0.0.1:{self.http_port or free_port()}",
             "--log-level", "DEBUG", *self.extra,
@@ -161,22 +165,37 @@ class Audit:
                 f"{self.duplicated}, PVs without a volume {self.dangling}")
 
 
-def audit(env: ClusterEnv, *, retained: Iterable[str] = ()) -> Audit:
+def audit(env: ClusterEnv, *, retained: Iterable[str] = (), in_flight: bool = False) -> Audit:
+    """The audit of a settled cluster; with ``in_flight``, the invariant that holds at any
+    moment: a volume may also be accounted for by a claim whose intent names it, and a PV
+    whose volume was just deleted is not counted (its deletion is under way).
+
+    Volumes are read first, then claims, then PVs: a volume given its PV while we read has
+    its claim's intent or its PV in what we read."""
     kept = set(retained)
     volumes = live_volumes(env)
+    intents = {str((c.get("metadata", {}).get("annotations") or {}).get(p.ANN_PROVISIONING))
+               for c in env.kube.store.view("persistentvolumeclaims")} if in_flight else set()
     pvs = env.kube.store.view("persistentvolumes")
     handles = {((pv.get("spec") or {}).get("csi") or {}).get("volumeHandle") for pv in pvs}
     ids = {v["id"] for v in volumes}
     names = Counter(v["name"] for v in volumes if v.get("name"))
     return Audit(
         leaked=sorted(f"{v['id']} ({v['name']}, {v['status']})" for v in volumes
-                      if v["id"] not in handles and v["id"] not in kept),
+                      if v["id"] not in handles and v["id"] not in kept
+                      and v["name"] not in intents),
         duplicated=sorted(n for n, count in names.items() if count > 1),
-        dangling=sorted(str(pv["metadata"]["name"]) for pv in pvs
-                        if ((pv.get("spec") or {}).get("csi") or {}).get("volumeHandle")
-                        not in ids and (pv.get("spec") or {}).get("csi")),
+        dangling=[] if in_flight else sorted(
+            str(pv["metadata"]["name"]) for pv in pvs
+            if ((pv.get("spec") or {}).get("csi") or {}).get("volumeHandle") not in ids
+            and (pv.get("spec") or {}).get("csi")),
         volumes=len(volumes), pvs=len(pvs),
     )
+
+
+def accounted(env: ClusterEnv) -> Audit:
+    """The audit that must hold at any moment, even mid-provisioning."""
+    return audit(env, in_flight=True)
 
 
 def wait_clean(env: ClusterEnv, *, timeout: float, retained: Iterable[str] = (),
@@ -199,5 +218,9 @@ def claims_left(env: ClusterEnv, namespace: str = "default") -> list[str]:
 
 
 def seed_from_env(default: int) -> int:
-    """``RELIABILITY_SEED`` replays a run; otherwise ``default``."""
-    return int(os.environ.get("RELIABILITY_SEED", str(default)))
+    """``RELIABILITY_SEED=<n>`` replays a run, ``RELIABILITY_SEED=random`` explores a new one;
+    otherwise ``default`` (so that CI runs the same campaign each time)."""
+    text = os.environ.get("RELIABILITY_SEED", "")
+    if text == "random":
+        return random.SystemRandom().randrange(1_000_000)
+    return int(text) if text else default

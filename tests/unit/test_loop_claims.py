@@ -487,6 +487,18 @@ def test_absence_proves_nothing_while_a_create_may_still_run(world: World) -> No
     assert not intent(world.claim())
 
 
+def test_a_create_the_driver_answered_is_not_waited_for(world: World) -> None:
+    world.add_claim()
+    world.csi.errors.append(RpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, "quota"))
+    with pytest.raises(ProvisionFailed):
+        world.sync()
+    claim = world.refresh()
+    claim["metadata"]["deletionTimestamp"] = "2024-01-01T00:00:00Z"
+    world.refresh()
+    world.sync()  # the call ended with the driver's answer: absence proves it at once
+    assert not intent(world.claim()) and world.csi.deleted == []
+
+
 def test_failed_delete_keeps_the_intent(world: World) -> None:
     started_then_deleted(world)
     world.csi.delete_errors.append(RpcError(grpc.StatusCode.FAILED_PRECONDITION, "in use"))
