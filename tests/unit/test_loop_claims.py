@@ -18,7 +18,12 @@ from cinder_csi.loop import caches as inf
 from cinder_csi.loop import protocol as p
 from cinder_csi.loop.claims import HOLDOFF_CAP, ClaimController
 from cinder_csi.loop.context import LoopContext
-from cinder_csi.loop.errors import DoNotRetrySoon, ProvisionFailed, RetryAfter
+from cinder_csi.loop.errors import (
+    IN_PROGRESS_CODES,
+    DoNotRetrySoon,
+    ProvisionFailed,
+    RetryAfter,
+)
 from cinder_csi.loop.intent import Intent
 from cinder_csi.loop.kube.informer import Cache
 from cinder_csi.loop.kube.workqueue import WorkQueueMetrics
@@ -420,19 +425,24 @@ def test_selected_node_that_vanished_reschedules(world: World) -> None:
 # ---------------------------------------------------------------- crash safety
 
 
-def started_then_deleted(world: World, **class_extra: Any) -> None:
-    """A claim whose intent was recorded (CreateVolume failed in flight), then deleted."""
+def started_then_deleted(world: World, *,
+                         code: grpc.StatusCode = grpc.StatusCode.DEADLINE_EXCEEDED,
+                         **class_extra: Any) -> None:
+    """A claim whose intent was recorded and whose CreateVolume failed with ``code``, then
+    deleted. A call cut short (DEADLINE_EXCEEDED) made the volume anyway, and has surely
+    ended by now in the driver."""
     if class_extra:
         world.add_class("standard", **class_extra)
     world.add_claim()
-    world.csi.errors.append(RpcError(grpc.StatusCode.DEADLINE_EXCEEDED, "slow cloud"))
+    world.csi.errors.append(RpcError(code, "slow cloud"))
     with pytest.raises(ProvisionFailed):
         world.sync()
-    world.csi.volumes["vol-1"] = "pvc-uid-data"  # Cinder made it anyway
     claim = world.refresh()
     claim["metadata"]["deletionTimestamp"] = "2024-01-01T00:00:00Z"
     world.refresh()
-    world.now += world.csi.timeout + 60  # the failed call has surely ended in the driver
+    if code in IN_PROGRESS_CODES:
+        world.csi.volumes["vol-1"] = "pvc-uid-data"
+        world.now += world.csi.timeout + 60
 
 
 def test_recorded_intent_is_one_patch_with_the_finalizer(world: World) -> None:
@@ -488,13 +498,7 @@ def test_absence_proves_nothing_while_a_create_may_still_run(world: World) -> No
 
 
 def test_a_create_the_driver_answered_is_not_waited_for(world: World) -> None:
-    world.add_claim()
-    world.csi.errors.append(RpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, "quota"))
-    with pytest.raises(ProvisionFailed):
-        world.sync()
-    claim = world.refresh()
-    claim["metadata"]["deletionTimestamp"] = "2024-01-01T00:00:00Z"
-    world.refresh()
+    started_then_deleted(world, code=grpc.StatusCode.RESOURCE_EXHAUSTED)
     world.sync()  # the call ended with the driver's answer: absence proves it at once
     assert not intent(world.claim()) and world.csi.deleted == []
 
