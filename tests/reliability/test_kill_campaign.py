@@ -79,6 +79,7 @@ class Campaign:
         self.controller = LoopProcess(env, timeout=15.0)
         self.kills: list[str] = []
         self.used: set[str] = set()  # claims a pod was ever given
+        self.fresh: list[str] = []  # claims made in this cycle
 
     def say(self, text: str) -> str:
         return f"[seed {self.seed}] {text}"
@@ -116,6 +117,7 @@ class Campaign:
                 "apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot",
                 "name": source} if source else None)
             self.world.claims[name] = storage_class
+            self.fresh.append(name)
         return "provisioning"
 
     def bound(self) -> list[str]:
@@ -169,10 +171,13 @@ class Campaign:
             self.world.snapshots.discard(name)
 
     def while_down(self) -> list[str]:
-        kinds = ["claim", "claim", "pod", "class", "secret", "snapshot"]
+        kinds = ["new claim", "claim", "pod", "class", "secret", "snapshot"]
         done = []
         for kind in self.rng.sample(kinds, self.rng.randint(1, 3)):
-            if kind == "claim" and self.world.claims:
+            fresh = [c for c in self.fresh if c in self.world.claims]
+            if kind == "new claim" and fresh:  # one the killed process was provisioning
+                victim = self.rng.choice(fresh)
+            elif kind == "claim" and self.world.claims:
                 victim = self.rng.choice(sorted(self.world.claims))
             elif kind == "pod" and self.world.pods:
                 victim = self.rng.choice(sorted(self.world.pods))
@@ -194,6 +199,7 @@ class Campaign:
     # ---- the cycle
 
     def cycle(self, index: int) -> None:
+        self.fresh = []
         self.snapshot()
         action = self.rng.choice((self.provision, self.provision, self.attach, self.remove))()
         delay = self.rng.uniform(0.05, 2.5)
@@ -296,6 +302,7 @@ def test_kill_9_at_random_points_leaks_nothing(env: ClusterEnv) -> None:
     print(f"kill campaign seed {seed} (replay: RELIABILITY_SEED={seed})")
     for node in ("node-0", "node-1"):
         env.add_kubelet(node)
+    env.openstack.faults.slow("create", 0.5)  # kills land while Cinder creates
     campaign = Campaign(env, seed)
     started = time.monotonic()
     campaign.controller.start()
