@@ -2,7 +2,7 @@
 stand-in with Cinder-like latency (each status change takes 0.2-0.6 s, every API call 20 ms).
 
 Prints volumes per second at several concurrency levels and the ratio to sequential calls.
-Usage: python -m bench.create_throughput [--volumes 48] [--concurrency 1,8,32]
+Usage: python -m bench create [--volumes 48] [--concurrency 1,8,32]
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import argparse
 import statistics
 import tempfile
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -39,11 +40,11 @@ def run_level(
     return time.monotonic() - started, latencies
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench create", description=__doc__)
     parser.add_argument("--volumes", type=int, default=48)
     parser.add_argument("--concurrency", default="1,8,32")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     levels = [int(x) for x in args.concurrency.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -70,7 +71,8 @@ def main() -> None:
             handle.channel.close()
             server.stop(0)
             openstack.stop()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,9 +1,7 @@
 """Prometheus metrics of the CSI plugin, and a small HTTP server for /metrics and /healthz.
 
 Every metric lives in a `Metrics` instance with its own registry, so tests and several
-servers in one process never collide on the global default registry. /healthz runs the named
-checks of a `HealthChecks` registry: each part of the process (the cloud client, the watch
-loop's queues, leader election) adds its own, and the answer names every one that fails.
+servers in one process never collide on the global default registry.
 """
 
 from __future__ import annotations
@@ -11,7 +9,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
@@ -61,53 +58,43 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-@dataclass(frozen=True)
-class Health:
-    """One check's answer: ok, or not with the reason an operator reads."""
-
-    ok: bool
-    reason: str = ""
-
-
-HealthCheck = Callable[[], Health]
+HealthCheck = Callable[[], "str | None"]
 
 
 class HealthChecks:
-    """Named liveness checks; /healthz is 200 when all pass, else 500 with each failure."""
+    """Named liveness checks behind /healthz: each returns None when healthy, else why not.
+
+    Any part may register one (the controller: its cloud client and operation locks; the
+    node: its metadata and operation locks; the watch loop: leader lease, caches synced in
+    time, work queues). A check must not
+    block: it reads state that the work itself keeps up to date. A check that raises drops the
+    probe's connection, which a liveness probe counts as a failure too.
+    """
 
     def __init__(self) -> None:
-        self._checks: dict[str, HealthCheck] = {}
         self._lock = threading.Lock()
+        self._checks: dict[str, HealthCheck] = {}
 
-    def add(self, name: str, check: HealthCheck) -> None:
+    def register(self, name: str, check: HealthCheck) -> None:
         with self._lock:
+            if name in self._checks:
+                raise ValueError(f"health check {name!r} is already registered")
             self._checks[name] = check
 
-    def add_flag(self, name: str, ok: Callable[[], bool], reason: str) -> None:
-        """A check from a yes/no callable and the reason it gives when false."""
-        self.add(name, lambda: Health(True) if ok() else Health(False, reason))
-
-    def add_probe(self, name: str, probe: Callable[[], str | None]) -> None:
-        """A check from a probe that returns None when fine, else the reason it is not."""
-        def check() -> Health:
-            reason = probe()
-            return Health(True) if reason is None else Health(False, reason)
-        self.add(name, check)
-
-    def remove(self, name: str) -> None:
+    def unregister(self, name: str) -> None:
         with self._lock:
             self._checks.pop(name, None)
 
-    def failing(self) -> list[str]:
-        """``name: reason`` of every failing check (a raising check raises)."""
+    def failures(self) -> dict[str, str]:
+        """Each failing check's name and reason."""
         with self._lock:
-            checks = sorted(self._checks.items())
-        out = []
+            checks = list(self._checks.items())
+        failed: dict[str, str] = {}
         for name, check in checks:
-            result = check()
-            if not result.ok:
-                out.append(f"{name}: {result.reason}")
-        return out
+            reason = check()
+            if reason is not None:
+                failed[name] = reason
+        return failed
 
 
 class HTTPEndpoint:
@@ -138,11 +125,11 @@ def _parse_host_port(endpoint: str) -> tuple[str, int]:
     return host.strip("[]"), int(port_text)
 
 
-def serve_http(endpoint: str, metrics: Metrics, health: HealthChecks) -> HTTPEndpoint:
+def serve_http(endpoint: str, metrics: Metrics, healthz: HealthChecks) -> HTTPEndpoint:
     """Serve GET /metrics and /healthz on `endpoint` ("host:port", port 0 picks one).
 
-    /healthz answers 200 "ok" when every check of `health` passes, else 500 with one line per
-    failing check (a liveness probe then restarts the pod).
+    /healthz answers 200 "ok" when every check of `healthz` passes, else 503 naming each
+    failing check and why, one per line (a liveness probe then restarts the pod).
     """
     host, port = _parse_host_port(endpoint)
 
@@ -153,11 +140,9 @@ def serve_http(endpoint: str, metrics: Metrics, health: HealthChecks) -> HTTPEnd
                 self._reply(200, metrics.render(), CONTENT_TYPE_LATEST)
             elif path == "/healthz":
                 # A raising check drops the connection, which probes read as unhealthy.
-                failing = health.failing()
-                if failing:
-                    self._reply(500, ("\n".join(failing) + "\n").encode())
-                else:
-                    self._reply(200, b"ok\n")
+                failed = healthz.failures()
+                body = "".join(f"{name}: {why}\n" for name, why in sorted(failed.items()))
+                self._reply(503 if failed else 200, body.encode() if failed else b"ok\n")
             else:
                 self._reply(404, b"not found\n")
 

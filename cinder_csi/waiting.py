@@ -12,6 +12,11 @@ from cinder_csi.errors import Timeout
 
 T = TypeVar("T")
 
+# The longest pause between two looks: a caller hears of a change at most this late. Cinder
+# takes seconds to create or attach, so 1 s costs few GETs; a 3 s cap made the last of a
+# wave of creates wait up to 3 s longer than the cloud did.
+DEFAULT_MAXIMUM_S = 1.0
+
 
 def backoff_delays(initial: float, factor: float, maximum: float) -> Iterator[float]:
     """The delays of an exponential series, capped at ``maximum``, without end."""
@@ -28,7 +33,7 @@ def wait_for(
     what: str,
     initial: float = 0.1,
     factor: float = 1.5,
-    maximum: float = 3.0,
+    maximum: float = DEFAULT_MAXIMUM_S,
     stop: threading.Event | None = None,
 ) -> T:
     """Call ``probe`` until it returns something other than None, and return that.

@@ -32,12 +32,13 @@ class ComputeApi:
         )
         return ServerAttachment.from_api(resp.body["volumeAttachment"])
 
-    def detach(self, server_id: str, volume_id: str, deadline: Deadline) -> None:
-        """Ask Nova to detach; an attachment already gone counts as detached."""
-        none_if_missing(lambda: self._session.request(
+    def detach(self, server_id: str, volume_id: str, deadline: Deadline) -> bool:
+        """Ask Nova to detach; False when Nova knows no such attachment (or server)."""
+        answer = none_if_missing(lambda: self._session.request(
             "DELETE", f"/servers/{server_id}/os-volume_attachments/{volume_id}",
             what=f"detach volume {volume_id} from server {server_id}", deadline=deadline,
         ))
+        return answer is not None
 
     def attachments(self, server_id: str, deadline: Deadline) -> list[ServerAttachment]:
         resp = self._session.request(

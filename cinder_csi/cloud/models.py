@@ -13,6 +13,7 @@ VOLUME_ERROR_STATES = frozenset(
      "error_managing"}
 )
 SNAPSHOT_ERROR_STATES = frozenset({"error", "error_deleting"})
+BACKUP_ERROR_STATES = frozenset({"error", "error_deleting", "error_restoring"})
 
 
 def parse_time(value: Any) -> datetime | None:
@@ -104,6 +105,37 @@ class Snapshot:
             size_gib=int(body.get("size") or 0),
             status=str(body.get("status") or "unknown"),
             created_at=parse_time(body.get("created_at")),
+            metadata=_str_dict(body.get("metadata")),
+        )
+
+
+@dataclass(frozen=True)
+class Backup:
+    """A Cinder backup; the CSI snapshot of a VolumeSnapshotClass with ``type: backup``."""
+
+    id: str
+    name: str
+    volume_id: str
+    snapshot_id: str | None
+    size_gib: int
+    status: str
+    created_at: datetime | None
+    availability_zone: str | None = None
+    fail_reason: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_api(cls, body: dict[str, Any]) -> Backup:
+        return cls(
+            id=str(body["id"]),
+            name=str(body.get("name") or ""),
+            volume_id=str(body.get("volume_id") or ""),
+            snapshot_id=body.get("snapshot_id") or None,
+            size_gib=int(body.get("size") or 0),
+            status=str(body.get("status") or "unknown"),
+            created_at=parse_time(body.get("created_at")),
+            availability_zone=body.get("availability_zone"),
+            fail_reason=body.get("fail_reason"),
             metadata=_str_dict(body.get("metadata")),
         )
 

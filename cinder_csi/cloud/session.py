@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -20,6 +22,7 @@ from keystoneauth1 import exceptions as ks_exc
 from openstack import exceptions as os_exc
 
 from cinder_csi import errors
+from cinder_csi.cloud.tokens import TokenKeeper, keystone_refusal
 from cinder_csi.cloud.translate import error_for_status, error_message, retry_after_seconds
 from cinder_csi.deadline import Deadline
 
@@ -30,6 +33,9 @@ T = TypeVar("T")
 _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE"})
 # One request never waits longer than this, even when the caller's deadline is far away.
 REQUEST_TIMEOUT_S = 60.0
+# Setting up a service (version discovery) waits at most this long for another caller that
+# is already doing it, when the caller has no deadline of its own.
+SETUP_WAIT_S = 30.0
 
 
 class _Retryable(Exception):
@@ -66,6 +72,7 @@ class ServiceSession:
         *,
         microversion: str | None,
         retry: RetryPolicy = RetryPolicy(),
+        tokens: TokenKeeper | None = None,
     ) -> None:
         self.service = service
         self._proxy_factory = proxy_factory
@@ -74,15 +81,31 @@ class ServiceSession:
         self._lock = threading.Lock()
         self.microversion = microversion
         self.retry = retry
+        self._tokens = tokens
+        self.in_flight = InFlight()
 
-    def _adapter(self) -> Any:
-        """The proxy, made on first use: building it may authenticate and discover versions."""
-        with self._lock:
+    def _adapter(self, deadline: Deadline | None = None) -> Any:
+        """The proxy, made on first use: building it discovers versions (a request bounded by
+        the session timeout). Callers wait for another one doing it until their deadline."""
+        proxy = self._proxy
+        if proxy is not None:
+            return proxy
+        wait = deadline.remaining() if deadline is not None else SETUP_WAIT_S
+        if not self._lock.acquire(timeout=max(0.0, wait)):
+            raise errors.Timeout(
+                f"{self.service}: another call is still discovering the service's versions; "
+                "gave up waiting at the call's deadline"
+            )
+        try:
             if self._proxy is None:
+                if self._tokens is not None:
+                    self._tokens.ensure(deadline or Deadline.after(SETUP_WAIT_S))
                 proxy = self._proxy_factory()
                 self._max_microversion = _max_microversion(proxy)
                 self._proxy = proxy
             return self._proxy
+        finally:
+            self._lock.release()
 
     def effective_microversion(self, wanted: str | None) -> str | None:
         """``wanted``, capped at what the cloud supports (older clouds get their maximum)."""
@@ -93,9 +116,9 @@ class ServiceSession:
         major, minor = self._max_microversion
         return f"{major}.{minor}"
 
-    def supports(self, microversion: str) -> bool:
+    def supports(self, microversion: str, deadline: Deadline | None = None) -> bool:
         """Whether the cloud accepts ``microversion`` (True when it did not say)."""
-        self._adapter()
+        self._adapter(deadline)
         return self._max_microversion is None or (
             _version_tuple(microversion) <= self._max_microversion
         )
@@ -171,9 +194,10 @@ class ServiceSession:
         remaining = deadline.remaining()
         if remaining <= 0:
             raise errors.Timeout(f"deadline passed before {method} {what}")
+        timeout = min(REQUEST_TIMEOUT_S, remaining)
         kwargs: dict[str, Any] = {
             "raise_exc": False,
-            "timeout": min(REQUEST_TIMEOUT_S, remaining),
+            "timeout": timeout,
             "connect_retries": 0,
         }
         if json is not None:
@@ -181,11 +205,22 @@ class ServiceSession:
         if params:
             kwargs["params"] = params
         try:
-            adapter = self._adapter()
+            token = self._tokens.ensure(deadline) if self._tokens is not None else None
+            adapter = self._adapter(deadline)
             effective = self.effective_microversion(microversion)
             if effective:
                 kwargs["microversion"] = effective
-            raw = adapter.request(path, method, **kwargs)
+            if self._tokens is not None:
+                kwargs["allow_reauth"] = False  # a 401 comes back to the token keeper
+            with self.in_flight.track(timeout):
+                raw = adapter.request(path, method, **kwargs)
+            if int(raw.status_code) == 401 and self._tokens is not None:
+                # The token was revoked or Keystone forgot it; nothing was done, so the
+                # request may be sent again (once) with a new one.
+                self._tokens.renew(token, deadline)
+                kwargs["timeout"] = min(REQUEST_TIMEOUT_S, deadline.remaining())
+                with self.in_flight.track(kwargs["timeout"]):
+                    raw = adapter.request(path, method, **kwargs)
         except (
             ks_exc.EndpointNotFound,
             os_exc.EndpointNotFound,
@@ -197,10 +232,7 @@ class ServiceSession:
                 f"reached: {exc}"
             ) from None
         except ks_exc.Unauthorized as exc:
-            raise errors.CloudUnavailable(
-                f"authentication to the cloud failed while reaching {what}: {exc}; "
-                "check the credentials in cloud.conf / clouds.yaml"
-            ) from None
+            raise keystone_refusal(what, exc) from None
         except (ks_exc.ConnectFailure, ks_exc.ConnectTimeout, ks_exc.UnknownConnectionError) as exc:
             error = errors.CloudUnavailable(f"{self.service} unreachable on {method} {what}: {exc}")
             if idempotent:
@@ -235,6 +267,36 @@ class ServiceSession:
         if status >= 500 and idempotent:
             raise _Retryable(error, None)
         raise error
+
+
+class InFlight:
+    """Requests being sent right now, with the timeout each was sent with: one still open
+    well past it means the HTTP client is wedged (for /healthz)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open: dict[int, tuple[float, float]] = {}  # id -> (started, timeout)
+        self._next = 0
+
+    @contextmanager
+    def track(self, timeout: float) -> Iterator[None]:
+        with self._lock:
+            self._next += 1
+            key = self._next
+            self._open[key] = (time.monotonic(), timeout)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._open.pop(key, None)
+
+    def overdue(self, margin: float) -> float | None:
+        """How long the worst request has been open past its timeout plus `margin`."""
+        now = time.monotonic()
+        with self._lock:
+            late = [now - started - timeout - margin for started, timeout in self._open.values()]
+        worst = max(late, default=0.0)
+        return worst if worst > 0 else None
 
 
 def none_if_missing(call: Callable[[], T]) -> T | None:

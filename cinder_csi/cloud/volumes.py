@@ -12,8 +12,11 @@ from cinder_csi.cloud.session import ServiceSession, none_if_missing
 from cinder_csi.cloud.waits import until_deleted, until_status
 from cinder_csi.deadline import Deadline
 
-# In-use extend needs 3.42; name/metadata filters need 3.34.
+# In-use extend needs 3.42; name/metadata filters need 3.34; a volume from a backup 3.47.
 EXTEND_IN_USE_MICROVERSION = "3.42"
+RESTORE_BACKUP_MICROVERSION = "3.47"
+# The attachments API (DELETE /attachments/{id}) needs 3.27.
+ATTACHMENTS_MICROVERSION = "3.27"
 
 
 class VolumeApi:
@@ -31,6 +34,7 @@ class VolumeApi:
         metadata: Mapping[str, str] | None = None,
         snapshot_id: str | None = None,
         source_volid: str | None = None,
+        backup_id: str | None = None,
         description: str | None = None,
     ) -> Volume:
         body: dict[str, Any] = {"name": name, "size": size_gib}
@@ -39,6 +43,7 @@ class VolumeApi:
             "availability_zone": availability_zone,
             "snapshot_id": snapshot_id,
             "source_volid": source_volid,
+            "backup_id": backup_id,
             "description": description,
         }
         body.update({k: v for k, v in optional.items() if v})
@@ -47,8 +52,13 @@ class VolumeApi:
         resp = self._session.request(
             "POST", "/volumes", what=f"create volume {name}", deadline=deadline,
             json={"volume": body},
+            microversion=RESTORE_BACKUP_MICROVERSION if backup_id else None,
         )
         return Volume.from_api(resp.body["volume"])
+
+    def can_restore_backups(self) -> bool:
+        """Whether this Cinder creates a volume from a backup (API 3.47 or later)."""
+        return self._session.supports(RESTORE_BACKUP_MICROVERSION)
 
     def get(self, volume_id: str, deadline: Deadline) -> Volume:
         resp = self._session.request(
@@ -107,6 +117,22 @@ class VolumeApi:
         none_if_missing(lambda: self._session.request(
             "DELETE", f"/volumes/{volume_id}", what=f"delete volume {volume_id}",
             deadline=deadline,
+        ))
+
+    def remove_attachment(self, volume_id: str, attachment_id: str, deadline: Deadline) -> None:
+        """Drop Cinder's record of one attachment, whatever Nova knows: for a server Nova no
+        longer has. The attachments API when the cloud has it, else os-force_detach (which
+        default policy grants to admins only)."""
+        what = f"attachment {attachment_id} of volume {volume_id}"
+        if self._session.supports(ATTACHMENTS_MICROVERSION):
+            none_if_missing(lambda: self._session.request(
+                "DELETE", f"/attachments/{attachment_id}", what=f"delete {what}",
+                deadline=deadline, microversion=ATTACHMENTS_MICROVERSION,
+            ))
+            return
+        none_if_missing(lambda: self._action(
+            volume_id, {"os-force_detach": {"attachment_id": attachment_id}}, deadline,
+            what=f"force-detach {what}",
         ))
 
     def extend(self, volume_id: str, new_size_gib: int, deadline: Deadline) -> None:

@@ -22,6 +22,13 @@ DEVICE_PATH_KEY = "DevicePath"  # the publish_context key upstream uses
 READONLY_KEY_PREFIX = "cinder-csi-readonly-on-"
 # States from which an attach can start or is already under way.
 _ATTACHABLE = frozenset({"available", "in-use", "attaching", "reserved"})
+# An attach Nova started: "reserved" first, then "attaching"; Cinder lists the attachment
+# only once it is attached.
+_UNDER_WAY = frozenset({"reserved", "attaching"})
+# The longest pause between two looks at an attach or detach under way (the poll starts at
+# 0.1 s and backs off to this): a pod waits at most this long after Cinder says "in-use".
+# Capped low because an attach takes seconds and each look is one GET.
+POLL_MAX_S = 0.4
 
 
 class Attacher:
@@ -61,15 +68,21 @@ class Attacher:
         try:
             self.cloud.compute.attach(server_id, volume_id, deadline)
         except (errors.FailedPrecondition, errors.InvalidArgument) as exc:
-            # Nova refuses (409, or 400 "invalid volume") when an attach is already under way
-            # or another caller won the race; Cinder's view decides which.
-            current = self.cloud.volumes.get(volume_id, deadline)
-            if server_id not in current.attached_servers and current.status != "attaching":
+            # Nova refuses (400 "already attached to instances") while an attach it accepted
+            # earlier (ours before a crash, or another caller's) is still reserved/attaching;
+            # Cinder lists the attachment only once it is in-use, Nova lists it from the start.
+            if not self._under_way(volume_id, server_id, deadline):
                 raise errors.FailedPrecondition(
                     f"Nova refused to attach volume {volume_id} to {server_id}: {exc.message}"
                 ) from None
             log.info("attach of %s to %s already under way", volume_id, server_id)
         return self._context(self._until_attached(volume_id, server_id, deadline), server_id)
+
+    def _under_way(self, volume_id: str, server_id: str, deadline: Deadline) -> bool:
+        if server_id in self.cloud.volumes.get(volume_id, deadline).attached_servers:
+            return True
+        return any(a.volume_id == volume_id
+                   for a in self.cloud.compute.attachments(server_id, deadline))
 
     def _check_attach_limit(self, server_id: str, deadline: Deadline) -> None:
         if not self.attach_limit:
@@ -84,17 +97,35 @@ class Attacher:
     def detach(self, volume_id: str, server_id: str, deadline: Deadline) -> None:
         volume = self.cloud.volumes.find(volume_id, deadline)
         if volume is None or server_id not in volume.attached_servers:
-            if volume is not None and volume.status == "attaching":
+            if volume is not None and volume.status in _UNDER_WAY:
                 # An attach to this server may still land; wait it out, then detach.
                 volume = self._settle(volume_id, deadline)
                 if server_id not in volume.attached_servers:
                     return
             else:
                 return
-        self.cloud.compute.detach(server_id, volume_id, deadline)
+        if not self.cloud.compute.detach(server_id, volume_id, deadline):
+            self._forget_gone_server(volume, server_id, deadline)
         self._until_detached(volume_id, server_id, deadline)
         if READONLY_KEY_PREFIX + server_id in volume.metadata:
             self._clear_readonly_mark(volume_id, server_id, deadline)
+
+    def _forget_gone_server(self, volume: Volume, server_id: str, deadline: Deadline) -> None:
+        """Nova answered 404 to the detach. When the server itself is gone, nothing will ever
+        detach on Nova's side, yet Cinder still lists the attachment (Nova's clean-up failed):
+        remove Cinder's record, or the detach would wait for its deadline on every retry."""
+        if self.cloud.compute.find_server(server_id, deadline) is not None:
+            return  # Nova knows the server; its own detach is under way or done
+        for attachment in volume.attachments:
+            if attachment.server_id == server_id and attachment.attachment_id:
+                log.warning(
+                    "server %s is gone from Nova but Cinder still lists attachment %s of "
+                    "volume %s; removing it in Cinder", server_id, attachment.attachment_id,
+                    volume.id,
+                )
+                self.cloud.volumes.remove_attachment(
+                    volume.id, attachment.attachment_id, deadline
+                )
 
     def _until_attached(self, volume_id: str, server_id: str, deadline: Deadline) -> Volume:
         def probe() -> Volume | None:
@@ -107,7 +138,8 @@ class Attacher:
                 )
             return None
 
-        return wait_for(probe, deadline, what=f"volume {volume_id} to attach to {server_id}")
+        return wait_for(probe, deadline, what=f"volume {volume_id} to attach to {server_id}",
+                        maximum=POLL_MAX_S)
 
     def _until_detached(self, volume_id: str, server_id: str, deadline: Deadline) -> None:
         def probe() -> bool | None:
@@ -122,7 +154,8 @@ class Attacher:
                 )
             return None
 
-        wait_for(probe, deadline, what=f"volume {volume_id} to detach from {server_id}")
+        wait_for(probe, deadline, what=f"volume {volume_id} to detach from {server_id}",
+                 maximum=POLL_MAX_S)
 
     def _settle(self, volume_id: str, deadline: Deadline) -> Volume:
         return self.cloud.volumes.wait_for_status(

@@ -1,8 +1,10 @@
 """The CSI Controller service: CSI requests in, Cinder and Nova calls out.
 
 Validation happens here; the cloud work is in create_or_adopt.py (create), publishing.py
-(publish/unpublish) and cloud/. Each mutating call holds the per-volume guard, so a second
-call on a busy volume is answered ABORTED instead of racing the first.
+(publish/unpublish), snapshots.py (snapshots and backups) and cloud/. Each mutating call holds
+the per-volume guard, so a second call on a busy volume is answered ABORTED instead of racing
+the first. Each call works in the cloud its secrets name (``cloud: <name>``, upstream's
+multi-cloud), the default cloud without one; a name that is not configured is refused.
 """
 
 from __future__ import annotations
@@ -26,16 +28,29 @@ from cinder_csi import (
     TOPOLOGY_KEY,
     errors,
 )
+from cinder_csi.cloud.clouds import CloudSet
 from cinder_csi.cloud.connection import Cloud
-from cinder_csi.cloud.models import VOLUME_ERROR_STATES, Snapshot, Volume
+from cinder_csi.cloud.models import VOLUME_ERROR_STATES, Volume
 from cinder_csi.cloud.volumes import EXTEND_IN_USE_MICROVERSION
-from cinder_csi.controller.create_or_adopt import CLUSTER_METADATA_KEY, VolumeCreator, VolumeSpec
-from cinder_csi.controller.paging import Token, resume_after
+from cinder_csi.controller.create_or_adopt import (
+    CLUSTER_METADATA_KEY,
+    VolumeCreator,
+    VolumeSpec,
+    Wanted,
+)
+from cinder_csi.controller.paging import Token, list_clouds, resume_after
 from cinder_csi.controller.publishing import Attacher
+from cinder_csi.controller.snapshots import (
+    BACKUP_PHASE,
+    CsiSnapshot,
+    SnapshotParams,
+    Snapshots,
+    list_snapshots,
+)
 from cinder_csi.csi import csi_pb2, csi_pb2_grpc
 from cinder_csi.csi import validation as v
 from cinder_csi.csi.call_context import deadline_from
-from cinder_csi.deadline import Deadline
+from cinder_csi.deadline import DEFAULT_TIMEOUT_S, Deadline
 from cinder_csi.locks import OperationLocks
 from cinder_csi.waiting import wait_for
 
@@ -52,12 +67,9 @@ CREATE_METADATA_PARAMS = (PVC_NAME, PVC_NAMESPACE, PV_NAME)
 FSTYPE_PARAM = "csi.storage.k8s.io/fstype"
 VOLUME_PARAMS = frozenset({PARAM_TYPE, PARAM_AVAILABILITY, FSTYPE_PARAM, RECLAIM_POLICY_KEY,
                            *CREATE_METADATA_PARAMS})
-SNAPSHOT_METADATA_PARAMS = (
-    "csi.storage.k8s.io/volumesnapshot/name",
-    "csi.storage.k8s.io/volumesnapshot/namespace",
-    "csi.storage.k8s.io/volumesnapshotcontent/name",
-)
-SNAPSHOT_PARAMS = frozenset({"type", "force-create", "availability", *SNAPSHOT_METADATA_PARAMS})
+# volume_context of a volume made from a snapshot, backup or volume: the node grows its
+# filesystem at stage when the volume is larger than its source (upstream's key).
+RESIZE_REQUIRED_KEY = "resizeRequired"
 MUTABLE_PARAMS = frozenset({PARAM_TYPE, RECLAIM_POLICY_KEY})
 RECLAIM_POLICIES = ("Delete", "Retain")
 # GetPluginInfo's manifest: what a watch loop may rely on (see cinder_csi/__init__).
@@ -80,12 +92,14 @@ class ControllerOptions:
     with_topology: bool = True
     ignore_volume_az: bool = False
     node_volume_attach_limit: int | None = None
+    # The bound of a call whose caller sent no deadline (gRPC would give it ~292 years).
+    default_call_timeout: float = DEFAULT_TIMEOUT_S
 
 
-def _timestamp(volume_or_snapshot: Volume | Snapshot) -> Timestamp:
+def _timestamp(item: Volume | CsiSnapshot) -> Timestamp:
     stamp = Timestamp()
-    if volume_or_snapshot.created_at is not None:
-        stamp.FromDatetime(volume_or_snapshot.created_at)
+    if item.created_at is not None:
+        stamp.FromDatetime(item.created_at)
     return stamp
 
 
@@ -118,18 +132,50 @@ def _volume_condition(volume: Volume) -> csi_pb2.VolumeCondition:
     return csi_pb2.VolumeCondition(abnormal=False, message=f"status {volume.status}")
 
 
+@dataclass(frozen=True)
+class CloudTools:
+    """One cloud and the workers bound to it."""
+
+    name: str
+    cloud: Cloud
+    creator: VolumeCreator
+    attacher: Attacher
+    snapshots: Snapshots
+
+
 class ControllerService(csi_pb2_grpc.ControllerServicer):
     def __init__(
         self,
-        cloud: Cloud,
+        clouds: Cloud | CloudSet,
         options: ControllerOptions | None = None,
         locks: OperationLocks | None = None,
     ) -> None:
-        self.cloud = cloud
+        self.clouds = clouds if isinstance(clouds, CloudSet) else CloudSet.single(clouds)
         self.options = options or ControllerOptions()
         self.locks = locks or OperationLocks()
-        self.creator = VolumeCreator(cloud, self.options.cluster_id)
-        self.attacher = Attacher(cloud, attach_limit=self.options.node_volume_attach_limit)
+        cluster = self.options.cluster_id
+        self._tools = {
+            name: CloudTools(
+                name, cloud, VolumeCreator(cloud, cluster),
+                Attacher(cloud, attach_limit=self.options.node_volume_attach_limit),
+                Snapshots(cloud, cluster),
+            )
+            for name, cloud in self.clouds
+        }
+
+    def _for(self, secrets: Mapping[str, str]) -> CloudTools:
+        """The cloud a request's secrets name (upstream's ``cloud`` key), else the default."""
+        name = CloudSet.name_in(secrets)
+        self.clouds.named(name)  # refuses a cloud we do not serve, naming those we do
+        return self._tools[name]
+
+    def _default(self) -> CloudTools:
+        """For calls that carry no secrets and name no volume (GetCapacity)."""
+        names = self.clouds.names()
+        return self._tools["" if "" in self._tools else names[0]]
+
+    def _deadline(self, context: grpc.ServicerContext) -> Deadline:
+        return deadline_from(context, self.options.default_call_timeout)
 
     # -- capabilities -------------------------------------------------------------------------
 
@@ -150,7 +196,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
     def CreateVolume(
         self, request: csi_pb2.CreateVolumeRequest, context: grpc.ServicerContext
     ) -> csi_pb2.CreateVolumeResponse:
-        name = v.require(request.name, "name")
+        name = v.cinder_text(v.require(request.name, "name"), "name", name=True)
         v.check_capabilities(request.volume_capabilities)
         params = dict(request.parameters)
         _unknown(params, VOLUME_PARAMS, "StorageClass")
@@ -159,8 +205,13 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         if mutable.get(PARAM_TYPE):
             params[PARAM_TYPE] = mutable[PARAM_TYPE]  # the attributes class wins over the class
         recorded = _reclaim_policy(mutable.get(RECLAIM_POLICY_KEY), params.get(RECLAIM_POLICY_KEY))
-        size = v.size_gib(request.capacity_range if request.HasField("capacity_range") else None)
-        deadline = deadline_from(context)
+        for key in (PARAM_TYPE, PARAM_AVAILABILITY, *CREATE_METADATA_PARAMS):
+            if key in params:
+                v.cinder_text(params[key], f"parameter {key}")
+        capacity = request.capacity_range if request.HasField("capacity_range") else None
+        size = v.size_gib(capacity)
+        zone = self._zone(request, params)
+        deadline = self._deadline(context)
         source_keys: list[str] = []
         snapshot_id = source_volid = None
         source = request.volume_content_source
@@ -171,42 +222,65 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         elif kind == "volume":
             source_volid = v.require_id(source.volume.volume_id, "volume_id", "source volume")
             source_keys.append(source_volid)
+        volume_type = params.get(PARAM_TYPE) or None
+        wanted = Wanted(
+            name=name, required_bytes=capacity.required_bytes if capacity else 0,
+            limit_bytes=capacity.limit_bytes if capacity else 0, volume_type=volume_type,
+            snapshot_id=snapshot_id, source_volid=source_volid,
+        )
 
-        with self.locks.hold([name, *source_keys], "CreateVolume"):
-            volume_type = params.get(PARAM_TYPE) or None
+        tools = self._for(request.secrets)
+        with self.locks.hold([name, *source_keys], "CreateVolume", deadline):
+            # The name first: a retry whose snapshot, source or type is gone by now still
+            # gets the volume its first attempt made.
+            volume = tools.creator.adopt(wanted, deadline)
+            if volume is not None:
+                self._check_multi_node(request, multiattach=volume.multiattach, name=name)
+                return csi_pb2.CreateVolumeResponse(volume=self._csi_volume(volume, request))
             if volume_type or v.multi_node(request.volume_capabilities):
                 # Only then is the type worth a lookup: to name an unknown one clearly, and to
                 # know whether several nodes may share the volume.
-                multiattach = self._type_is_multiattach(volume_type, deadline)
-                reason = v.unsupported_multi_node_reason(
-                    request.volume_capabilities, multiattach=multiattach,
-                    volume=f"volume {name}",
-                )
-                if reason:
-                    raise errors.InvalidArgument(reason)
-            zone = self._zone(request, params)
+                multiattach = self._type_is_multiattach(tools.cloud, volume_type, deadline)
+                self._check_multi_node(request, multiattach=multiattach, name=name)
+            backup_id = None
             if snapshot_id:
-                size, zone = self._from_snapshot(snapshot_id, request, size, zone, deadline)
+                restore = tools.snapshots.restore_source(snapshot_id, deadline)
+                size = self._fit_source_size(size, restore.size_gib, request,
+                                             f"snapshot {snapshot_id}")
+                zone = restore.zone or zone
+                snapshot_id, backup_id = restore.snapshot_id, restore.backup_id
             elif source_volid:
-                size, zone = self._from_volume(source_volid, request, size, zone, deadline)
+                size, zone = self._from_volume(tools.cloud, source_volid, request, size, zone,
+                                               deadline)
             spec = VolumeSpec(
                 name=name, size_gib=size, volume_type=volume_type, availability_zone=zone,
-                snapshot_id=snapshot_id, source_volid=source_volid,
+                snapshot_id=snapshot_id, source_volid=source_volid, backup_id=backup_id,
                 metadata={**{k: params[k] for k in CREATE_METADATA_PARAMS if params.get(k)},
                           **recorded},
             )
-            volume = self.creator.ensure(spec, deadline)
+            volume = tools.creator.create(spec, deadline)
         return csi_pb2.CreateVolumeResponse(volume=self._csi_volume(volume, request))
 
-    def _type_is_multiattach(self, volume_type: str | None, deadline: Deadline) -> bool:
+    @staticmethod
+    def _check_multi_node(
+        request: csi_pb2.CreateVolumeRequest, *, multiattach: bool, name: str
+    ) -> None:
+        reason = v.unsupported_multi_node_reason(
+            request.volume_capabilities, multiattach=multiattach, volume=f"volume {name}"
+        )
+        if reason:
+            raise errors.InvalidArgument(reason)
+
+    @staticmethod
+    def _type_is_multiattach(cloud: Cloud, volume_type: str | None, deadline: Deadline) -> bool:
         if volume_type:
-            found = self.cloud.volumes.find_type(volume_type, deadline)
+            found = cloud.volumes.find_type(volume_type, deadline)
             if found is None:
                 raise errors.InvalidArgument(
                     f"StorageClass parameter type={volume_type!r}: no such Cinder volume type"
                 )
             return found.multiattach
-        default = self.cloud.volumes.default_type(deadline)
+        default = cloud.volumes.default_type(deadline)
         return default.multiattach if default is not None else False
 
     def _zone(self, request: csi_pb2.CreateVolumeRequest, params: Mapping[str, str]) -> str | None:
@@ -218,7 +292,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         for topology in [*req.preferred, *req.requisite]:
             zone = topology.segments.get(TOPOLOGY_KEY)
             if zone:
-                return str(zone)
+                return v.cinder_text(str(zone), f"topology {TOPOLOGY_KEY}")
         return None
 
     @staticmethod
@@ -234,27 +308,11 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
             )
         return source_gib
 
-    def _from_snapshot(
-        self, snapshot_id: str, request: Any, size: int, zone: str | None, deadline: Deadline
-    ) -> tuple[int, str | None]:
-        snapshot = self.cloud.snapshots.find(snapshot_id, deadline)
-        if snapshot is None:
-            raise errors.NotFound(f"source snapshot {snapshot_id} does not exist")
-        if snapshot.status != "available":
-            raise errors.FailedPrecondition(
-                f"source snapshot {snapshot_id} is {snapshot.status!r}, not available"
-            )
-        size = self._fit_source_size(size, snapshot.size_gib, request, f"snapshot {snapshot_id}")
-        parent = self.cloud.volumes.find(snapshot.volume_id, deadline)
-        # Cinder restores a snapshot only in its own volume's zone.
-        if parent is not None and parent.availability_zone:
-            zone = parent.availability_zone
-        return size, zone
-
     def _from_volume(
-        self, volume_id: str, request: Any, size: int, zone: str | None, deadline: Deadline
+        self, cloud: Cloud, volume_id: str, request: Any, size: int, zone: str | None,
+        deadline: Deadline,
     ) -> tuple[int, str | None]:
-        source = self.cloud.volumes.find(volume_id, deadline)
+        source = cloud.volumes.find(volume_id, deadline)
         if source is None:
             raise errors.NotFound(f"source volume {volume_id} does not exist")
         size = self._fit_source_size(size, source.size_gib, request, f"volume {volume_id}")
@@ -264,6 +322,8 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         result = csi_pb2.Volume(volume_id=volume.id, capacity_bytes=volume.size_gib * v.GIB)
         if request.HasField("volume_content_source"):
             result.content_source.CopyFrom(request.volume_content_source)
+            # The copied filesystem is as big as its source; the node grows it at stage.
+            result.volume_context[RESIZE_REQUIRED_KEY] = "true"
         result.accessible_topology.extend(self._topology(volume))
         return result
 
@@ -281,11 +341,12 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         self, request: csi_pb2.DeleteVolumeRequest, context: grpc.ServicerContext
     ) -> csi_pb2.DeleteVolumeResponse:
         volume_id = v.require(request.volume_id, "volume_id")
+        cloud = self._for(request.secrets).cloud
         if not v.is_uuid(volume_id):
             return csi_pb2.DeleteVolumeResponse()  # cannot exist: already deleted
-        deadline = deadline_from(context)
-        with self.locks.hold([volume_id], "DeleteVolume"):
-            volume = self.cloud.volumes.find(volume_id, deadline)
+        deadline = self._deadline(context)
+        with self.locks.hold([volume_id], "DeleteVolume", deadline):
+            volume = cloud.volumes.find(volume_id, deadline)
             if volume is None:
                 return csi_pb2.DeleteVolumeResponse()
             if volume.attached_servers or volume.status in ("in-use", "attaching", "reserved"):
@@ -295,13 +356,13 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
                 )
             if volume.status != "deleting":
                 try:
-                    self.cloud.volumes.delete(volume_id, deadline)
+                    cloud.volumes.delete(volume_id, deadline)
                 except errors.InvalidArgument as exc:
                     raise errors.FailedPrecondition(
                         f"Cinder refused to delete volume {volume_id}: {exc.message} "
                         "(delete its snapshots first)"
                     ) from None
-            self.cloud.volumes.wait_for_delete(volume_id, deadline)
+            cloud.volumes.wait_for_delete(volume_id, deadline)
         return csi_pb2.DeleteVolumeResponse()
 
     def ControllerPublishVolume(
@@ -314,16 +375,17 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         v.check_capability(request.volume_capability)
         volume_id = v.require_id(request.volume_id, "volume_id", "volume")
         node_id = v.require_id(request.node_id, "node_id", "node")
-        deadline = deadline_from(context)
-        with self.locks.hold([volume_id], "ControllerPublishVolume"):
-            volume = self.cloud.volumes.get(volume_id, deadline)
+        tools = self._for(request.secrets)
+        deadline = self._deadline(context)
+        with self.locks.hold([volume_id], "ControllerPublishVolume", deadline):
+            volume = tools.cloud.volumes.get(volume_id, deadline)
             reason = v.unsupported_multi_node_reason(
                 [request.volume_capability], multiattach=volume.multiattach,
                 volume=f"volume {volume_id}",
             )
             if reason:
                 raise errors.FailedPrecondition(reason)
-            publish_context = self.attacher.attach(
+            publish_context = tools.attacher.attach(
                 volume_id, node_id, readonly=request.readonly, deadline=deadline
             )
         return csi_pb2.ControllerPublishVolumeResponse(publish_context=publish_context)
@@ -332,17 +394,18 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         self, request: csi_pb2.ControllerUnpublishVolumeRequest, context: grpc.ServicerContext
     ) -> csi_pb2.ControllerUnpublishVolumeResponse:
         volume_id = v.require(request.volume_id, "volume_id")
+        tools = self._for(request.secrets)
         if not v.is_uuid(volume_id) or (request.node_id and not v.is_uuid(request.node_id)):
             return csi_pb2.ControllerUnpublishVolumeResponse()  # nothing of that name is attached
-        deadline = deadline_from(context)
-        with self.locks.hold([volume_id], "ControllerUnpublishVolume"):
+        deadline = self._deadline(context)
+        with self.locks.hold([volume_id], "ControllerUnpublishVolume", deadline):
             if request.node_id:
                 nodes: Iterable[str] = [request.node_id]
             else:
-                found = self.cloud.volumes.find(volume_id, deadline)
+                found = tools.cloud.volumes.find(volume_id, deadline)
                 nodes = found.attached_servers if found is not None else ()
             for node_id in nodes:
-                self.attacher.detach(volume_id, node_id, deadline)
+                tools.attacher.detach(volume_id, node_id, deadline)
         return csi_pb2.ControllerUnpublishVolumeResponse()
 
     def ValidateVolumeCapabilities(
@@ -352,7 +415,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         if not request.volume_capabilities:
             raise errors.InvalidArgument("volume_capabilities is required")
         volume_id = v.require_id(volume_id, "volume_id", "volume")
-        volume = self.cloud.volumes.get(volume_id, deadline_from(context))
+        volume = self._for(request.secrets).cloud.volumes.get(volume_id, self._deadline(context))
         try:
             v.check_capabilities(request.volume_capabilities)
         except errors.InvalidArgument as exc:
@@ -378,22 +441,12 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
             raise errors.InvalidArgument("max_entries must not be negative")
         token = Token.decode(request.starting_token) if request.starting_token else None
         limit = request.max_entries or 1000
-        deadline = deadline_from(context)
-        try:
-            page = self.cloud.volumes.list_page(
-                deadline=deadline, limit=limit, marker=token.volume_id if token else None
-            )
-            volumes = list(page.items)
-            next_token = Token.after(volumes[-1]) if page.next_marker and volumes else None
-        except (errors.InvalidArgument, errors.NotFound):
-            if token is None:
-                raise
-            # The marker volume was deleted since the last page: resume after its sort key.
-            volumes, next_token = resume_after(
-                token, limit,
-                lambda marker: self.cloud.volumes.list_page(
-                    deadline=deadline, limit=1000, marker=marker),
-            )
+        deadline = self._deadline(context)
+        listed, next_token = list_clouds(
+            self.clouds.names(), token, limit,
+            lambda name, within, most: self._list_cloud(name, within, most, deadline),
+        )
+        volumes = [volume for _, volume in listed]
         entries = [
             csi_pb2.ListVolumesResponse.Entry(
                 volume=self._listed_volume(volume),
@@ -407,6 +460,31 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         return csi_pb2.ListVolumesResponse(
             entries=entries, next_token=next_token.encode() if next_token else ""
         )
+
+    def _list_cloud(
+        self, name: str, token: Token | None, limit: int, deadline: Deadline
+    ) -> tuple[list[Volume], Token | None]:
+        """One cloud's share of a ListVolumes page, and the token to continue in it."""
+        cloud = self._tools[name].cloud
+        try:
+            page = cloud.volumes.list_page(
+                deadline=deadline, limit=limit, marker=token.volume_id if token else None
+            )
+            volumes = list(page.items)
+            following = (Token.after(volumes[-1], name) if page.next_marker and volumes
+                         else None)
+        except (errors.InvalidArgument, errors.NotFound):
+            if token is None:
+                raise
+            # The marker volume was deleted since the last page: resume after its sort key.
+            volumes, following = resume_after(
+                token, limit,
+                lambda marker: cloud.volumes.list_page(
+                    deadline=deadline, limit=1000, marker=marker),
+            )
+            following = Token(following.volume_id, following.created_at, name) if following \
+                else None
+        return volumes, following
 
     def _listed_volume(self, volume: Volume) -> csi_pb2.Volume:
         # The cluster tag, Cinder name and status let a CO-side sweep find volumes it made but
@@ -426,7 +504,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         self, request: csi_pb2.ControllerGetVolumeRequest, context: grpc.ServicerContext
     ) -> csi_pb2.ControllerGetVolumeResponse:
         volume_id = v.require_id(request.volume_id, "volume_id", "volume")
-        volume = self.cloud.volumes.get(volume_id, deadline_from(context))
+        volume = self._find_anywhere(volume_id, self._deadline(context))
         return csi_pb2.ControllerGetVolumeResponse(
             volume=self._listed_volume(volume),
             status=csi_pb2.ControllerGetVolumeResponse.VolumeStatus(
@@ -434,6 +512,14 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
                 volume_condition=_volume_condition(volume),
             ),
         )
+
+    def _find_anywhere(self, volume_id: str, deadline: Deadline) -> Volume:
+        """A volume by ID in whichever cloud has it (the call carries no secrets)."""
+        for _, cloud in self.clouds:
+            found = cloud.volumes.find(volume_id, deadline)
+            if found is not None:
+                return found
+        raise errors.NotFound(f"volume {volume_id} does not exist")
 
     def ControllerExpandVolume(
         self, request: csi_pb2.ControllerExpandVolumeRequest, context: grpc.ServicerContext
@@ -447,31 +533,33 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
             request.HasField("volume_capability")
             and request.volume_capability.WhichOneof("access_type") == "block"
         )
-        deadline = deadline_from(context)
-        with self.locks.hold([volume_id], "ControllerExpandVolume"):
-            volume = self.cloud.volumes.get(volume_id, deadline)
+        cloud = self._for(request.secrets).cloud
+        deadline = self._deadline(context)
+        with self.locks.hold([volume_id], "ControllerExpandVolume", deadline):
+            volume = cloud.volumes.get(volume_id, deadline)
             if volume.size_gib < size:
-                volume = self._extend(volume, size, deadline)
+                volume = self._extend(cloud, volume, size, deadline)
         return csi_pb2.ControllerExpandVolumeResponse(
             capacity_bytes=volume.size_gib * v.GIB, node_expansion_required=not block
         )
 
-    def _extend(self, volume: Volume, size: int, deadline: Deadline) -> Volume:
+    @staticmethod
+    def _extend(cloud: Cloud, volume: Volume, size: int, deadline: Deadline) -> Volume:
         if volume.status not in ("available", "in-use", "extending"):
             raise errors.FailedPrecondition(
                 f"volume {volume.id} cannot be extended while its status is {volume.status!r}"
             )
-        if volume.status == "in-use" and not self.cloud.volumes.can_extend_in_use():
+        if volume.status == "in-use" and not cloud.volumes.can_extend_in_use():
             raise errors.FailedPrecondition(
                 f"volume {volume.id} is attached and this cloud's Cinder is older than API "
                 f"{EXTEND_IN_USE_MICROVERSION}, so it cannot grow while in use; stop the pod "
                 "and retry"
             )
         if volume.status != "extending":
-            self.cloud.volumes.extend(volume.id, size, deadline)
+            cloud.volumes.extend(volume.id, size, deadline)
 
         def grown() -> Volume | None:
-            current = self.cloud.volumes.get(volume.id, deadline)
+            current = cloud.volumes.get(volume.id, deadline)
             if current.status == "error_extending":
                 raise errors.FailedPrecondition(
                     f"Cinder failed to extend volume {volume.id} (status error_extending); "
@@ -490,17 +578,20 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         v.require(request.volume_id, "volume_id")
         params = dict(request.mutable_parameters)
         _unknown(params, MUTABLE_PARAMS, "mutable")
+        if PARAM_TYPE in params:
+            v.cinder_text(params[PARAM_TYPE], f"mutable parameter {PARAM_TYPE}")
         volume_id = v.require_id(request.volume_id, "volume_id", "volume")
-        deadline = deadline_from(context)
         recorded = _reclaim_policy(params.get(RECLAIM_POLICY_KEY))
-        with self.locks.hold([volume_id], "ControllerModifyVolume"):
-            volume = self.cloud.volumes.get(volume_id, deadline)
+        cloud = self._for(request.secrets).cloud
+        deadline = self._deadline(context)
+        with self.locks.hold([volume_id], "ControllerModifyVolume", deadline):
+            volume = cloud.volumes.get(volume_id, deadline)
             if any(volume.metadata.get(k) != value for k, value in recorded.items()):
-                self.cloud.volumes.set_metadata(volume_id, recorded, deadline)
+                cloud.volumes.set_metadata(volume_id, recorded, deadline)
             new_type = params.get(PARAM_TYPE)
             if not new_type:
                 return csi_pb2.ControllerModifyVolumeResponse()  # nothing asked: nothing to do
-            target = self.cloud.volumes.find_type(new_type, deadline)
+            target = cloud.volumes.find_type(new_type, deadline)
             if target is None:
                 raise errors.InvalidArgument(f"type={new_type!r}: no such Cinder volume type")
             if volume.volume_type in (target.name, target.id):
@@ -510,11 +601,19 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
                     f"volume {volume_id} cannot be retyped while its status is {volume.status!r}"
                 )
             if volume.status != "retyping":
-                self.cloud.volumes.retype(volume_id, target.name, deadline)
-            self.cloud.volumes.wait_for_status(
+                cloud.volumes.retype(volume_id, target.name, deadline)
+            done = cloud.volumes.wait_for_status(
                 volume_id, ("available", "in-use"), deadline,
                 what=f"volume {volume_id} to be retyped to {target.name}",
             )
+            if done.volume_type not in (target.name, target.id):
+                # Cinder rolls a retype back silently (no backend takes the type, or the
+                # migration failed): the status settles, the type stays.
+                raise errors.FailedPrecondition(
+                    f"Cinder did not retype volume {volume_id} to {target.name}: it is still "
+                    f"of type {done.volume_type!r} (no backend of that type took it, or the "
+                    "migration failed; the cloud's scheduler and volume logs say which)"
+                )
         return csi_pb2.ControllerModifyVolumeResponse()
 
     # -- capacity -----------------------------------------------------------------------------
@@ -524,8 +623,9 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
     ) -> csi_pb2.GetCapacityResponse:
         params = dict(request.parameters)
         _unknown(params, VOLUME_PARAMS, "StorageClass")
-        deadline = deadline_from(context)
-        quotas = self.cloud.quotas.usage(self.cloud.project_id(deadline), deadline)
+        deadline = self._deadline(context)
+        cloud = self._default().cloud
+        quotas = cloud.quotas.usage(cloud.project_id(deadline), deadline)
         names = ["gigabytes"]
         if params.get(PARAM_TYPE):
             names.append(f"gigabytes_{params[PARAM_TYPE]}")
@@ -548,78 +648,36 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
     def CreateSnapshot(
         self, request: csi_pb2.CreateSnapshotRequest, context: grpc.ServicerContext
     ) -> csi_pb2.CreateSnapshotResponse:
-        name = v.require(request.name, "name")
+        name = v.cinder_text(v.require(request.name, "name"), "name", name=True)
         v.require(request.source_volume_id, "source_volume_id")
-        params = dict(request.parameters)
-        _unknown(params, SNAPSHOT_PARAMS, "VolumeSnapshotClass")
-        if params.get("type", "snapshot") != "snapshot":
-            raise errors.InvalidArgument(
-                f"VolumeSnapshotClass type={params['type']!r} is not supported; use 'snapshot'"
-            )
-        force = params.get("force-create", "true").lower() in ("true", "1", "yes")
+        params = SnapshotParams.parse(request.parameters)
         source_id = v.require_id(request.source_volume_id, "source_volume_id", "source volume")
-        deadline = deadline_from(context)
-        with self.locks.hold([name], "CreateSnapshot"):
-            existing = self.cloud.snapshots.find_by_name(name, deadline)
-            if existing:
-                snapshot = existing[0]
-                if snapshot.volume_id != source_id:
-                    raise errors.AlreadyExists(
-                        f"snapshot {name} already exists ({snapshot.id}) of volume "
-                        f"{snapshot.volume_id}, not of {source_id}"
-                    )
-            else:
-                if self.cloud.volumes.find(source_id, deadline) is None:
-                    raise errors.NotFound(f"source volume {source_id} does not exist")
-                metadata = {k: params[k] for k in SNAPSHOT_METADATA_PARAMS if params.get(k)}
-                snapshot = self.cloud.snapshots.create(
-                    volume_id=source_id, name=name, deadline=deadline, metadata=metadata,
-                    force=force,
-                )
-            if snapshot.status != "available":
-                try:
-                    snapshot = self.cloud.snapshots.wait_for_status(
-                        snapshot.id, "available", deadline.shorter(60.0)
-                    )
-                except errors.Timeout:
-                    snapshot = self.cloud.snapshots.get(snapshot.id, deadline)
-                except errors.FailedPrecondition:
-                    self.cloud.snapshots.delete(snapshot.id, deadline)
-                    raise errors.CloudUnavailable(
-                        f"Cinder could not create snapshot {name} ({snapshot.id}); it was "
-                        "deleted, a retry starts clean"
-                    ) from None
+        tools = self._for(request.secrets)
+        deadline = self._deadline(context)
+        with self.locks.hold([name], "CreateSnapshot", deadline):
+            snapshot = tools.snapshots.create(name, source_id, params, deadline)
         return csi_pb2.CreateSnapshotResponse(snapshot=self._csi_snapshot(snapshot))
 
     @staticmethod
-    def _csi_snapshot(snapshot: Snapshot) -> csi_pb2.Snapshot:
+    def _csi_snapshot(snapshot: CsiSnapshot) -> csi_pb2.Snapshot:
         return csi_pb2.Snapshot(
             snapshot_id=snapshot.id,
-            source_volume_id=snapshot.volume_id,
+            source_volume_id=snapshot.source_volume_id,
             size_bytes=snapshot.size_gib * v.GIB,
             creation_time=_timestamp(snapshot),
-            ready_to_use=snapshot.status == "available",
+            ready_to_use=snapshot.ready,
         )
 
     def DeleteSnapshot(
         self, request: csi_pb2.DeleteSnapshotRequest, context: grpc.ServicerContext
     ) -> csi_pb2.DeleteSnapshotResponse:
         snapshot_id = v.require(request.snapshot_id, "snapshot_id")
+        tools = self._for(request.secrets)
         if not v.is_uuid(snapshot_id):
             return csi_pb2.DeleteSnapshotResponse()
-        deadline = deadline_from(context)
-        with self.locks.hold([snapshot_id], "DeleteSnapshot"):
-            snapshot = self.cloud.snapshots.find(snapshot_id, deadline)
-            if snapshot is None:
-                return csi_pb2.DeleteSnapshotResponse()
-            if snapshot.status != "deleting":
-                try:
-                    self.cloud.snapshots.delete(snapshot_id, deadline)
-                except errors.InvalidArgument as exc:
-                    raise errors.FailedPrecondition(
-                        f"Cinder refused to delete snapshot {snapshot_id}: {exc.message}"
-                    ) from None
-            self.cloud.snapshots.wait_for_delete(snapshot_id, deadline)
+        deadline = self._deadline(context)
+        with self.locks.hold([snapshot_id], "DeleteSnapshot", deadline):
+            tools.snapshots.delete(snapshot_id, deadline)
         return csi_pb2.DeleteSnapshotResponse()
 
     def ListSnapshots(
@@ -627,42 +685,33 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
     ) -> csi_pb2.ListSnapshotsResponse:
         if request.max_entries < 0:
             raise errors.InvalidArgument("max_entries must not be negative")
-        deadline = deadline_from(context)
+        tools = self._for(request.secrets)
+        deadline = self._deadline(context)
         if request.snapshot_id:
             found = (
-                self.cloud.snapshots.find(request.snapshot_id, deadline)
+                tools.snapshots.find(request.snapshot_id, deadline)
                 if v.is_uuid(request.snapshot_id) else None
             )
             if found is None or (
-                request.source_volume_id and found.volume_id != request.source_volume_id
+                request.source_volume_id and found.source_volume_id != request.source_volume_id
             ):
                 return csi_pb2.ListSnapshotsResponse()
             return csi_pb2.ListSnapshotsResponse(
                 entries=[csi_pb2.ListSnapshotsResponse.Entry(snapshot=self._csi_snapshot(found))]
             )
-        filters: dict[str, str] = {}
-        if request.source_volume_id:
-            if not v.is_uuid(request.source_volume_id):
-                return csi_pb2.ListSnapshotsResponse()
-            filters["volume_id"] = request.source_volume_id
+        if request.source_volume_id and not v.is_uuid(request.source_volume_id):
+            return csi_pb2.ListSnapshotsResponse()
         token = request.starting_token
-        if token and not v.is_uuid(token):
-            raise errors.InvalidToken(f"starting_token {token!r} is not one this driver issued")
-        try:
-            page = self.cloud.snapshots.list_page(
-                deadline=deadline, limit=request.max_entries or 1000, marker=token or None,
-                filters=filters,
-            )
-        except (errors.InvalidArgument, errors.NotFound):
-            if token:
-                raise errors.InvalidToken(
-                    f"starting_token {token} is no longer valid; restart the listing"
-                ) from None
-            raise
+        marker = token.removeprefix(BACKUP_PHASE)
+        if marker and not v.is_uuid(marker):
+            raise errors.InvalidToken(
+                f"starting_token {v.shown(token)} is not one this driver issued")
+        items, next_token = list_snapshots(
+            tools.cloud, source_volume_id=request.source_volume_id or None,
+            limit=request.max_entries or 1000, token=token, deadline=deadline,
+        )
         return csi_pb2.ListSnapshotsResponse(
-            entries=[
-                csi_pb2.ListSnapshotsResponse.Entry(snapshot=self._csi_snapshot(s))
-                for s in page.items
-            ],
-            next_token=page.next_marker or "",
+            entries=[csi_pb2.ListSnapshotsResponse.Entry(snapshot=self._csi_snapshot(s))
+                     for s in items],
+            next_token=next_token,
         )

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import contextvars
-import uuid
+import random
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import grpc
 
-from cinder_csi.deadline import Deadline, for_rpc
+from cinder_csi.deadline import DEFAULT_TIMEOUT_S, Deadline, for_rpc
 
 REQUEST_ID_HEADER = "x-request-id"
 # time_remaining() of a call without a deadline is "infinite future"; anything past this is it.
@@ -26,7 +26,7 @@ def request_id_of(context: grpc.ServicerContext) -> str:
         if key.lower() == REQUEST_ID_HEADER and value:
             text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
             return text[:64]
-    return uuid.uuid4().hex[:12]
+    return f"{random.getrandbits(48):012x}"  # uuid4() would read os.urandom every call
 
 
 @contextmanager
@@ -44,10 +44,12 @@ def current_request_id() -> str | None:
     return _request_id.get()
 
 
-def deadline_from(context: grpc.ServicerContext) -> Deadline:
+def deadline_from(
+    context: grpc.ServicerContext, default_s: float = DEFAULT_TIMEOUT_S
+) -> Deadline:
     """The deadline of the work done for this call: a little before the caller's (see
-    deadline.for_rpc), or the project default when the caller sent none."""
+    deadline.for_rpc), or `default_s` from now when the caller sent none."""
     remaining = context.time_remaining()
     if remaining is None or remaining >= _NO_DEADLINE_S:
-        return for_rpc(None)
+        return Deadline.after(default_s)
     return for_rpc(remaining)

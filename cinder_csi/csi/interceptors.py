@@ -57,7 +57,14 @@ def chain(metrics: Metrics | None) -> list[Interceptor]:
 
 
 class _UnaryInterceptor(Interceptor):
-    """Wraps unary-unary handlers; streaming handlers (health Watch) pass through untouched."""
+    """Wraps unary-unary handlers; streaming handlers (health Watch) pass through untouched.
+
+    gRPC asks for the handler on every call; the wrapped one is built once per method and
+    handler (the inner handler is the same object each time) instead of per call.
+    """
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, tuple[Any, grpc.RpcMethodHandler[Any, Any]]] = {}
 
     def intercept_service(
         self,
@@ -69,11 +76,17 @@ class _UnaryInterceptor(Interceptor):
             return handler
         if handler.request_streaming or handler.response_streaming:
             return handler
-        return grpc.unary_unary_rpc_method_handler(
-            self.wrap(handler_call_details.method, handler.unary_unary),
+        method = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = grpc.unary_unary_rpc_method_handler(
+            self.wrap(method, handler.unary_unary),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+        self._wrapped[method] = (handler, wrapped)  # a racing call builds an equal one: fine
+        return wrapped
 
     def wrap(self, method: str, behavior: Behavior) -> Behavior:
         raise NotImplementedError
@@ -153,6 +166,7 @@ class ErrorMappingInterceptor(_UnaryInterceptor):
 
 class MetricsInterceptor(_UnaryInterceptor):
     def __init__(self, metrics: Metrics) -> None:
+        super().__init__()
         self._metrics = metrics
 
     def wrap(self, method: str, behavior: Behavior) -> Behavior:

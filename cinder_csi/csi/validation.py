@@ -7,12 +7,18 @@ message that names the field, so the caller can tell what to change.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+import unicodedata
+from collections.abc import Iterable, Mapping, Sequence
 
 from cinder_csi import FS_TYPES, errors
 from cinder_csi.csi import csi_pb2
 
 GIB = 1024**3
+# Cinder keeps sizes in a 32-bit integer column (GiB), and names, descriptions, zones, types
+# and metadata keys and values in strings of at most 255 characters; it refuses (400, or 414
+# for a URL that long) anything beyond, so such input is refused here, before any cloud call.
+MAX_VOLUME_GIB = 2**31 - 1
+CINDER_TEXT_MAX = 255
 
 Mode = csi_pb2.VolumeCapability.AccessMode.Mode
 MULTI_NODE_MODES = frozenset(
@@ -30,6 +36,50 @@ def require(value: str, field: str) -> str:
     if not value:
         raise errors.InvalidArgument(f"{field} is required")
     return value
+
+
+def cinder_text(value: str, field: str, *, name: bool = False) -> str:
+    """``value`` if Cinder would store it as given: at most 255 characters, each printable and
+    in the Basic Multilingual Plane (Cinder's own name and description rule). A ``name`` must
+    also not start or end with white space, which Cinder strips: the stored name would then
+    differ from the CSI name, and the lookup by name that makes CreateVolume idempotent would
+    miss it."""
+    if len(value) > CINDER_TEXT_MAX:
+        raise errors.InvalidArgument(
+            f"{field} is {len(value)} characters long; Cinder accepts at most {CINDER_TEXT_MAX}"
+        )
+    bad = next((c for c in value if not _cinder_printable(c)), None)
+    if bad is not None:
+        raise errors.InvalidArgument(
+            f"{field} {shown(value)} contains the character U+{ord(bad):04X}, which Cinder "
+            "refuses (control characters, line breaks, characters outside the BMP)"
+        )
+    if name and value != value.strip():
+        raise errors.InvalidArgument(
+            f"{field} {shown(value)} starts or ends with white space, which Cinder strips"
+        )
+    return value
+
+
+def cinder_metadata(items: Mapping[str, str], what: str) -> None:
+    """Metadata Cinder would store as given: keys of 1 to 255 characters, values up to 255."""
+    for key, value in items.items():
+        if not key:
+            raise errors.InvalidArgument(f"{what}: an empty key is not allowed")
+        cinder_text(key, f"{what} key")
+        cinder_text(value, f"{what} {shown(key)}")
+
+
+def _cinder_printable(char: str) -> bool:
+    if ord(char) >= 0xFFFF:
+        return False
+    category = unicodedata.category(char)
+    return not category.startswith("C") and (not category.startswith("Z") or category == "Zs")
+
+
+def shown(value: str) -> str:
+    """A bounded rendering of user input for an error message."""
+    return repr(value) if len(value) <= 80 else repr(value[:60]) + f"... ({len(value)} chars)"
 
 
 def is_uuid(value: str) -> bool:
@@ -110,6 +160,11 @@ def size_gib(capacity: csi_pb2.CapacityRange | None, *, minimum_gib: int = 1) ->
             f"capacity_range: required_bytes {required} exceeds limit_bytes {limit}"
         )
     gib = max(minimum_gib, -(-required // GIB))
+    if gib > MAX_VOLUME_GIB:
+        raise errors.OutOfRange(
+            f"capacity_range: {required} bytes is more than Cinder's largest volume "
+            f"({MAX_VOLUME_GIB} GiB)"
+        )
     if limit and gib * GIB > limit:
         raise errors.OutOfRange(
             f"capacity_range: Cinder allocates whole GiB; {gib} GiB exceeds limit_bytes {limit}"

@@ -4,6 +4,8 @@ Never imports openstack or grpc: errors are the project's own (cinder_csi.errors
 
     commands.py     run a program (argv, timeout, C locale); its failure as a project error
     devices.py      a volume's block device: find it, prove it is that volume, size, rescan
+    identity.py     what a device says it is (serial, SCSI VPD pages, udev), and whether that
+                    proves it is a given volume
     filesystems.py  blkid probe and blank check, mkfs, grow, usage
     mounter.py      idempotent mount, bind-mount, remount read-only, unmount
     mountinfo.py    /proc/self/mountinfo, parsed

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import stat
 import time
 from pathlib import Path
@@ -24,13 +23,20 @@ from cinder_csi.errors import (
     Timeout,
 )
 from cinder_csi.host.commands import CommandRunner
+from cinder_csi.host.identity import (
+    VIRTIO_SERIAL_LEN,
+    VOLUME_REF,
+    IdentityReader,
+    judge,
+    names_volume,
+    read_text,
+)
 from cinder_csi.waiting import wait_for
 
 log = logging.getLogger(__name__)
 
-# virtio-blk serials hold at most 20 bytes, so Nova truncates the volume ID to that.
-VIRTIO_SERIAL_LEN = 20
-_UUID_IN_TEXT = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+# CSI's own limit for an ID; anything longer cannot be a Cinder UUID, nor part of a file name.
+MAX_VOLUME_ID_BYTES = 128
 # udevadm must not eat the caller's whole deadline; a trigger that takes longer is stuck.
 UDEV_TRIGGER_TIMEOUT_S = 5.0
 # Report NotFound a little before the caller's deadline, so it gets our message, not a timeout.
@@ -44,14 +50,12 @@ def check_volume_id(volume_id: str) -> str:
         raise InvalidArgument(
             f"volume_id {volume_id!r} is not a volume ID (no '/' or NUL, not '.' or '..')"
         )
+    if len(volume_id.encode()) > MAX_VOLUME_ID_BYTES:
+        raise InvalidArgument(
+            f"volume_id of {len(volume_id)} characters is not a volume ID (Cinder's are UUIDs; "
+            f"at most {MAX_VOLUME_ID_BYTES} bytes are accepted)"
+        )
     return volume_id
-
-
-def _read_text(path: Path) -> str | None:
-    try:
-        return path.read_text(errors="replace").strip()
-    except OSError:
-        return None
 
 
 class DeviceFinder:
@@ -66,6 +70,7 @@ class DeviceFinder:
         self.sys_root = sys_root
         self.dev_root = dev_root
         self.runner = runner or CommandRunner()
+        self.identity = IdentityReader(sys_root, self.runner)
 
     # ---- finding -------------------------------------------------------------------------
 
@@ -91,14 +96,14 @@ class DeviceFinder:
         return None
 
     def _from_serials(self, volume_id: str) -> Path | None:
-        wanted = {volume_id[:VIRTIO_SERIAL_LEN], volume_id}
+        """The device whose sysfs serial (virtio) or VPD 0x80 serial (SCSI) is the volume's,
+        for nodes where udev made no link."""
         try:
             entries = sorted((self.sys_root / "block").iterdir())
         except OSError:
             return None
         for entry in entries:
-            serial = _read_text(entry / "serial")
-            if serial and serial in wanted:
+            if any(names_volume(s, volume_id) for s in self.identity.serials(entry)):
                 device = self.dev_root / entry.name
                 if device.exists():
                     return device
@@ -160,61 +165,74 @@ class DeviceFinder:
 
     # ---- verifying -----------------------------------------------------------------------
 
-    def verify(self, volume_id: str, device: Path) -> None:
-        """Prove `device` belongs to `volume_id` before anything writes to it.
+    def verify(self, volume_id: str, device: Path, deadline: Deadline | None = None) -> None:
+        """Prove `device` belongs to `volume_id` before anything writes to it, or refuse with
+        FailedPrecondition naming the device and why; never guess.
 
-        Proof is the device's virtio serial matching the ID, or (no serial, e.g. SCSI or the
-        stand-in's loop devices) a by-id link that names this volume resolving to exactly it.
-        Any by-id link of the volume that points elsewhere is a conflict and refused too.
+        - every by-id link of this volume must resolve to exactly this device;
+        - no by-id link of another volume may resolve to it (a stale link left by a missed
+          udev remove event makes two volumes' links meet on one disk);
+        - the device itself must name the volume (serial, SCSI VPD pages, udev's serial, a
+          loop device's backing file; see host/identity.py) and name nothing else. Links are
+          never proof on their own: they are only as fresh as udev's last event.
         """
         check_volume_id(volume_id)
         real = Path(os.path.realpath(device))
         if not real.exists():
             raise NotFound(f"device {device} of volume {volume_id} does not exist")
-        linked = [
-            (link, Path(os.path.realpath(link)))
-            for link in self.candidate_links(volume_id)
-            if link.exists()
-        ]
-        for link, target in linked:
-            if not _same_device(target, real):
-                raise FailedPrecondition(
-                    f"device {real} is not volume {volume_id}: {link} points to {target}"
-                )
-        self._check_loop_backing(volume_id, real)
-        serial = _read_text(self.sys_root / "block" / real.name / "serial")
-        if serial:
-            if serial not in (volume_id[:VIRTIO_SERIAL_LEN], volume_id):
-                raise FailedPrecondition(
-                    f"device {real} has serial {serial!r}, which is not volume {volume_id} "
-                    f"(expected {volume_id[:VIRTIO_SERIAL_LEN]!r}); refusing to touch it"
-                )
-            return
-        if not linked:
+        for link in self.candidate_links(volume_id):
+            if link.exists():
+                target = Path(os.path.realpath(link))
+                if not _same_device(target, real):
+                    raise FailedPrecondition(
+                        f"device {real} is not volume {volume_id}: {link} points to {target}"
+                    )
+        for link, other in self._links_of_other_volumes(volume_id, real):
             raise FailedPrecondition(
-                f"cannot prove device {real} is volume {volume_id}: it has no serial and no "
-                f"link in {self.by_id_dir} names the volume; refusing to touch it"
+                f"device {real} is named by the links of two volumes: {link} says it is "
+                f"volume {other}, not {volume_id} (a stale link?); refusing to touch it"
             )
+        identifiers = self.identity.read(real, deadline)
+        verdict = judge(identifiers, volume_id)
+        if verdict.against:
+            shown = "; ".join(f"its {i.source} is {i.value!r}" for i in verdict.against)
+            raise FailedPrecondition(
+                f"device {real} is not volume {volume_id} (expected serial "
+                f"{volume_id[:VIRTIO_SERIAL_LEN]!r} or {volume_id!r}): {shown}; refusing to "
+                "touch it"
+            )
+        if not verdict.proof:
+            seen = ", ".join(f"{i.source} {i.value!r}" for i in identifiers) or "none"
+            raise FailedPrecondition(
+                f"cannot prove device {real} is volume {volume_id}: it reports no serial, "
+                f"SCSI VPD or udev identity naming the volume (identifiers seen: {seen}); "
+                "refusing to touch it"
+            )
+        log.debug("device %s is volume %s (%s)", real, volume_id,
+                  ", ".join(i.source for i in verdict.proof))
 
-    def _check_loop_backing(self, volume_id: str, real: Path) -> None:
-        """A loop device's identity is its backing file: one named after another volume ID is
-        the wrong device, whatever the by-id links say (links are only as good as udev)."""
-        backing = _read_text(self.sys_root / "block" / real.name / "loop" / "backing_file")
-        if not backing:
-            return
-        named = set(_UUID_IN_TEXT.findall(Path(backing).name.lower()))
-        if named and volume_id.lower() not in named:
-            raise FailedPrecondition(
-                f"device {real} is backed by {backing}, which names another volume than "
-                f"{volume_id}; refusing to touch it"
-            )
+    def _links_of_other_volumes(self, volume_id: str, real: Path) -> list[tuple[Path, str]]:
+        """By-id links that resolve to `real` but are named after another volume."""
+        try:
+            links = sorted(self.by_id_dir.iterdir())
+        except OSError:
+            return []
+        found = []
+        own_hex = volume_id.replace("-", "").lower()
+        for link in links:
+            other = _volume_named_by(link.name)
+            if other is None or names_volume(other, volume_id) or other == own_hex:
+                continue
+            if link.exists() and _same_device(Path(os.path.realpath(link)), real):
+                found.append((link, other))
+        return found
 
     # ---- size and rescan -----------------------------------------------------------------
 
     def device_size(self, device: Path, deadline: Deadline | None = None) -> int:
         """Size of a block device in bytes."""
         name = Path(os.path.realpath(device)).name
-        sectors = _read_text(self.sys_root / "class" / "block" / name / "size")
+        sectors = read_text(self.sys_root / "class" / "block" / name / "size")
         if sectors is not None and sectors.isdigit():
             return int(sectors) * 512  # sysfs counts 512-byte sectors whatever the block size
         result = self.runner.run(["blockdev", "--getsize64", str(device)], deadline=deadline)
@@ -239,6 +257,22 @@ class DeviceFinder:
             rescan.write_text("1")
         except OSError as exc:
             raise InternalError(f"cannot rescan device {device} via {rescan}: {exc}") from exc
+
+
+def _volume_named_by(link_name: str) -> str | None:
+    """The volume reference in a by-id link name of the kinds candidate_links makes
+    (virtio-<id>, scsi-0QEMU_QEMU_HARDDISK_<id>, wwn-0x<hex>), else None."""
+    lowered = link_name.lower()
+    if lowered.startswith("wwn-0x"):
+        digits = lowered[len("wwn-0x"):]
+        if len(digits) == 32 and all(c in "0123456789abcdef" for c in digits):
+            return digits
+        return None
+    for prefix in ("virtio-", "scsi-0qemu_qemu_harddisk_"):
+        if lowered.startswith(prefix):
+            match = VOLUME_REF.fullmatch(lowered[len(prefix):])
+            return match.group(0) if match else None
+    return None
 
 
 def _same_device(a: Path, b: Path) -> bool:

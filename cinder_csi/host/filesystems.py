@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,14 @@ _BLKID_NOTHING = 2
 _BLKID_AMBIVALENT = 8
 # How much of each end of the device must be zero for it to count as blank.
 ZERO_CHECK_BYTES = 1024 * 1024
+# A filesystem this much smaller than its device is grown; less is rounding to blocks (and
+# Cinder sizes differ by whole GiB).
+GROW_THRESHOLD_BYTES = 1024 * 1024
+# "data     =          bsize=4096   blocks=262144, imaxpct=25" (xfs_info);
+# "Block count:  262144" and "Block size:  4096" (dumpe2fs -h).
+_XFS_DATA = re.compile(r"^data\s+=\s*bsize=(\d+)\s+blocks=(\d+)", re.MULTILINE)
+_EXT_BLOCK_COUNT = re.compile(r"^Block count:\s+(\d+)", re.MULTILINE)
+_EXT_BLOCK_SIZE = re.compile(r"^Block size:\s+(\d+)", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -198,6 +207,39 @@ class Filesystems:
         argv = ["xfs_growfs", str(mount_point)] if fstype == "xfs" else ["resize2fs", str(device)]
         log.info("growing %s filesystem on %s", fstype, device)
         self.runner.run(argv, deadline=deadline)
+
+
+    def size(
+        self, device: Path, mount_point: Path, fstype: str, deadline: Deadline | None = None
+    ) -> int:
+        """Bytes the filesystem spans (not its free space): from the ext superblock, or from
+        xfs_info of the mounted xfs."""
+        check_fstype(fstype)
+        if fstype == "xfs":
+            text = self.runner.run(["xfs_info", str(mount_point)], deadline=deadline).stdout
+            data = _XFS_DATA.search(text)
+            parts = (data.group(1), data.group(2)) if data else None
+        else:
+            text = self.runner.run(["dumpe2fs", "-h", str(device)], deadline=deadline).stdout
+            count, block = _EXT_BLOCK_COUNT.search(text), _EXT_BLOCK_SIZE.search(text)
+            parts = (block.group(1), count.group(1)) if count and block else None
+        if parts is None:
+            raise InternalError(f"cannot read the size of the {fstype} filesystem on {device}")
+        return int(parts[0]) * int(parts[1])
+
+    def grow_to_device(
+        self, device: Path, mount_point: Path, fstype: str, device_bytes: int,
+        deadline: Deadline | None = None,
+    ) -> bool:
+        """Grow the mounted filesystem when the device is larger than it (a volume restored or
+        cloned into a bigger one); True when it grew."""
+        current = self.size(device, mount_point, fstype, deadline)
+        if device_bytes - current < GROW_THRESHOLD_BYTES:
+            return False
+        log.info("filesystem on %s spans %d of %d bytes: growing it", device, current,
+                 device_bytes)
+        self.grow(device, mount_point, fstype, deadline)
+        return True
 
 
 def stats(path: Path) -> VolumeStats:

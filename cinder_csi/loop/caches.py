@@ -6,14 +6,20 @@ and registers its own handlers before ``start()``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
-from kubernetes import client as k8s
-
-from cinder_csi.loop.kube.informer import Informer
-from cinder_csi.loop.kube.objects import Obj, annotations_of
+from cinder_csi.loop.kube.client import KubeRest
+from cinder_csi.loop.kube.informer import IndexFunc, Informer
+from cinder_csi.loop.kube.objects import (
+    CSI_NODES_PATH,
+    NODES_PATH,
+    PV_PATH,
+    STORAGE_CLASSES_PATH,
+    VA_PATH,
+    Obj,
+    annotations_of,
+)
 from cinder_csi.loop.protocol import ANN_BETA_STORAGE_CLASS
 
 # Index names.
@@ -85,21 +91,19 @@ class Informers:
             informer.stop()
 
 
-def build_informers(api_client: Any, *, resync_period: float = 600.0) -> Informers:
-    core = k8s.CoreV1Api(api_client)
-    storage = k8s.StorageV1Api(api_client)
+def build_informers(rest: KubeRest, *, resync_period: float = 600.0) -> Informers:
+    def informer(name: str, path: str, indexers: Mapping[str, IndexFunc] | None = None
+                 ) -> Informer:
+        return Informer(name, rest.lister(path), indexers=indexers, resync_period=resync_period)
+
     return Informers(
-        claims=Informer("persistentvolumeclaims",
-                        core.list_persistent_volume_claim_for_all_namespaces,
-                        indexers={BY_CLASS: claim_class}, resync_period=resync_period),
-        volumes=Informer("persistentvolumes", core.list_persistent_volume,
-                         indexers={BY_CLAIM: claim_ref_key, BY_VOLUME_HANDLE: volume_handle},
-                         resync_period=resync_period),
-        classes=Informer("storageclasses", storage.list_storage_class,
-                         resync_period=resync_period),
-        attachments=Informer("volumeattachments", storage.list_volume_attachment,
-                             indexers={BY_PV: attachment_pv, BY_NODE: attachment_node},
-                             resync_period=resync_period),
-        csi_nodes=Informer("csinodes", storage.list_csi_node, resync_period=resync_period),
-        nodes=Informer("nodes", core.list_node, resync_period=resync_period),
+        claims=informer("persistentvolumeclaims", "/api/v1/persistentvolumeclaims",
+                        {BY_CLASS: claim_class}),
+        volumes=informer("persistentvolumes", PV_PATH,
+                         {BY_CLAIM: claim_ref_key, BY_VOLUME_HANDLE: volume_handle}),
+        classes=informer("storageclasses", STORAGE_CLASSES_PATH),
+        attachments=informer("volumeattachments", VA_PATH,
+                             {BY_PV: attachment_pv, BY_NODE: attachment_node}),
+        csi_nodes=informer("csinodes", CSI_NODES_PATH),
+        nodes=informer("nodes", NODES_PATH),
     )

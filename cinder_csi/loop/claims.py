@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 
@@ -78,6 +79,7 @@ from cinder_csi.loop.kube.objects import (
     edit_metadata,
     finalizers_of,
     get_or_none,
+    merge_metadata,
     name_of,
     namespace_of,
     node_path,
@@ -95,6 +97,10 @@ log = logging.getLogger(__name__)
 WAIT_FOR_FIRST_CONSUMER = "WaitForFirstConsumer"
 PROVISIONED_MEMORY = 600.0  # seconds a made PV is remembered while its binding is pending
 HOLDOFF_BASE, HOLDOFF_CAP = 1.0, 300.0  # a failed claim's hold-off: 1 s doubling to 5 min
+# "Provisioning" is news only while provisioning lasts: written if the claim is not done this
+# many seconds after it started (real Cinder creates take longer), saving a request per claim
+# that a fast cloud provisions at once, where "ProvisioningSucceeded" follows immediately.
+PROVISIONING_EVENT_DELAY = 2.0
 _DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
@@ -193,9 +199,12 @@ class ClaimController:
         self.unprovisioner = Unprovisioner(ctx, clock=clock)
         self._clock = clock
         self._lock = threading.Lock()
-        # Claims whose PV we made and whose binding we have not seen yet (uid -> when), so a
-        # sync racing the PV informer does not provision again.
-        self._provisioned: dict[str, float] = {}
+        # Claims whose PV we made and whose binding we have not seen yet (uid -> when, oldest
+        # first), so a sync racing the PV informer does not provision again.
+        self._provisioned: OrderedDict[str, float] = OrderedDict()
+        # Claims whose intent we cleared while the cache may still show it (the binding's
+        # update can arrive before our own write): clearing again would be a wasted request.
+        self._cleared: set[str] = set()
 
     def register(self) -> None:
         self.ctx.informers.claims.add_handler(Handlers(
@@ -236,6 +245,7 @@ class ClaimController:
         uid = str(claim["metadata"].get("uid"))
         with self._lock:
             self._provisioned.pop(uid, None)
+            self._cleared.discard(uid)
         self.holdoff.forget(uid)
         source = source_ref(claim)
         if source:
@@ -254,6 +264,9 @@ class ClaimController:
         uid = str(claim["metadata"]["uid"])
         pv_name = p.pv_name_for(uid)
         started = in_flight(claim)
+        if not started and uid in self._cleared:
+            with self._lock:
+                self._cleared.discard(uid)  # the cache shows our clearing now
         if (claim.get("spec") or {}).get("volumeName"):
             with self._lock:
                 self._provisioned.pop(uid, None)
@@ -289,8 +302,9 @@ class ClaimController:
     def _recently_provisioned(self, uid: str) -> bool:
         now = self._clock()
         with self._lock:
-            for old in [u for u, t in self._provisioned.items() if now - t > PROVISIONED_MEMORY]:
-                del self._provisioned[old]
+            while self._provisioned and now - next(iter(self._provisioned.values())) > (
+                    PROVISIONED_MEMORY):
+                self._provisioned.popitem(last=False)
             return uid in self._provisioned
 
     def _class_of(self, claim: Obj) -> Obj | None:
@@ -328,9 +342,10 @@ class ClaimController:
         if fresh is None:
             return  # the claim is gone
         claim = fresh
-        self.ctx.recorder.normal(
-            claim, "Provisioning",
-            f'External provisioner is provisioning volume for claim "{object_key(claim)}"')
+        announced = self.ctx.recorder.deferred(
+            claim, "Normal", "Provisioning",
+            f'External provisioner is provisioning volume for claim "{object_key(claim)}"',
+            after=PROVISIONING_EVENT_DELAY)
         self.unprovisioner.started_create(pv_name)
         try:
             response = self.ctx.csi.create_volume(intent.request_with(secrets))
@@ -354,6 +369,7 @@ class ClaimController:
         with self._lock:
             self._provisioned[str(claim["metadata"]["uid"])] = self._clock()
         self._clear_intent(claim)
+        announced.cancel()
         self.ctx.recorder.normal(claim, "ProvisioningSucceeded",
                                  f"Successfully provisioned volume {pv_name}")
         self.metrics.total.labels(*labels).inc()
@@ -470,13 +486,25 @@ class ClaimController:
         finished). A no-op when exactly this intent is recorded already."""
         if intent.source is not None:
             self.sources.protect(intent.source)
-        return edit_metadata(self.ctx.rest, claim, add_finalizers=[p.FINALIZER_PROVISIONING],
-                             annotations=intent.annotations())
+        with self._lock:
+            self._cleared.discard(str(claim["metadata"].get("uid")))
+        # A strategic merge patch with a uid precondition: it cannot conflict with the PV
+        # controller's writes to the claim, so one request records the whole intent.
+        return merge_metadata(self.ctx.rest, claim, add_finalizers=[p.FINALIZER_PROVISIONING],
+                              annotations=intent.annotations())
 
     def _clear_intent(self, claim: Obj) -> None:
         """Clear the intent, then let the source's protection go (in that order)."""
-        edit_metadata(self.ctx.rest, claim, remove_finalizers=[p.FINALIZER_PROVISIONING],
-                      annotations={p.ANN_PROVISIONING: None, p.ANN_PROVISIONING_REQUEST: None})
+        uid = str(claim["metadata"].get("uid"))
+        with self._lock:
+            if uid in self._cleared:
+                return  # cleared already; the cache has not caught up with our write yet
+        cleared = merge_metadata(
+            self.ctx.rest, claim, remove_finalizers=[p.FINALIZER_PROVISIONING],
+            annotations={p.ANN_PROVISIONING: None, p.ANN_PROVISIONING_REQUEST: None})
+        if cleared is not None and cleared is not claim:
+            with self._lock:
+                self._cleared.add(uid)
         recorded = recorded_intent(claim)
         for source in {source_ref(claim), recorded.source if recorded else None}:
             if source is not None:

@@ -42,9 +42,9 @@ from cinder_csi.loop.kube.objects import (
     Obj,
     annotations_of,
     deleting,
-    edit_metadata,
     finalizers_of,
     get_or_none,
+    merge_metadata,
     name_of,
     pv_path,
 )
@@ -121,8 +121,8 @@ class VolumeController:
         if policy != "Delete":
             recorded = self._record_retain(pv)
             if has_finalizer or recorded:
-                edit_metadata(self.ctx.rest, pv, remove_finalizers=[p.FINALIZER_PV_DELETION],
-                              annotations=recorded)
+                merge_metadata(self.ctx.rest, pv, remove_finalizers=[p.FINALIZER_PV_DELETION],
+                               annotations=recorded)
             return
         # A PV deleted by hand is deletable once pv-protection lets go (no claim uses it).
         protected = "kubernetes.io/pv-protection" in finalizers_of(pv)
@@ -130,7 +130,7 @@ class VolumeController:
         if released:
             self._delete(pv)
         elif phase == "Bound" and not has_finalizer and not deleting(pv):
-            edit_metadata(self.ctx.rest, pv, add_finalizers=[p.FINALIZER_PV_DELETION])
+            merge_metadata(self.ctx.rest, pv, add_finalizers=[p.FINALIZER_PV_DELETION])
 
     def _record_retain(self, pv: Obj) -> dict[str, str | None]:
         """Mark the PV's volume Retain through CSI, once; the annotation to set (or none).
@@ -181,14 +181,17 @@ class VolumeController:
                 raise
         log.info("deleted volume %s of PV %s", handle, name)
         try:
-            self.ctx.rest.delete(pv_path(name))
+            answer = self.ctx.rest.delete(pv_path(name))
         except ApiException as exc:
             if exc.status != 404:
                 raise
             return
-        fresh = get_or_none(self.ctx.rest, pv_path(name))
+        # The API answers a deletion that finalizers hold up with the object itself; only an
+        # answer without it (a Status) needs a read.
+        fresh = answer if answer.get("kind") == "PersistentVolume" else get_or_none(
+            self.ctx.rest, pv_path(name))
         if fresh is not None:
-            edit_metadata(self.ctx.rest, fresh, remove_finalizers=[p.FINALIZER_PV_DELETION])
+            merge_metadata(self.ctx.rest, fresh, remove_finalizers=[p.FINALIZER_PV_DELETION])
         self.metrics.total.labels(storage_class).inc()
         self.metrics.duration.labels(storage_class).observe(time.monotonic() - started)
 

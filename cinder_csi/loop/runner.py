@@ -37,7 +37,7 @@ from cinder_csi.loop.kube.leader import (
 )
 from cinder_csi.loop.kube.workqueue import WorkQueueMetrics
 from cinder_csi.loop.unprovision import CALL_END_MARGIN
-from cinder_csi.metrics import Health, HealthChecks, Metrics, serve_http
+from cinder_csi.metrics import HealthChecks, Metrics, serve_http
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,8 @@ class LoopOptions:
     csi_address: str
     kubeconfig: str | None = None
     workers: int = 100
-    kube_qps: float = 50.0
-    kube_burst: int = 100
+    kube_qps: float = 300.0
+    kube_burst: int = 600
     resync_period: float = 600.0
     csi_timeout: float = 180.0
     leader_election: bool = False
@@ -119,10 +119,10 @@ class WatchLoop:
         self.options = options
         self.registry = registry or CollectorRegistry()
         self.health = health if health is not None else HealthChecks()
-        self.health.add_flag("leader-election", lambda: not self.lost_lease,
-                             "lost the leader lease")
-        self.health.add("informer-sync", self._sync_health)
-        self.health.add("work-queues", self._queue_health)
+        self.health.register(
+            "leader-election", lambda: "lost the leader lease" if self.lost_lease else None)
+        self.health.register("informer-sync", self._sync_health)
+        self.health.register("work-queues", self._queue_health)
         self._ctx: LoopContext | None = None
         self.lost_lease = False
         self.ready = threading.Event()  # informers synced and workers running
@@ -149,7 +149,7 @@ class WatchLoop:
             recorder.start()
             ctx = LoopContext(
                 driver=driver, csi=csi, rest=clients.rest(),
-                informers=build_informers(clients.main, resync_period=options.resync_period),
+                informers=build_informers(clients.rest(), resync_period=options.resync_period),
                 recorder=recorder, registry=self.registry,
                 queue_metrics=WorkQueueMetrics(self.registry), workers=options.workers,
                 provisioner_identity=f"{default_identity()}-{driver}",
@@ -216,20 +216,20 @@ class WatchLoop:
             ctx.recorder.stop()
 
 
-    def _sync_health(self) -> Health:
+    def _sync_health(self) -> str | None:
         since = self.sync_overdue_since
         if since is None:
-            return Health(True)
+            return None
         waited = SYNC_TIMEOUT_S + time.monotonic() - since
-        return Health(False, f"the caches have not synced in {waited:.0f}s; no duty runs")
+        return f"the caches have not synced in {waited:.0f}s; no duty runs"
 
-    def _queue_health(self) -> Health:
+    def _queue_health(self) -> str | None:
         ctx = self._ctx
         if ctx is None:
-            return Health(True)
+            return None
         wedged = [f"{queue.name}: {why}" for queue in ctx.queue_metrics.queues
                   if (why := queue.stalled(self.options.stuck_after)) is not None]
-        return Health(not wedged, "; ".join(wedged))
+        return "; ".join(wedged) or None
 
     def _wait_for_sync(self, ctx: LoopContext, stop: threading.Event) -> bool:
         """Until every cache holds a whole first listing; False when stopped first.

@@ -23,7 +23,7 @@ from cinder_csi import DEFAULT_FS_TYPE, FS_TYPES, TOPOLOGY_KEY, errors
 from cinder_csi.csi import csi_pb2, csi_pb2_grpc
 from cinder_csi.csi import validation as v
 from cinder_csi.csi.call_context import deadline_from
-from cinder_csi.deadline import Deadline
+from cinder_csi.deadline import DEFAULT_TIMEOUT_S, Deadline
 from cinder_csi.host import DeviceFinder, MetadataSource, Mounter, check_volume_id, stats
 from cinder_csi.locks import OperationLocks
 
@@ -35,6 +35,32 @@ CAPABILITIES = (
     NodeCap.VOLUME_CONDITION, NodeCap.SINGLE_NODE_MULTI_WRITER,
 )
 FSTYPE_CONTEXT_KEYS = ("fsType", "csi.storage.k8s.io/fstype")
+# Linux limits of a path and of one of its components, in bytes.
+PATH_MAX = 4096
+NAME_MAX = 255
+
+# Set by the controller (ours and upstream's) on a volume made from a snapshot, backup or
+# volume: its filesystem is its source's size and is grown at stage when the volume is larger.
+RESIZE_REQUIRED_KEY = "resizeRequired"
+# XFS refuses to mount a filesystem whose UUID is already mounted, and a clone or a restored
+# snapshot carries its source's UUID. Either of the two may be staged first on a node, and a
+# source cannot know it was cloned, so every xfs staging mount skips the check (as upstream
+# does); the device was proven to be the volume before it is mounted.
+FS_MOUNT_OPTIONS = {"xfs": ("nouuid",)}
+
+
+def _make_mount_point(path: Path, *, directory: bool) -> None:
+    """The directory (mount) or empty file (block) to mount on; what the file system refuses
+    (a file where a directory is needed, a read-only parent) is the caller's to fix."""
+    try:
+        if directory:
+            path.mkdir(parents=True, exist_ok=True)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if not path.exists():
+                path.touch(mode=0o600)
+    except OSError as exc:
+        raise errors.FailedPrecondition(f"cannot make mount point {path}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -43,6 +69,8 @@ class NodeOptions:
     max_volumes_per_node: int = 25
     with_topology: bool = True
     additional_topology: Mapping[str, str] = field(default_factory=dict)
+    # The bound of a call whose caller sent no deadline (gRPC would give it ~292 years).
+    default_call_timeout: float = DEFAULT_TIMEOUT_S
 
 
 class NodeService(csi_pb2_grpc.NodeServicer):
@@ -62,6 +90,9 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         self.locks = locks or OperationLocks()
         self._root = os.path.realpath(self.options.kubelet_root)
 
+    def _deadline(self, context: grpc.ServicerContext) -> Deadline:
+        return deadline_from(context, self.options.default_call_timeout)
+
     # -- paths --------------------------------------------------------------------------------
 
     def _checked_path(self, value: str, field_name: str) -> Path:
@@ -69,6 +100,12 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         v.require(value, field_name)
         if not os.path.isabs(value) or "\0" in value:
             raise errors.InvalidArgument(f"{field_name} {value!r} must be an absolute path")
+        encoded = value.encode(errors="surrogateescape")
+        if len(encoded) >= PATH_MAX or any(len(p) > NAME_MAX for p in encoded.split(b"/")):
+            raise errors.InvalidArgument(
+                f"{field_name} is longer than a path can be ({len(encoded)} bytes, or a "
+                f"component over {NAME_MAX})"
+            )
         resolved = os.path.realpath(value)
         if os.path.commonpath([resolved, self._root]) != self._root or resolved == self._root:
             raise errors.InvalidArgument(
@@ -113,7 +150,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
 
     def _device(self, volume_id: str, deadline: Deadline) -> Path:
         device = self.finder.find(volume_id, deadline)
-        self.finder.verify(volume_id, device)
+        self.finder.verify(volume_id, device, deadline)
         return device
 
     # -- stage --------------------------------------------------------------------------------
@@ -124,16 +161,20 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         volume_id = self._volume_id(request.volume_id)
         staging = self._checked_path(request.staging_target_path, "staging_target_path")
         cap = self._capability(request)
-        deadline = deadline_from(context)
-        with self.locks.hold([volume_id], "NodeStageVolume"):
+        deadline = self._deadline(context)
+        with self.locks.hold([volume_id], "NodeStageVolume", deadline):
             device = self._device(volume_id, deadline)
             if cap.WhichOneof("access_type") == "block":
                 return csi_pb2.NodeStageVolumeResponse()  # published straight from the device
             fstype = self._fstype(cap, request.volume_context)
-            staging.mkdir(parents=True, exist_ok=True)
-            self.mounter.format_and_mount(
-                device, staging, fstype, list(cap.mount.mount_flags), deadline
-            )
+            options = list(cap.mount.mount_flags)
+            options += [o for o in FS_MOUNT_OPTIONS.get(fstype, ()) if o not in options]
+            _make_mount_point(staging, directory=True)
+            self.mounter.format_and_mount(device, staging, fstype, options, deadline)
+            if request.volume_context.get(RESIZE_REQUIRED_KEY, "").strip().lower() == "true":
+                self.mounter.filesystems.grow_to_device(
+                    device, staging, fstype, self.finder.device_size(device, deadline), deadline
+                )
         log.info("staged volume %s (%s, %s) at %s", volume_id, device, fstype, staging)
         return csi_pb2.NodeStageVolumeResponse()
 
@@ -142,10 +183,30 @@ class NodeService(csi_pb2_grpc.NodeServicer):
     ) -> csi_pb2.NodeUnstageVolumeResponse:
         volume_id = self._volume_id(request.volume_id)
         staging = self._checked_path(request.staging_target_path, "staging_target_path")
-        deadline = deadline_from(context)
-        with self.locks.hold([volume_id], "NodeUnstageVolume"):
+        deadline = self._deadline(context)
+        with self.locks.hold([volume_id], "NodeUnstageVolume", deadline):
+            self._refuse_while_published(volume_id, staging)
             self.mounter.unmount(staging, deadline)
         return csi_pb2.NodeUnstageVolumeResponse()
+
+    def _refuse_while_published(self, volume_id: str, staging: Path) -> None:
+        """A publish bind-mount keeps the filesystem mounted when the staging mount goes;
+        the detach that follows an unstage would then pull the disk from under a mounted,
+        written filesystem. So unstage waits until every publication is gone."""
+        staged = self.mounter.table.mounts_at(staging)
+        if not staged:
+            return
+        device = staged[-1].major_minor
+        elsewhere = sorted({
+            m.mount_point for m in self.mounter.table.all()
+            if m.major_minor == device and Path(m.mount_point) != staging
+        })
+        if elsewhere:
+            shown = ", ".join(elsewhere[:3]) + (" ..." if len(elsewhere) > 3 else "")
+            raise errors.FailedPrecondition(
+                f"volume {volume_id} is still published at {shown}; NodeUnpublishVolume "
+                f"there before unstaging it from {staging}"
+            )
 
     # -- publish ------------------------------------------------------------------------------
 
@@ -157,13 +218,11 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         staging = self._checked_path(request.staging_target_path, "staging_target_path")
         cap = self._capability(request)
         readonly = request.readonly or cap.access_mode.mode in v.READ_ONLY_MODES
-        deadline = deadline_from(context)
-        with self.locks.hold([volume_id], "NodePublishVolume"):
+        deadline = self._deadline(context)
+        with self.locks.hold([volume_id], "NodePublishVolume", deadline):
             if cap.WhichOneof("access_type") == "block":
                 device = self._device(volume_id, deadline)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                if not target.exists():
-                    target.touch(mode=0o600)
+                _make_mount_point(target, directory=False)
                 self.mounter.bind_mount(device, target, readonly=readonly, deadline=deadline)
             else:
                 staged = self.mounter.table.mounts_at(staging)
@@ -173,7 +232,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                     )
                 if cap.access_mode.mode == v.Mode.SINGLE_NODE_SINGLE_WRITER:
                     self._refuse_second_publication(volume_id, staged[-1].source, staging, target)
-                target.mkdir(parents=True, exist_ok=True)
+                _make_mount_point(target, directory=True)
                 self.mounter.bind_mount(staging, target, readonly=readonly, deadline=deadline)
         return csi_pb2.NodePublishVolumeResponse()
 
@@ -195,21 +254,27 @@ class NodeService(csi_pb2_grpc.NodeServicer):
     ) -> csi_pb2.NodeUnpublishVolumeResponse:
         volume_id = self._volume_id(request.volume_id)
         target = self._checked_path(request.target_path, "target_path")
-        deadline = deadline_from(context)
-        with self.locks.hold([volume_id], "NodeUnpublishVolume"):
+        deadline = self._deadline(context)
+        with self.locks.hold([volume_id], "NodeUnpublishVolume", deadline):
             self.mounter.unmount(target, deadline)
             self._remove_target(target)
         return csi_pb2.NodeUnpublishVolumeResponse()
 
     def _remove_target(self, target: Path) -> None:
-        """The spec asks us to delete what we created at the target path, once unmounted."""
+        """The spec asks us to delete what we created at the target path, once unmounted:
+        an empty directory (mount) or an empty file (block). Anything else at that path is
+        not ours, and data: it stays."""
         if self.mounter.table.is_mounted(target):
             return
         try:
-            if target.is_dir() and not target.is_symlink():
-                target.rmdir()
-            else:
+            st = os.lstat(target)
+            if stat.S_ISDIR(st.st_mode):
+                target.rmdir()  # fails, and keeps it, unless it is empty
+            elif stat.S_ISREG(st.st_mode) and st.st_size == 0:
                 target.unlink()
+            else:
+                log.warning("left %s in place after unpublish: not an empty file or "
+                            "directory, so not what NodePublishVolume made", target)
         except FileNotFoundError:
             return
         except OSError as exc:
@@ -222,8 +287,8 @@ class NodeService(csi_pb2_grpc.NodeServicer):
     ) -> csi_pb2.NodeExpandVolumeResponse:
         volume_id = self._volume_id(request.volume_id)
         path = self._existing_volume_path(request.volume_path)
-        deadline = deadline_from(context)
-        with self.locks.hold([volume_id], "NodeExpandVolume"):
+        deadline = self._deadline(context)
+        with self.locks.hold([volume_id], "NodeExpandVolume", deadline):
             device = self._device(volume_id, deadline)
             self.finder.rescan(device, deadline)
             is_block = (

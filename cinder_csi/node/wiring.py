@@ -34,6 +34,7 @@ def build_node_service(args: argparse.Namespace) -> NodeService:
         max_volumes_per_node=config.block_storage.node_volume_attach_limit,
         with_topology=args.with_topology,
         additional_topology=dict(args.additional_topology),
+        default_call_timeout=args.default_call_timeout,
     )
     return NodeService(
         metadata=metadata,
@@ -57,11 +58,10 @@ def run(args: argparse.Namespace) -> int:
     identity = node_identity(args.driver_name, node)
     metrics = Metrics(args.driver_name)
     server = CSIServer(args.endpoint, identity=identity, node=node, metrics=metrics)
-    http = None
-    if args.http_endpoint:
-        health = HealthChecks()
-        health.add_probe("node", node.probe)
-        http = serve_http(args.http_endpoint, metrics, health)
+    checks = HealthChecks()
+    checks.register("metadata", node.probe)
+    checks.register("operations", node.locks.health)
+    http = serve_http(args.http_endpoint, metrics, checks) if args.http_endpoint else None
     try:
         server.run_until_signal()
     finally:

@@ -15,6 +15,7 @@ move to a node in the other zone (Nova's default ``cross_az_attach``), as on man
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import secrets
 import signal
@@ -52,10 +53,23 @@ APPLIED_KINDS = ("Namespace", "CSIDriver", "StorageClass", "PersistentVolumeClai
 MANIFEST_PARTS = ("driver", "registry")
 
 
+# The build ships manifests/ inside the package under this name (see setup.py).
+MANIFESTS_PACKAGE = "cinder_csi.manifests"
+
+
 def manifests_dir() -> Path | None:
-    """manifests/ of the checkout this package runs from, if there is one."""
-    candidate = Path(__file__).resolve().parents[2] / "manifests"  # cinder_csi/sandbox/ -> root
-    return candidate if (candidate / "kustomization.yaml").exists() else None
+    """The deployment manifests: those shipped with the installed package, else (running from
+    a bare checkout) the manifests/ beside the package."""
+    try:
+        spec = importlib.util.find_spec(MANIFESTS_PACKAGE)
+    except ModuleNotFoundError:
+        spec = None
+    places = list(spec.submodule_search_locations or ()) if spec is not None else []
+    places.append(str(Path(__file__).resolve().parents[2] / "manifests"))  # checkout root
+    for place in places:
+        if (Path(place) / "kustomization.yaml").exists():
+            return Path(place)
+    return None
 
 
 def manifest_objects(root: Path) -> list[dict[str, object]]:
@@ -146,7 +160,8 @@ class Sandbox:
         for index, server_id in enumerate(self.server_ids):
             self._spawn(f"node-{index}", [
                 "node", "--endpoint", f"unix://{self.node_socket(index)}",
-                "--cloud-config", str(self.state_dir / "cloud.conf"),
+                # As deployed: the node plugin gets settings, never the credentials.
+                "--cloud-config", str(self.state_dir / "node.conf"),
                 "--kubelet-root", str(self.kubelet_root),
                 "--by-id-dir", str(self.state_dir / "nodes" / f"node-{index}" / "by-id"),
                 "--metadata-url", self.openstack.metadata_url(server_id),
@@ -162,8 +177,12 @@ class Sandbox:
         assert self.kube is not None
         root = manifests_dir()
         if root is None:
-            self._say("no manifests/ next to this package: applying none")
-            return
+            raise RuntimeError(
+                f"the deployment manifests are missing: neither the package {MANIFESTS_PACKAGE} "
+                "nor a manifests/ beside it exists; reinstall cinder-csi (its CSIDriver and "
+                "StorageClasses are what the sandbox applies)"
+            )
+        self._say(f"applying the CSIDriver, StorageClasses and registry claim of {root}")
         for obj in manifest_objects(root):
             kind = str(obj["kind"])
             if kind == "PersistentVolumeClaim" and not self.loop:
@@ -175,7 +194,7 @@ class Sandbox:
             store = self.kube.store
             if store.try_get(_plural(kind), _name(obj), namespace=_namespace(obj)) is None:
                 store.create(_plural(kind), obj)
-            self._say(f"applied {kind} {_name(obj)} from manifests/")
+            self._say(f"applied {kind} {_name(obj)}")
 
     def _write_configs(self) -> None:
         assert self.openstack is not None
@@ -193,6 +212,8 @@ class Sandbox:
             "ignore-volume-az = true\n"
         )
         conf.chmod(0o600)
+        (self.state_dir / "node.conf").write_text(
+            "[BlockStorage]\nignore-volume-az = true\n[Metadata]\nsearch-order = metadataService\n")
         clouds = self.state_dir / "clouds.yaml"
         cloud = {"auth": {
             "auth_url": self.openstack.auth_url, "username": SANDBOX_USER,
@@ -317,7 +338,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"state directory: {sandbox.state_dir}", flush=True)
     code = 0
     try:
-        sandbox.start()
+        try:
+            sandbox.start()
+        except RuntimeError as exc:  # what could not start, and where its log is
+            print(f"cinder-csi sandbox: {exc}", file=sys.stderr, flush=True)
+            return 1
         assert sandbox.openstack is not None and sandbox.kube is not None
         print(f"openstack stand-in: {sandbox.openstack.auth_url}", flush=True)
         print(f"kubernetes stand-in: {sandbox.kube.url} (kubeconfig {sandbox.kubeconfig})",

@@ -22,7 +22,7 @@ from cinder_csi.standins.kube import KubeStandIn
 from cinder_csi.standins.kube.client import wait_until
 
 KUBECTL = shutil.which("kubectl")
-pytestmark = pytest.mark.skipif(KUBECTL is None, reason="kubectl binary not on PATH")
+pytestmark = pytest.mark.tools("kubectl")
 
 DRIVER = "cinder.csi.openstack.org"
 

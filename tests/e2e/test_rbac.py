@@ -24,7 +24,6 @@ import base64
 import fnmatch
 import functools
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -47,6 +46,7 @@ from cinder_csi.loop.registry import RegistryDuty, RegistrySpec
 from cinder_csi.loop.runner import ALL_DUTIES, LoopOptions, WatchLoop
 from tests.integration.cluster_env import ClusterEnv, cluster_env, wait_until
 from tests.integration.csi_helpers import create_request
+from tests.tools import require_tools
 
 REPO = Path(__file__).resolve().parents[2]
 CONTROLLER_SA = "cinder-csi-controller"
@@ -177,10 +177,8 @@ class Grant:
 
 
 def kustomize() -> list[Obj]:
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.skip("kubectl (with its built-in kustomize) is not installed")
-    done = subprocess.run([kubectl, "kustomize", str(REPO / "manifests")], capture_output=True,
+    require_tools("kubectl")  # its built-in kustomize
+    done = subprocess.run(["kubectl", "kustomize", str(REPO / "manifests")], capture_output=True,
                           text=True, timeout=120, check=False)
     assert done.returncode == 0, f"kubectl kustomize manifests/ failed:\n{done.stderr}"
     return [doc for doc in yaml.safe_load_all(done.stdout) if doc]

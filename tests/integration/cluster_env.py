@@ -124,7 +124,7 @@ class ClusterEnv:
             driver=self.driver,
             csi=CSIClient(str(self.socket), timeout=60.0, metrics=CSIMetrics(registry)),
             rest=rest,
-            informers=build_informers(clients.main, resync_period=30.0),
+            informers=build_informers(clients.rest(), resync_period=30.0),
             recorder=EventRecorder(rest, "cinder-csi-provisioner", host="test"),
             registry=registry,
             queue_metrics=WorkQueueMetrics(registry),

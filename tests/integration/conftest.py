@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from cinder_csi.cloud.connection import Cloud
+from cinder_csi.cloud.clouds import CloudSet
 from cinder_csi.config import load_cloud_config
 from cinder_csi.controller.service import MANIFEST, ControllerOptions, ControllerService
 from cinder_csi.csi import csi_pb2_grpc
@@ -58,13 +58,13 @@ def start_controller(
     cloud_conf: Path, socket: Path, *, cluster: str = CLUSTER
 ) -> tuple[CSIServer, ControllerHandle]:
     config = load_cloud_config([cloud_conf])
-    cloud = Cloud(config.auth)
-    service = ControllerService(cloud, ControllerOptions(
+    clouds = CloudSet.from_settings(config.clouds)
+    service = ControllerService(clouds, ControllerOptions(
         cluster_id=cluster,
         node_volume_attach_limit=config.block_storage.node_volume_attach_limit,
     ))
-    identity = IdentityService("cinder.csi.openstack.org", has_controller=True, probe=cloud.probe,
-                               manifest=MANIFEST)
+    identity = IdentityService("cinder.csi.openstack.org", has_controller=True,
+                               probe=clouds.probe, manifest=MANIFEST)
     server = CSIServer(f"unix://{socket}", identity=identity, controller=service, grace_seconds=2)
     server.start()
     channel = grpc.insecure_channel(f"unix://{socket}")

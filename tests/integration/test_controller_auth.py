@@ -11,6 +11,7 @@ import pytest
 import requests
 import yaml
 
+from cinder_csi import errors
 from cinder_csi.cloud.connection import Cloud
 from cinder_csi.config import load_cloud_config
 from cinder_csi.controller.service import ControllerService
@@ -28,8 +29,9 @@ def write_clouds(tmp_path: Path, cloud: dict[str, Any]) -> Path:
     return path
 
 
-def create_through(clouds: Path, tmp_path: Path, name: str) -> str:
-    config = load_cloud_config([], cloud="test", clouds_file=str(clouds))
+def create_through(clouds: Path | None, tmp_path: Path, name: str) -> str:
+    config = load_cloud_config([], cloud="test",
+                               clouds_file=str(clouds) if clouds is not None else None)
     cloud = Cloud(config.auth)
     server = CSIServer(f"unix://{tmp_path / 'auth.sock'}",
                        identity=IdentityService("cinder.csi.openstack.org", has_controller=True,
@@ -112,7 +114,33 @@ def test_wrong_password_is_not_ready_and_unavailable(
             handle.controller.CreateVolume(create_request("pvc-bad"), timeout=30)
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "wrong" not in info.value.details()
+        assert "Keystone at http" in info.value.details()
     finally:
         handle.channel.close()
         server.stop(0)
 
+
+
+def test_cloud_flag_finds_the_file_of_os_client_config_file(
+    openstack: OpenStackStandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--cloud NAME` with the file every openstacksdk user points OS_CLIENT_CONFIG_FILE at."""
+    clouds = write_clouds(tmp_path, {**base(openstack), "auth": {
+        "auth_url": openstack.auth_url, "username": "admin", "password": "secret",
+        "project_name": "demo", "user_domain_name": "Default",
+        "project_domain_name": "Default"}})
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(clouds))
+    assert create_through(None, tmp_path, "pvc-env")
+
+
+def test_unknown_cloud_names_the_files_read(tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    clouds = write_clouds(tmp_path, {"auth": {"auth_url": "http://k/v3"}})
+    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(clouds))
+    cloud = Cloud(load_cloud_config([], cloud="missing").auth)
+    with pytest.raises(errors.InvalidArgument) as info:
+        cloud.connection()
+    assert "missing" in info.value.message and str(clouds) in info.value.message

@@ -14,8 +14,9 @@ from cinder_csi.deadline import Deadline
 from cinder_csi.errors import FailedPrecondition
 from cinder_csi.host.devices import DeviceFinder
 from tests.integration.loop_devices import MIB, LoopDevices
+from tests.tools import LOOP
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.tools(*LOOP)]
 
 VOLUME = "5d8c2b1a-7e4f-4a3b-9c6d-2e1f0a9b8c7d"
 
@@ -27,7 +28,7 @@ def attach(loops: LoopDevices, device: Path) -> DeviceFinder:
 
 
 def test_find_and_verify_through_the_by_id_link(loops: LoopDevices) -> None:
-    device = loops.create(64 * MIB)
+    device = loops.create(64 * MIB, name=VOLUME)  # its backing file names the volume
     finder = attach(loops, device)
     assert finder.find(VOLUME, Deadline.after(5)) == device
     finder.verify(VOLUME, device)

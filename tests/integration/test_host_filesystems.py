@@ -15,8 +15,9 @@ from cinder_csi.host.filesystems import Filesystems, stats
 from cinder_csi.host.mounter import Mounter
 from cinder_csi.host.mountinfo import MountTable
 from tests.integration.loop_devices import MIB, LoopDevices, run, sha256
+from tests.tools import LOOP, XFS, fs_params
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.tools(*LOOP)]
 
 # Recent xfsprogs refuse filesystems below 300 MiB.
 SIZES = {"ext4": 64 * MIB, "ext3": 64 * MIB, "xfs": 320 * MIB}
@@ -26,7 +27,7 @@ def deadline() -> Deadline:
     return Deadline.after(30)
 
 
-@pytest.mark.parametrize("fstype", ["ext4", "ext3", "xfs"])
+@pytest.mark.parametrize("fstype", fs_params("ext4", "ext3", "xfs"))
 def test_format_mount_and_never_reformat(loops: LoopDevices, fstype: str) -> None:
     device = loops.create(SIZES[fstype])
     target = loops.directory("stage")
@@ -52,6 +53,7 @@ def test_format_mount_and_never_reformat(loops: LoopDevices, fstype: str) -> Non
     assert s.free_inodes == s.total_inodes - s.used_inodes
 
 
+@pytest.mark.tools("mkfs.ext4")
 def test_refuses_xfs_over_ext4_leaving_every_byte(loops: LoopDevices) -> None:
     device = loops.create(64 * MIB)  # refused before mkfs.xfs could complain about the size
     run("mkfs.ext4", "-q", str(device))
@@ -73,7 +75,7 @@ def write_mbr(device: Path) -> None:
         f.write(sector)
 
 
-@pytest.mark.parametrize("fstype", ["ext4", "xfs"])
+@pytest.mark.parametrize("fstype", fs_params("ext4", "xfs"))
 def test_refuses_a_partition_table(loops: LoopDevices, fstype: str) -> None:
     device = loops.create(64 * MIB)
     write_mbr(device)
@@ -107,7 +109,7 @@ def can_resize_ext4_online() -> bool:
     return False
 
 
-@pytest.mark.parametrize("fstype", ["ext4", "xfs"])
+@pytest.mark.parametrize("fstype", fs_params("ext4", "xfs"))
 def test_grow_after_the_volume_grew(loops: LoopDevices, fstype: str) -> None:
     size = SIZES[fstype]
     device = loops.create(size)
@@ -136,6 +138,7 @@ def test_stats_of_a_block_device(loops: LoopDevices) -> None:
     assert (s.available_bytes, s.used_bytes, s.total_inodes) == (0, 0, 0)
 
 
+@pytest.mark.tools(*XFS, "mkfs.ext4")
 def test_mkfs_xfs_itself_refuses_a_signature_we_might_miss(loops: LoopDevices) -> None:
     # Defence in depth: even if probe were bypassed, mkfs.xfs without -f will not overwrite.
     device = loops.create(SIZES["xfs"])

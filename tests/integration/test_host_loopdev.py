@@ -9,8 +9,9 @@ import pytest
 
 from cinder_csi.host.mountinfo import MountTable
 from tests.integration.loop_devices import MIB, LoopDevices, run, sha256
+from tests.tools import LOOP
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.tools(*LOOP)]
 
 
 def test_cleanup_after_failure_leaves_nothing(tmp_path: Path) -> None:

@@ -12,8 +12,10 @@ from cinder_csi.errors import FailedPrecondition
 from cinder_csi.host.mounter import Mounter
 from cinder_csi.host.mountinfo import MountTable
 from tests.integration.loop_devices import MIB, LoopDevices, run
+from tests.tools import LOOP
 
-pytestmark = pytest.mark.root
+# Every device here is formatted ext4 (by the test or by format_and_mount).
+pytestmark = [pytest.mark.root, pytest.mark.tools(*LOOP, "mkfs.ext4")]
 
 
 @pytest.fixture

@@ -537,3 +537,22 @@ def test_no_new_content_in_a_terminating_namespace(core: Any) -> None:
     with pytest.raises(ApiException) as exc:
         core.create_namespaced_secret("going", {"metadata": {"name": "t"}})
     assert exc.value.status == 403 and "being terminated" in status_of(exc)["message"]
+
+
+def test_request_counts_by_client_method_and_resource(kube: KubeStandIn, core: Any,
+                                                      api: Any) -> None:
+    api.user_agent = "counted-client"
+    core.create_namespaced_persistent_volume_claim("default", claim("c1"))
+    core.patch_namespaced_persistent_volume_claim_status(
+        "c1", "default", {"status": {"phase": "Pending"}})
+    core.read_namespaced_persistent_volume_claim("c1", "default")
+    core.read_namespaced_persistent_volume_claim("c1", "default")
+    core.list_persistent_volume(watch=True, timeout_seconds=1, _preload_content=False).read()
+    counts = {(method, what): n for (agent, method, what), n in kube.request_counts().items()
+              if agent == "counted-client"}
+    assert counts == {
+        ("POST", "persistentvolumeclaims"): 1,
+        ("PATCH", "persistentvolumeclaims/status"): 1,
+        ("GET", "persistentvolumeclaims"): 2,
+        ("GET", "persistentvolumes (watch)"): 1,
+    }

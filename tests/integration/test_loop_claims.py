@@ -85,13 +85,25 @@ def test_claim_bound_to_one_volume_with_every_pv_field(env: ClusterEnv) -> None:
         assert p.ANN_PROVISIONING not in (current["metadata"].get("annotations") or {})
         assert p.FINALIZER_PROVISIONING not in current["metadata"].get("finalizers", [])
         env.wait_event("data", "ProvisioningSucceeded")
-        assert env.events_for("data", reason="Provisioning")
         assert pv["status"]["phase"] == "Bound"
         # The pv finalizer is not re-added or duplicated by the volume controller.
         time.sleep(0.3)
         again = env.pv(name)
         assert again is not None
         assert again["metadata"]["finalizers"].count(p.FINALIZER_PV_DELETION) == 1
+
+
+def test_slow_provisioning_is_announced_while_it_lasts(env: ClusterEnv) -> None:
+    env.openstack.faults.slow("create", 4)
+    with env.run_loop(LOOP):
+        env.create_claim("slow")
+        started = env.wait_event("slow", "Provisioning", timeout=15)
+        assert started["type"] == "Normal"
+        assert env.claim("slow")["status"].get("phase") != "Bound"  # written while it lasted
+        assert started["message"] == ('External provisioner is provisioning volume for claim '
+                                      '"default/slow"')
+        env.wait_bound("slow", timeout=30)
+        env.wait_event("slow", "ProvisioningSucceeded")
 
 
 def test_block_claim_has_no_fstype(env: ClusterEnv) -> None:

@@ -6,7 +6,6 @@ Informer under dropped watches and 410s, bookmarks, leader election between two 
 
 from __future__ import annotations
 
-import functools
 import random
 import threading
 import time
@@ -26,6 +25,7 @@ from cinder_csi.loop.kube.leader import (
     LeaderElector,
     lease_name,
 )
+from cinder_csi.loop.kube.objects import merge_metadata
 from cinder_csi.standins.kube import KubeStandIn
 from cinder_csi.standins.kube.client import wait_until
 from cinder_csi.standins.kube.store import Change
@@ -94,11 +94,11 @@ class Log:
 
 
 def secret_informer(clients: KubeClients, log: Log, **kw: Any) -> Informer:
-    core = k8s.CoreV1Api(clients.main)
+    # The loop's own list function (KubeRest.lister), under drops, 410s and paging.
     kw.setdefault("backoff_base", 0.05)
     kw.setdefault("backoff_cap", 0.5)
     informer = Informer(
-        "secrets", functools.partial(core.list_namespaced_secret, NS), page_size=7, **kw
+        "secrets", clients.rest().lister(f"/api/v1/namespaces/{NS}/secrets"), page_size=7, **kw
     )
     informer.add_handler(log.handlers())
     informer.start()
@@ -411,3 +411,41 @@ def test_main_client_is_throttled_and_the_leader_client_is_not(
         assert time.monotonic() - began < 0.45
     finally:
         made.close()
+
+
+def test_merge_metadata_neither_conflicts_nor_overwrites_another_writer(
+        kube: KubeStandIn, clients: KubeClients) -> None:
+    rest = clients.rest()
+    path = f"/api/v1/namespaces/{NS}/persistentvolumeclaims/data"
+    stale = rest.create(f"/api/v1/namespaces/{NS}/persistentvolumeclaims", {
+        "metadata": {"name": "data", "finalizers": ["theirs/one"]},
+        "spec": {"accessModes": ["ReadWriteOnce"],
+                 "resources": {"requests": {"storage": "1Gi"}}}})
+    # Another writer moves the claim on: our copy is stale from here.
+    rest.patch(path, {"metadata": {"finalizers": ["theirs/one", "theirs/two"],
+                                   "annotations": {"theirs": "x"}}})
+    added = merge_metadata(rest, stale, add_finalizers=["ours"], annotations={"ours": "y"})
+    assert added is not None
+    assert added["metadata"]["finalizers"] == ["theirs/one", "theirs/two", "ours"]
+    assert added["metadata"]["annotations"] == {"theirs": "x", "ours": "y"}
+    cleared = merge_metadata(rest, added, remove_finalizers=["ours"], annotations={"ours": None})
+    assert cleared is not None
+    assert cleared["metadata"]["finalizers"] == ["theirs/one", "theirs/two"]
+    assert cleared["metadata"]["annotations"] == {"theirs": "x"}
+    assert merge_metadata(rest, cleared, remove_finalizers=["ours"]) is cleared  # no request
+
+
+def test_merge_metadata_refuses_a_replaced_or_deleting_object(
+        kube: KubeStandIn, clients: KubeClients) -> None:
+    rest = clients.rest()
+    claims = f"/api/v1/namespaces/{NS}/persistentvolumeclaims"
+    body = {"metadata": {"name": "data", "finalizers": ["theirs"]},
+            "spec": {"accessModes": ["ReadWriteOnce"],
+                     "resources": {"requests": {"storage": "1Gi"}}}}
+    old = rest.create(claims, body)
+    rest.delete(f"{claims}/data")  # held by its finalizer: deleting
+    assert merge_metadata(rest, old, add_finalizers=["ours"]) is None
+    rest.patch(f"{claims}/data", {"metadata": {"finalizers": None}})  # gone now
+    rest.create(claims, body)  # the same name, another uid
+    assert merge_metadata(rest, old, add_finalizers=["ours"]) is None
+    assert rest.get(f"{claims}/data")["metadata"]["finalizers"] == ["theirs"]

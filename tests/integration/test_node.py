@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import subprocess
 import threading
 import time
@@ -18,8 +17,9 @@ from cinder_csi.csi import csi_pb2
 from cinder_csi.host import MountTable
 from tests.integration.csi_helpers import block_cap, expect_code, mount_cap
 from tests.integration.node_env import GIB, NodeEnv, node_env
+from tests.tools import LOOP, XFS, fs_params, require_tools
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.tools(*LOOP, "mkfs.ext4")]
 C = grpc.StatusCode
 
 
@@ -42,7 +42,7 @@ def fs_size(path: Path) -> int:
     return st.f_blocks * st.f_frsize
 
 
-FS_TYPES = ["ext4"] + (["xfs"] if shutil.which("mkfs.xfs") else [])
+FS_TYPES = fs_params("ext4", "xfs")
 CAP_SYS_RESOURCE = 24
 
 
@@ -147,8 +147,7 @@ def test_readonly_publish_refuses_writes(env: NodeEnv) -> None:
 
 
 def test_device_with_other_filesystem_is_refused_unchanged(env: NodeEnv) -> None:
-    if not shutil.which("mkfs.xfs"):
-        pytest.skip("mkfs.xfs is not installed")
+    require_tools(*XFS)
     volume = env.create("pvc-other-fs", 1)
     env.attach(volume)
     device = env.device_of(volume)

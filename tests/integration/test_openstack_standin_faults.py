@@ -116,6 +116,29 @@ def test_volume_stuck_in_creating_until_released(standin: OpenStackStandIn,
     wait_volume(conn, stuck.id, "available")
 
 
+def test_limited_concurrency_queues_transitions_in_order(
+        standin: OpenStackStandIn, conn: openstack.connection.Connection) -> None:
+    standin.faults.limit("create", 1)
+    with standin.faults.stick("creating", volume="first"):
+        first = conn.block_storage.create_volume(size=1, name="first")
+        second = conn.block_storage.create_volume(size=1, name="second")
+        # The stuck create holds the only slot: the second waits although nothing holds it.
+        assert status_after(conn, second.id, 0.3) == "creating"
+    wait_volume(conn, first.id, "available")
+    wait_volume(conn, second.id, "available")
+
+
+def test_limited_concurrency_passes_the_slot_on_when_a_create_is_voided(
+        standin: OpenStackStandIn, conn: openstack.connection.Connection) -> None:
+    standin.faults.limit("create", 1)
+    with standin.faults.stick("creating", volume="first"):
+        first = conn.block_storage.create_volume(size=1, name="first")
+        second = conn.block_storage.create_volume(size=1, name="second")
+        conn.block_storage.reset_volume_status(first, status="error", attach_status="detached",
+                                               migration_status="none")
+        wait_volume(conn, second.id, "available")
+
+
 @pytest.mark.parametrize("status", ["attaching", "detaching", "deleting"])
 def test_volume_stuck_in_transitional_status(standin: OpenStackStandIn,
                                              conn: openstack.connection.Connection,

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,16 +28,11 @@ from typing import Any
 from cinder_csi.loop import protocol as p
 from cinder_csi.standins.kube import ApiError
 from tests.integration.cluster_env import ClusterEnv, wait_until
+from tests.reliability.driver_env import free_port
 
 Obj = dict[str, Any]
 READY_LINE = "watch loop running"
 GONE = ("deleted", "deleting")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

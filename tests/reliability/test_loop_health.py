@@ -67,7 +67,7 @@ def running(env: ClusterEnv, **options: object) -> Iterator[tuple[WatchLoop, int
     thread = threading.Thread(target=loop.run, args=(stop,), daemon=True)
     thread.start()
     try:
-        wait_until(lambda: healthz(port)[0] in (200, 500), timeout=30, what="/healthz served")
+        wait_until(lambda: healthz(port)[0] in (200, 503), timeout=30, what="/healthz served")
         yield loop, port
     finally:
         stop.set()
@@ -79,7 +79,7 @@ def test_caches_that_never_sync_fail_healthz_and_start_no_duty(
     monkeypatch.setattr(runner, "SYNC_TIMEOUT_S", 1.0)
     env.kube.faults.fail(10**6, code=500, path="/persistentvolumes")
     with running(env) as (loop, port):
-        wait_until(lambda: healthz(port)[0] == 500, timeout=30, what="/healthz failing")
+        wait_until(lambda: healthz(port)[0] == 503, timeout=30, what="/healthz failing")
         body = healthz(port)[1]
         assert "informer-sync: the caches have not synced" in body, body
         assert not loop.ready.is_set()  # no duty runs on a partial view
@@ -97,7 +97,7 @@ def test_a_wedged_work_queue_fails_healthz(env: ClusterEnv) -> None:
 
     with running(env, extra=(wedged,), wedged_after=1.0) as (loop, port):
         wait_until(loop.ready.is_set, timeout=30, what="loop running")
-        wait_until(lambda: healthz(port)[0] == 500, timeout=30, what="/healthz failing")
+        wait_until(lambda: healthz(port)[0] == 503, timeout=30, what="/healthz failing")
         assert "work-queues: wedged: a worker has been on default/stuck" in healthz(port)[1]
         duties[0].release.set()
         wait_until(lambda: healthz(port) == (200, "ok\n"), timeout=30, what="healthy again")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
+from pathlib import Path
 
 from cinder_csi.deadline import Deadline
 from cinder_csi.host.commands import CommandResult, CommandRunner, failure
@@ -48,3 +49,19 @@ class FakeRunner(CommandRunner):
 
     def commands(self) -> list[str]:
         return [" ".join(c) for c in self.calls]
+
+
+class FakeDevTree:
+    """A fake /dev, /dev/disk/by-id and /sys under a directory, for DeviceFinder."""
+
+    def __init__(self, root: Path) -> None:
+        self.dev = root / "dev"
+        self.by_id = self.dev / "disk" / "by-id"
+        self.sys = root / "sys"
+        self.by_id.mkdir(parents=True)
+        (self.sys / "block").mkdir(parents=True)
+
+    def link(self, name: str, device: Path) -> Path:
+        link = self.by_id / name
+        link.symlink_to(device)
+        return link

@@ -79,9 +79,9 @@ def test_post_is_not_retried_on_connection_timeout() -> None:
 
 
 def test_post_is_retried_when_rate_limited() -> None:
+    rate_limited = b'{"overLimit": {"message": "This request was rate-limited."}}'
     adapter = ScriptedAdapter([fail(429, **{"Retry-After": "0"}),
-                               fail(413, b'{"overLimit": {"message": "rate"}}',
-                                    **{"Retry-After": "0"}), ok])
+                               fail(413, rate_limited, **{"Retry-After": "0"}), ok])
     session(adapter).request("POST", "/volumes", what="v", deadline=Deadline.after(5))
     assert len(adapter.calls) == 3
 

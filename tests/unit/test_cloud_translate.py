@@ -18,6 +18,12 @@ def test_413_quota_vs_rate_limit() -> None:
     assert classify(413, quota, retry_after=5) is errors.QuotaExceeded
     assert classify(413, "This request was rate-limited.", retry_after=3) is errors.RateLimited
     assert classify(429, "slow down") is errors.RateLimited
+    # Real Cinder sends Retry-After: 0 with every quota 413, including this one.
+    per_volume = ("VolumeSizeExceedsLimit: Requested volume size 2G is larger than maximum "
+                  "allowed limit 1G.")
+    assert classify(413, per_volume, retry_after=0) is errors.QuotaExceeded
+    assert classify(413, "Requested volume size 2G is larger", retry_after=0) is (
+        errors.QuotaExceeded)
 
 
 def test_status_classes() -> None:
@@ -46,3 +52,23 @@ def test_retry_after_forms() -> None:
     date = email.utils.formatdate(now + 30, usegmt=True)
     parsed = retry_after_seconds(date, now=now)
     assert parsed is not None and 28 <= parsed <= 31
+
+
+def test_every_client_error_has_its_own_meaning() -> None:
+    assert classify(414, "Request-URI Too Long") is errors.InvalidArgument
+    assert classify(422, "unprocessable") is errors.InvalidArgument
+    assert classify(415, "bad media") is errors.InvalidArgument
+    assert classify(410, "gone") is errors.NotFound
+    assert classify(412, "precondition") is errors.FailedPrecondition
+    assert classify(405, "method") is errors.FailedPrecondition
+    assert classify(403, "policy") is errors.CloudUnavailable
+    assert classify(408, "timeout") is errors.CloudUnavailable
+    assert classify(418, "teapot") is errors.FailedPrecondition
+
+
+def test_no_answer_of_the_cloud_is_an_internal_error() -> None:
+    # A cloud 4xx (or any other status) never reaches the CO as INTERNAL or UNKNOWN.
+    for status in [*range(300, 309), *range(400, 452), *range(500, 512)]:
+        error = error_for_status(status, "m", what="w", request_id=None, retry_after=None)
+        code = errors.grpc_code_name(error)
+        assert code not in ("INTERNAL", "UNKNOWN"), (status, code)

@@ -8,21 +8,14 @@ import pytest
 from cinder_csi.deadline import Deadline
 from cinder_csi.errors import FailedPrecondition, InvalidArgument, NotFound
 from cinder_csi.host.devices import DeviceFinder
-from tests.unit.host_fakes import FakeRunner
+from tests.unit.host_fakes import FakeDevTree, FakeRunner
 
 VOLUME = "0b3a9d2e-5f41-4c8e-9a77-1d2c3b4a5e6f"
 SHORT = VOLUME[:20]
 
 
-class Host:
+class Host(FakeDevTree):
     """A fake /dev, /dev/disk/by-id and /sys under tmp_path."""
-
-    def __init__(self, root: Path) -> None:
-        self.dev = root / "dev"
-        self.by_id = self.dev / "disk" / "by-id"
-        self.sys = root / "sys"
-        self.by_id.mkdir(parents=True)
-        (self.sys / "block").mkdir(parents=True)
 
     def device(self, name: str, serial: str | None = None, sectors: int = 2048) -> Path:
         node = self.dev / name
@@ -35,11 +28,6 @@ class Host:
         cls.mkdir(parents=True)
         (cls / "size").write_text(f"{sectors}\n")
         return node
-
-    def link(self, name: str, device: Path) -> Path:
-        link = self.by_id / name
-        link.symlink_to(device)
-        return link
 
     def finder(self, runner: FakeRunner) -> DeviceFinder:
         return DeviceFinder(
@@ -154,8 +142,18 @@ def test_verify_refuses_other_serial(host: Host) -> None:
     assert "ffffffff-0000-1111-2" in str(info.value) and VOLUME in str(info.value)
 
 
-def test_verify_accepts_link_to_exactly_this_device(host: Host) -> None:
-    device = host.device("loop3")  # loop devices have no serial
+def test_verify_refuses_a_link_alone_as_proof(host: Host) -> None:
+    # A by-id link is only as fresh as udev's last event: the device itself must say who it is.
+    device = host.device("loop3")  # no serial, no backing file that names a volume
+    host.link(f"virtio-{SHORT}", device)
+    with pytest.raises(FailedPrecondition, match="cannot prove"):
+        host.finder(FakeRunner()).verify(VOLUME, device)
+
+
+def test_verify_accepts_a_loop_device_backed_by_the_volumes_file(host: Host) -> None:
+    device = host.device("loop3")
+    (host.sys / "block" / "loop3" / "loop").mkdir()
+    (host.sys / "block" / "loop3" / "loop" / "backing_file").write_text(f"/srv/{VOLUME}.img\n")
     host.link(f"virtio-{SHORT}", device)
     host.finder(FakeRunner()).verify(VOLUME, device)
 

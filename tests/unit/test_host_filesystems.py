@@ -145,6 +145,49 @@ def test_grow_commands(tmp_path: Path) -> None:
     assert runner.commands() == ["resize2fs /dev/vdb", f"xfs_growfs {tmp_path}"]
 
 
+DUMPE2FS = "Filesystem volume name:   <none>\nBlock count:              262144\n" \
+           "Reserved block count:     13107\nBlock size:               4096\n"
+XFS_INFO = ("meta-data=/dev/vdb isize=512    agcount=4, agsize=65536 blks\n"
+            "         =                       sectsz=512   attr=2, projid32bit=1\n"
+            "data     =                       bsize=4096   blocks=262144, imaxpct=25\n"
+            "naming   =version 2              bsize=4096   ascii-ci=0, ftype=1\n")
+
+
+def size_runner() -> FakeRunner:
+    def answer(argv: tuple[str, ...]) -> tuple[int, str, str] | None:
+        if argv[0] == "dumpe2fs":
+            return 0, DUMPE2FS, "dumpe2fs 1.47.0 (5-Feb-2023)\n"
+        if argv[0] == "xfs_info":
+            return 0, XFS_INFO, ""
+        return None
+    return FakeRunner(answer)
+
+
+@pytest.mark.parametrize("fstype", ["ext4", "xfs"])
+def test_filesystem_size_is_its_block_count(tmp_path: Path, fstype: str) -> None:
+    assert Filesystems(size_runner()).size(Path("/dev/vdb"), tmp_path, fstype) == 1024 * MIB
+
+
+@pytest.mark.parametrize(("fstype", "grow"), [("ext4", "resize2fs /dev/vdb"),
+                                              ("xfs", "xfs_growfs {mnt}")])
+def test_grow_to_device_grows_only_a_smaller_filesystem(
+    tmp_path: Path, fstype: str, grow: str
+) -> None:
+    runner = size_runner()
+    fs = Filesystems(runner)
+    assert not fs.grow_to_device(Path("/dev/vdb"), tmp_path, fstype, 1024 * MIB)
+    assert not fs.grow_to_device(Path("/dev/vdb"), tmp_path, fstype, 1024 * MIB + 4096)
+    assert grow.format(mnt=tmp_path) not in runner.commands()
+    assert fs.grow_to_device(Path("/dev/vdb"), tmp_path, fstype, 2048 * MIB)
+    assert runner.commands()[-1] == grow.format(mnt=tmp_path)
+
+
+def test_unreadable_filesystem_size_is_internal(tmp_path: Path) -> None:
+    runner = FakeRunner(lambda argv: (0, "garbage", ""))
+    with pytest.raises(InternalError, match="size of the ext4"):
+        Filesystems(runner).size(Path("/dev/vdb"), tmp_path, "ext4")
+
+
 def test_stats_of_a_directory(tmp_path: Path) -> None:
     s = stats(tmp_path)
     vfs = os.statvfs(tmp_path)

@@ -16,7 +16,7 @@ from cinder_csi import FEATURE_LISTED_NAMES, FEATURE_RECLAIM_POLICY, RECLAIM_POL
 from cinder_csi.csi import csi_pb2
 from cinder_csi.loop import caches as inf
 from cinder_csi.loop import protocol as p
-from cinder_csi.loop.claims import HOLDOFF_CAP, ClaimController
+from cinder_csi.loop.claims import HOLDOFF_CAP, PROVISIONING_EVENT_DELAY, ClaimController
 from cinder_csi.loop.context import LoopContext
 from cinder_csi.loop.errors import (
     IN_PROGRESS_CODES,
@@ -25,6 +25,8 @@ from cinder_csi.loop.errors import (
     RetryAfter,
 )
 from cinder_csi.loop.intent import Intent
+from cinder_csi.loop.kube.client import STRATEGIC_MERGE_PATCH
+from cinder_csi.loop.kube.events import Deferred
 from cinder_csi.loop.kube.informer import Cache
 from cinder_csi.loop.kube.workqueue import WorkQueueMetrics
 from tests.unit.loop_fakes import RpcError
@@ -86,12 +88,30 @@ class FakeRest:
         if path not in self.objects:
             raise ApiException(status=404, reason="Not Found")
         current = self.objects[path]
+        if kw.get("content_type") == STRATEGIC_MERGE_PATCH:
+            return self._strategic(path, current, copy.deepcopy(body))
         wanted = (body.get("metadata") or {}).get("resourceVersion")
         if wanted and wanted != current["metadata"]["resourceVersion"]:
             raise ApiException(status=409, reason="Conflict")
         body = copy.deepcopy(body)
         body.get("metadata", {}).pop("resourceVersion", None)
         self.objects[path] = merge(current, body)
+        return self._bump(self.objects[path])
+
+    def _strategic(self, path: str, current: Obj, body: Obj) -> Obj:
+        """Only what merge_metadata sends: finalizers merged as a set, a uid precondition."""
+        meta = body.get("metadata") or {}
+        uid = meta.pop("uid", None)
+        if uid and uid != current["metadata"].get("uid"):
+            raise ApiException(status=422, reason="Invalid")
+        finalizers = list(current["metadata"].get("finalizers") or [])
+        added = [f for f in meta.pop("finalizers", []) if f not in finalizers]
+        if added and current["metadata"].get("deletionTimestamp"):
+            raise ApiException(status=422, reason="Invalid")
+        removed = meta.pop("$deleteFromPrimitiveList/finalizers", [])
+        finalizers = [f for f in finalizers if f not in removed] + added
+        self.objects[path] = merge(current, body)
+        self.objects[path]["metadata"]["finalizers"] = finalizers
         return self._bump(self.objects[path])
 
     def delete(self, path: str, **kw: Any) -> Obj:
@@ -148,6 +168,7 @@ class FakeCSI:
 class FakeRecorder:
     def __init__(self) -> None:
         self.events: list[tuple[str, str, str]] = []
+        self.deferrals: list[tuple[str, float, Deferred]] = []
         self.secrets: set[str] = set()
 
     def add_secrets(self, values: Any) -> None:
@@ -155,6 +176,14 @@ class FakeRecorder:
 
     def normal(self, obj: Obj, reason: str, message: str) -> None:
         self.events.append(("Normal", reason, message))
+
+    def deferred(self, obj: Obj, type_: str, reason: str, message: str, *, after: float
+                 ) -> Deferred:
+        """Kept, with what was cancelled: the controller decides what may be dropped."""
+        handle = Deferred()
+        self.events.append((type_, reason, message))
+        self.deferrals.append((reason, after, handle))
+        return handle
 
     def warning(self, obj: Obj, reason: str, message: str) -> None:
         self.events.append(("Warning", reason, message))
@@ -277,6 +306,9 @@ def test_intent_is_recorded_before_create_and_cleared_after_the_pv(world: World)
     assert world.recorder.reasons() == ["Provisioning", "ProvisioningSucceeded"]
     assert world.recorder.events[0][2] == ('External provisioner is provisioning volume for '
                                            'claim "default/data"')
+    # "Provisioning" waits a moment and was dropped once the volume was there.
+    [(reason, after, handle)] = world.recorder.deferrals
+    assert (reason, after, handle.cancelled) == ("Provisioning", PROVISIONING_EVENT_DELAY, True)
     assert world.recorder.events[1][2] == "Successfully provisioned volume pvc-uid-data"
     value = world.ctx.registry.get_sample_value(
         "controller_persistentvolumeclaim_provision_total",
@@ -392,6 +424,8 @@ def test_invalid_argument_is_permanent(world: World) -> None:
     kind, reason, message = world.recorder.events[-1]
     assert (kind, reason) == ("Warning", "ProvisioningFailed")
     assert "pvc-uid-data" in message and "set the StorageClass parameter 'type'" in message
+    # A failed attempt still says that it started: its "Provisioning" is not withdrawn.
+    assert [(r, h.cancelled) for r, _, h in world.recorder.deferrals] == [("Provisioning", False)]
     assert world.ctx.registry.get_sample_value(
         "controller_persistentvolumeclaim_provision_failed_total",
         {"class": "standard", "source": ""}) == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -247,3 +248,55 @@ def test_background_writer_and_overflow() -> None:
 
 def test_object_reference_keeps_only_set_fields() -> None:
     assert object_reference({"metadata": {"name": "a"}}) == {"name": "a"}
+
+
+def test_a_deferred_event_is_written_once_due_unless_cancelled_first() -> None:
+    rest = FakeRest()
+    clock = Clock()
+    rec = recorder(rest, clock)
+    rec.start()
+    try:
+        kept = rec.deferred(PVC, "Normal", "Provisioning", "started", after=5.0)
+        dropped = rec.deferred(PV, "Normal", "Provisioning", "started", after=5.0)
+        rec.normal(PVC, "ProvisioningSucceeded", "done")  # not held back by the deferred
+        wait_for(lambda: len(rest.calls) == 1)
+        assert rest.calls[0][2]["reason"] == "ProvisioningSucceeded"
+        dropped.cancel()
+        clock.t += 5.0
+        rec.normal(PVC, "Other", "wakes the writer")
+        wait_for(lambda: len(rest.calls) == 3)
+        written = [(c[2]["involvedObject"]["name"], c[2]["reason"]) for c in rest.calls]
+        # The new event woke the writer; the deferred one was due by then and went next.
+        assert written == [("data", "ProvisioningSucceeded"), ("data", "Other"),
+                           ("data", "Provisioning")]
+        kept.cancel()  # too late: it was written, and nothing else happens
+    finally:
+        rec.stop(2)
+    assert len(rest.calls) == 3
+
+
+def test_flush_and_stop_write_deferred_events_at_once() -> None:
+    rest = FakeRest()
+    rec = recorder(rest)  # the clock stands still: nothing would ever fall due by itself
+    rec.start()
+    rec.deferred(PVC, "Normal", "Provisioning", "started", after=60.0)
+    gone = rec.deferred(PV, "Normal", "Provisioning", "started", after=60.0)
+    gone.cancel()
+    assert rec.flush(2)
+    assert [c[2]["involvedObject"]["name"] for c in rest.calls] == ["data"]
+    rec.deferred(PVC, "Normal", "Again", "x", after=60.0)
+    rec.stop(2)
+    assert [c[2]["reason"] for c in rest.calls] == ["Provisioning", "Again"]
+
+
+def test_before_start_a_deferred_event_is_written_at_once() -> None:
+    rest = FakeRest()
+    recorder(rest).deferred(PVC, "Normal", "Provisioning", "started", after=60.0).cancel()
+    assert [c[2]["reason"] for c in rest.calls] == ["Provisioning"]
+
+
+def wait_for(condition: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)

@@ -292,3 +292,26 @@ def test_indexes_follow_updates_and_deletes() -> None:
     assert sorted(cache.index_values("claim")) == ["ns/logs"]
     assert cache.get_by_name(None, "pv3") is not None
     assert len(cache) == 2
+
+
+def test_decoding_shares_keys_and_short_values_and_drops_managed_fields() -> None:
+    import json as json_module
+
+    from cinder_csi.loop.kube.informer import compact_object
+
+    decoder = json_module.JSONDecoder(object_pairs_hook=compact_object)
+    body = {"metadata": {"name": "pv-" + "a" * 3, "managedFields": [{"manager": "x"}],
+                         "annotations": {"note": "n" * 100,
+                                         "kubectl.kubernetes.io/last-applied-configuration":
+                                         "{}"}},
+            "spec": {"accessModes": ["ReadWriteOnce"], "volumeMode": "Filesystem"}}
+    first = decoder.decode(json_module.dumps(body))
+    second = decoder.decode(json_module.dumps(body))
+    assert "managedFields" not in first["metadata"]
+    assert first == {**body, "metadata": {"name": "pv-aaa", "annotations": {"note": "n" * 100}}}
+    key_one = next(k for k in first["spec"] if k == "volumeMode")
+    key_two = next(k for k in second["spec"] if k == "volumeMode")
+    assert key_one is key_two  # one string for every object's key
+    assert first["spec"]["volumeMode"] is second["spec"]["volumeMode"]
+    assert first["metadata"]["annotations"]["note"] is not second["metadata"]["annotations"][
+        "note"]  # long values are left alone

@@ -134,3 +134,80 @@ def test_a_stopping_client_hands_back_the_throttled_answer() -> None:
     rest = ThrottledRest(inner, CountingBucket(), max_retries=3, stop=stop)
     assert rest.request("GET", "http://x").status == 429
     assert len(inner.calls) == 1
+
+
+class FakePool:
+    """Stands in for the urllib3 pool KubeRest talks to directly."""
+
+    def __init__(self, *answers: tuple[int, bytes, dict[str, str]]) -> None:
+        self.answers = list(answers)
+        self.calls: list[dict[str, Any]] = []
+
+    def urlopen(self, method: str, url: str, **kwargs: Any) -> Any:
+        self.calls.append({"method": method, "url": url, **kwargs})
+        status, data, headers = self.answers.pop(0)
+        return type("Answer", (), {"status": status, "data": data, "headers": headers,
+                                   "reason": "", "drain_conn": lambda self: None,
+                                   "release_conn": lambda self: None})()
+
+
+class FakePoolManager:
+    def __init__(self, pool: FakePool) -> None:
+        self.pool = pool
+        self.hosts: list[str] = []
+
+    def connection_from_url(self, url: str) -> FakePool:
+        self.hosts.append(url)
+        return self.pool
+
+    def close(self) -> None:
+        pass
+
+
+def direct_rest(pool: FakePool, host: str = "https://api.example:6443/prefix") -> Any:
+    from kubernetes import client as k8s
+
+    from cinder_csi.loop.kube.client import KubeRest
+
+    cfg = k8s.Configuration()
+    cfg.host = host
+    cfg.api_key = {"BearerToken": "Bearer s3cret"}
+    api = k8s.ApiClient(cfg)
+    manager = FakePoolManager(pool)
+    api.rest_client = ThrottledRest(type("Inner", (), {"pool_manager": manager})(),
+                                    CountingBucket(), max_retries=3)
+    api.user_agent = "agent/1"
+    rest = KubeRest(api, timeout=7.0)
+    assert manager.hosts == [host]
+    return rest
+
+
+def test_direct_requests_carry_auth_agent_body_and_the_servers_path() -> None:
+    pool = FakePool((200, b'{"kind": "PersistentVolumeClaim"}', {}))
+    rest = direct_rest(pool)
+    answer = rest.patch("/api/v1/namespaces/ns/persistentvolumeclaims/c",
+                        {"metadata": {"finalizers": ["x"]}},
+                        content_type="application/strategic-merge-patch+json",
+                        query={"fieldManager": "me"})
+    assert answer == {"kind": "PersistentVolumeClaim"}
+    [call] = pool.calls
+    assert call["method"] == "PATCH"
+    assert call["url"] == "/prefix/api/v1/namespaces/ns/persistentvolumeclaims/c?fieldManager=me"
+    headers = call["headers"]
+    assert headers["authorization"] == "Bearer s3cret"  # the client's own auth settings
+    assert headers["User-Agent"] == "agent/1"
+    assert headers["Content-Type"] == "application/strategic-merge-patch+json"
+    assert call["body"] == b'{"metadata": {"finalizers": ["x"]}}'
+    assert call["timeout"].total == 7.0
+
+
+def test_direct_requests_wait_out_429_and_raise_api_errors() -> None:
+    from kubernetes.client.exceptions import ApiException
+
+    pool = FakePool((429, b"", {"Retry-After": "0"}), (404, b'{"reason": "NotFound"}', {}))
+    rest = direct_rest(pool)
+    with pytest.raises(ApiException) as raised:
+        rest.get("/api/v1/persistentvolumes/pv")
+    assert raised.value.status == 404
+    assert len(pool.calls) == 2  # the 429 was retried, under the limiter
+    assert rest.api_client.rest_client.limiter.taken == 2

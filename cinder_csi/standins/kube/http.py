@@ -11,10 +11,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import random
 import socket
+import sys
 import threading
 import uuid
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -73,15 +75,30 @@ class ApiServer(ThreadingHTTPServer):
         self._connections: set[socket.socket] = set()
         self._seen_lock = threading.Lock()
         self._seen: deque[SeenRequest] = deque(maxlen=REQUEST_LOG_SIZE)
+        self._counts: Counter[tuple[str, str, str]] = Counter()
         super().__init__(address, Handler)
 
-    def remember(self, request: SeenRequest) -> None:
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up mid-request is ordinary (a process that exits, a pool that
+        drops idle connections): logged at debug, not printed as a traceback on stderr."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionResetError, BrokenPipeError)):
+            log.debug("client %s hung up: %s", client_address, exc)
+            return
+        super().handle_error(request, client_address)
+
+    def remember(self, request: SeenRequest, resource: str) -> None:
         with self._seen_lock:
             self._seen.append(request)
+            self._counts[request.user_agent, request.method, resource] += 1
 
     def requests(self) -> list[SeenRequest]:
         with self._seen_lock:
             return list(self._seen)
+
+    def request_counts(self) -> dict[tuple[str, str, str], int]:
+        with self._seen_lock:
+            return dict(self._counts)
 
     @property
     def address(self) -> str:
@@ -149,7 +166,8 @@ class Handler(BaseHTTPRequestHandler):
         query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
         body = self._read_body()
         self.server.remember(
-            SeenRequest(method, self.path, str(self.headers.get("User-Agent") or ""))
+            SeenRequest(method, self.path, str(self.headers.get("User-Agent") or "")),
+            _counted_as(path, query),
         )
         faults = self.server.faults
         faults.record(method, path)
@@ -203,7 +221,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
-        self.send_header("Audit-Id", str(uuid.uuid4()))
+        # A UUID's shape from the process's PRNG: uuid4() reads os.urandom on every answer.
+        self.send_header("Audit-Id", str(uuid.UUID(int=random.getrandbits(128), version=4)))
         self.send_header("Cache-Control", "no-cache, private")
         if retry_after is not None:
             self.send_header("Retry-After", str(retry_after))
@@ -517,6 +536,15 @@ def _parse_route(parts: list[str]) -> Route | None:
     if rt.namespaced and name is not None and namespace is None:
         return None
     return Route(rt, namespace, name, sub)
+
+
+def _counted_as(path: str, query: dict[str, str]) -> str:
+    """What a request is counted as: resource[/subresource], "watch" marked; else the path."""
+    route = _parse_route([unquote(p) for p in path.split("/") if p])
+    if route is None:
+        return path
+    what = route.resource.plural + (f"/{route.subresource}" if route.subresource else "")
+    return what + (" (watch)" if _truthy(query.get("watch")) else "")
 
 
 def _list_meta(result: ListResult) -> Obj:

@@ -123,6 +123,11 @@ class KubeStandIn:
         """Every request the API server received so far, oldest first (none once stopped)."""
         return self._server.requests() if self._server is not None else []
 
+    def request_counts(self) -> dict[tuple[str, str, str], int]:
+        """Requests so far by (User-Agent, method, resource[/subresource]); never truncated,
+        unlike ``requests()``, so a benchmark can count a long run's traffic per client."""
+        return self._server.request_counts() if self._server is not None else {}
+
     @property
     def port(self) -> int:
         if self._server is None:

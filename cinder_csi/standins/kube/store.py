@@ -16,6 +16,7 @@ import base64
 import binascii
 import builtins
 import copy
+import itertools
 import json
 import queue
 import random
@@ -23,7 +24,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +41,7 @@ from cinder_csi.standins.kube.selectors import (
 Obj = dict[str, Any]
 Key = tuple[str, str]  # (namespace or "", name)
 ResourceRef = ResourceType | str
+IndexFunc = Callable[[Obj], Iterable[Hashable]]
 
 ADDED = "ADDED"
 MODIFIED = "MODIFIED"
@@ -98,8 +100,8 @@ class Subscription:
 
     def get(self, timeout: float | None = None) -> Change | None:
         """The next change, or None on timeout or once closed."""
-        if self.closed:
-            return None
+        if self.closed or (timeout == 0 and self._queue.empty()):
+            return None  # a drained queue is the common case: no exception raised for it
         try:
             return self._queue.get(timeout=timeout)
         except queue.Empty:
@@ -123,6 +125,9 @@ class Store:
         self._log: deque[Change] = deque(maxlen=event_window)
         self._compacted = 0  # changes with rv <= this are no longer in the log
         self._subscriptions: list[Subscription] = []
+        # Secondary indexes: resource -> index name -> (keys of an object, value -> keys).
+        self._indexes: dict[ResourceType, dict[str, tuple[IndexFunc, dict[Hashable, set[Key]]]]]
+        self._indexes = {}
         # Mutating plugins run before validation, validating ones after, as in the real chain.
         self._mutating: list[admission.Admission] = list(admission.MUTATING)
         self._validating: list[admission.Admission] = list(admission.VALIDATING)
@@ -177,14 +182,46 @@ class Store:
             self._log.clear()
             self._compacted = self._rv
 
+    def add_index(self, resource: ResourceRef, name: str, keys: IndexFunc) -> None:
+        """Keep objects of ``resource`` findable by ``keys(obj)`` (see ``indexed``), so an
+        in-process controller looks up instead of scanning; existing objects are indexed now."""
+        rt = resolve(resource)
+        with self._lock:
+            values: dict[Hashable, set[Key]] = {}
+            for key, obj in self._data[rt].items():
+                for value in keys(obj):
+                    values.setdefault(value, set()).add(key)
+            self._indexes.setdefault(rt, {})[name] = (keys, values)
+
+    def indexed(self, resource: ResourceRef, name: str, value: Hashable) -> builtins.list[Obj]:
+        """The stored objects (read-only, as ``view``) whose index ``name`` holds ``value``."""
+        rt = resolve(resource)
+        with self._lock:
+            data = self._data[rt]
+            return [data[key] for key in sorted(self._indexes[rt][name][1].get(value, ()))]
+
+    def _reindex(self, rt: ResourceType, key: Key, old: Obj | None, new: Obj | None) -> None:
+        for keys, values in self._indexes.get(rt, {}).values():
+            for value in keys(old) if old is not None else ():
+                found = values.get(value)
+                if found is not None:
+                    found.discard(key)
+                    if not found:
+                        del values[value]
+            for value in keys(new) if new is not None else ():
+                values.setdefault(value, set()).add(key)
+
     def _commit(self, rt: ResourceType, kind: str, obj: Obj, previous: Obj | None) -> Obj:
         self._rv += 1
         obj["metadata"]["resourceVersion"] = str(self._rv)
         key = _key(obj)
+        stored = self._data[rt].get(key)
         if kind == DELETED:
             self._data[rt].pop(key, None)
         else:
             self._data[rt][key] = obj
+        if rt in self._indexes:
+            self._reindex(rt, key, stored, None if kind == DELETED else obj)
         change = Change(kind, rt, obj, previous, self._rv)
         if self._log.maxlen is not None and len(self._log) == self._log.maxlen:
             self._compacted = self._log[0].rv
@@ -344,8 +381,12 @@ class Store:
                 raise errors.expired(f"too old resource version: {rv} ({self._compacted + 1})")
             if not self._log or rv >= self._rv:
                 return []
-            first = self._log[0].rv
-            return list(self._log)[max(0, rv + 1 - first) :]
+            # The newest ones, read from the end: a watch that keeps up wants a few changes,
+            # and copying a window of tens of thousands for each would cost more than they do.
+            wanted = min(len(self._log), self._rv - rv)
+            newest = list(itertools.islice(reversed(self._log), wanted))
+            newest.reverse()
+            return newest
 
     # ----------------------------------------------------------------- writes
 

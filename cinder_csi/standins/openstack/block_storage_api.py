@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from . import block_storage_views as views
-from . import layout, listing
+from . import layout, listing, schema
+from .backups_api import BackupsApi
 from .block_store import BlockStore
-from .errors import ApiError, bad_request, forbidden, not_found
+from .errors import ApiError, bad_request, not_found, policy_refusal
 from .identity import Identity
+from .messages import Message
 from .microversion import CINDER
 from .models import Snapshot, Volume, VolumeRequest
 from .quotas import DEFAULTS
@@ -16,20 +18,27 @@ from .wire import Request, Response, Router
 
 # First path segments that are collections, so a URL without a project id is recognisable.
 _COLLECTIONS = frozenset({"volumes", "snapshots", "types", "os-quota-sets", "limits",
-                          "os-availability-zone", "attachments", "backups", "extensions"})
+                          "os-availability-zone", "attachments", "backups", "extensions",
+                          "messages"})
 _VOLUME_FILTERS = frozenset({"name", "status", "metadata", "availability_zone", "bootable",
                              "size", "volume_type", "id"})
 _VOLUME_SORT = frozenset({"id", "name", "status", "size", "availability_zone", "created_at",
                           "updated_at", "volume_type"})
 _SNAPSHOT_FILTERS = frozenset({"name", "status", "volume_id", "metadata", "id"})
+_MESSAGE_FILTERS = frozenset({"resource_uuid", "resource_type", "event_id", "request_id",
+                              "message_level"})
+MESSAGES_MICROVERSION = (3, 3)
+MESSAGE_FILTERS_MICROVERSION = (3, 5)
 _SNAPSHOT_SORT = frozenset({"id", "name", "status", "size", "created_at", "updated_at",
                             "volume_id"})
 
 
 class BlockStorageApi:
-    def __init__(self, store: BlockStore, identity: Identity) -> None:
+    def __init__(self, store: BlockStore, identity: Identity,
+                 backups: BackupsApi | None = None) -> None:
         self.store = store
         self.identity = identity
+        self.backups = backups
         self.router = self._routes()
 
     def handle(self, request: Request) -> Response:
@@ -83,6 +92,10 @@ class BlockStorageApi:
               lambda q: self._set_snapshot_metadata(q, replace=False))
         r.add("PUT", "/snapshots/{id}/metadata",
               lambda q: self._set_snapshot_metadata(q, replace=True))
+        r.add("GET", "/attachments", lambda q: self._list_attachments(q, detail=False))
+        r.add("GET", "/attachments/detail", lambda q: self._list_attachments(q, detail=True))
+        r.add("GET", "/attachments/{id}", self._show_attachment)
+        r.add("DELETE", "/attachments/{id}", self._delete_attachment)
         r.add("GET", "/types", self._list_types)
         r.add("GET", "/types/default", self._default_type)
         r.add("GET", "/types/{id}", self._show_type)
@@ -93,6 +106,11 @@ class BlockStorageApi:
         r.add("PUT", "/os-quota-sets/{project}", self._update_quota)
         r.add("GET", "/limits", self._limits)
         r.add("GET", "/os-availability-zone", self._zones)
+        r.add("GET", "/messages", self._list_messages)
+        r.add("GET", "/messages/{id}", self._show_message)
+        r.add("DELETE", "/messages/{id}", self._delete_message)
+        if self.backups is not None:
+            self.backups.add_routes(r)
         return r
 
     # --- volumes --------------------------------------------------------------------------
@@ -106,8 +124,9 @@ class BlockStorageApi:
 
     def _list_volumes(self, request: Request, *, detail: bool) -> Response:
         listing.check_filters(request, _VOLUME_FILTERS)
-        volumes = [v for v in self.store.volumes(self._scope(request))
-                   if self._volume_matches(v, request)]
+        name = request.arg("name") or None  # exact: looked up, not scanned ("name~" is not)
+        volumes = self.store.volumes(self._scope(request), name=name,
+                                     match=lambda v: self._volume_matches(v, request))
         chosen, extra = listing.page(request, volumes, field=self._volume_field,
                                      item_id=lambda v: v.id, sort_keys=_VOLUME_SORT,
                                      collection="volumes")
@@ -150,30 +169,27 @@ class BlockStorageApi:
 
     def _create_volume(self, request: Request) -> Response:
         body = request.json_object("volume")
-        size = body.get("size")
-        if size is not None:
-            try:
-                size = int(size)
-            except (TypeError, ValueError):
-                raise bad_request(f"Invalid input received: Invalid input for field/attribute "
-                                  f"size. Value: {size}.") from None
-        metadata = body.get("metadata") or {}
-        if not isinstance(metadata, dict):
-            raise bad_request("Invalid input received: metadata must be a dict.")
+        size = schema.size(body.get("size"))  # Cinder's request schema checks it first
+        if body.get("backup_id") and not request.at_least(3, 47):
+            raise bad_request("Invalid input for field/attribute volume. Additional properties "
+                              "are not allowed ('backup_id' was unexpected)")
         vreq = VolumeRequest(
-            name=body.get("name"),
-            description=body.get("description"),
+            name=schema.text(body.get("name"), "name"),
+            description=schema.text(body.get("description"), "description"),
             size=size,
-            volume_type=body.get("volume_type"),
-            availability_zone=body.get("availability_zone"),
-            metadata={str(k): str(v) for k, v in metadata.items()},
+            volume_type=schema.text(body.get("volume_type"), "volume_type"),
+            availability_zone=schema.text(body.get("availability_zone"), "availability_zone"),
+            metadata=schema.metadata(body.get("metadata")),
             snapshot_id=body.get("snapshot_id"),
             source_volid=body.get("source_volid"),
             multiattach=bool(body.get("multiattach")),
+            backup_id=str(body["backup_id"]) if body.get("backup_id") else None,
+            request_id=request.request_id,
         )
         assert request.auth is not None and request.project_id is not None
         volume = self.store.create_volume(vreq, request.project_id, request.auth.user_id)
-        return Response(202, {"volume": self._volume_view(request, volume)})
+        return Response(202, {"volume": views.created_volume(
+            request, volume, self.store.type_name(volume.type_id))})
 
     def _show_volume(self, request: Request) -> Response:
         volume = self.store.get_volume(request.params["id"], self._owner(request))
@@ -214,20 +230,31 @@ class BlockStorageApi:
             self.store.retype(volume_id, owner, str(spec["new_type"]),
                               str(spec.get("migration_policy") or "never"))
         elif "os-reset_status" in body:
-            self._admin_only(request)
+            self._admin_only(request, "volume_extension:volume_admin_actions:reset_status")
             spec = request.json_object("os-reset_status")
             self.store.reset_status(volume_id, owner, spec.get("status"),
                                     spec.get("attach_status"), spec.get("migration_status"))
         elif "os-force_delete" in body:
-            self._admin_only(request)
+            self._admin_only(request, "volume_extension:volume_admin_actions:force_delete")
             self.store.delete_volume(volume_id, owner, force=True)
+        elif "os-force_detach" in body:
+            self._admin_only(request, "volume_extension:volume_admin_actions:force_detach")
+            spec = body.get("os-force_detach") or {}
+            attachment_id = spec.get("attachment_id") if isinstance(spec, dict) else None
+            volume = self.store.get_volume(volume_id, owner)
+            targets = [a.id for a in volume.attachments
+                       if attachment_id in (None, a.id)]
+            if attachment_id and not targets:
+                raise not_found(f"Volume attachment {attachment_id} could not be found.")
+            for target in targets:
+                self.store.delete_attachment(target, owner)
         elif "os-set_bootable" in body:
             spec = request.json_object("os-set_bootable")
             bootable = str(spec.get("bootable")).lower() in ("true", "1")
             self.store.set_bootable(volume_id, owner, bootable)
             return Response(200)
         else:
-            raise bad_request(f"There is no such action: {', '.join(body) or 'none'}")
+            raise _no_such_action(body)
         return Response(202)
 
     def _show_metadata(self, request: Request) -> Response:
@@ -289,16 +316,14 @@ class BlockStorageApi:
                 raise bad_request("Invalid input received: force flag must be true or "
                                   "omitted from microversion 3.66.")
             force = True
-        metadata = body.get("metadata") or {}
-        if not isinstance(metadata, dict):
-            raise bad_request("Invalid input received: metadata must be a dict.")
         assert request.auth is not None and request.project_id is not None
         snap = self.store.create_snapshot(
             str(body["volume_id"]), request.project_id, request.auth.user_id,
-            name=body.get("name"), description=body.get("description"), force=force,
-            metadata={str(k): str(v) for k, v in metadata.items()},
+            name=schema.text(body.get("name"), "name"),
+            description=schema.text(body.get("description"), "description"), force=force,
+            metadata=schema.metadata(body.get("metadata")),
         )
-        return Response(202, {"snapshot": views.snapshot(request, snap)})
+        return Response(202, {"snapshot": views.created_snapshot(request, snap)})
 
     def _show_snapshot(self, request: Request) -> Response:
         snap = self.store.get_snapshot(request.params["id"], self._owner(request))
@@ -319,15 +344,15 @@ class BlockStorageApi:
         body = request.json_object()
         snapshot_id, owner = request.params["id"], self._owner(request)
         if "os-reset_status" in body:
-            self._admin_only(request)
+            self._admin_only(request, "volume_extension:snapshot_admin_actions:reset_status")
             status = request.json_object("os-reset_status").get("status")
             self.store.reset_snapshot_status(snapshot_id, owner, str(status))
         elif "os-force_delete" in body:
-            self._admin_only(request)
+            self._admin_only(request, "volume_extension:snapshot_admin_actions:force_delete")
             self.store.reset_snapshot_status(snapshot_id, owner, "error")
             self.store.delete_snapshot(snapshot_id, owner)
         else:
-            raise bad_request(f"There is no such action: {', '.join(body) or 'none'}")
+            raise _no_such_action(body)
         return Response(202)
 
     def _show_snapshot_metadata(self, request: Request) -> Response:
@@ -340,26 +365,53 @@ class BlockStorageApi:
                                                   metadata, replace=replace)
         return Response(200, {"metadata": merged})
 
+    # --- attachments (API 3.27) -----------------------------------------------------------
+
+    def _attachments_api(self, request: Request) -> None:
+        if not request.at_least(3, 27):
+            raise not_found("The resource could not be found.")
+
+    def _list_attachments(self, request: Request, *, detail: bool) -> Response:
+        self._attachments_api(request)
+        owner = self._scope(request)
+        volume_id = request.arg("volume_id")
+        found = [(v, a) for v in self.store.volumes(owner) for a in v.attachments
+                 if volume_id is None or v.id == volume_id]
+        return Response(200, {"attachments": [views.attachment(a, detail=detail)
+                                              for _, a in found]})
+
+    def _show_attachment(self, request: Request) -> Response:
+        self._attachments_api(request)
+        attachment = self.store.find_attachment(request.params["id"], self._owner(request))
+        return Response(200, {"attachment": views.attachment(attachment, detail=True)})
+
+    def _delete_attachment(self, request: Request) -> Response:
+        self._attachments_api(request)
+        self.store.delete_attachment(request.params["id"], self._owner(request))
+        return Response(200, {"attachments": []})
+
     # --- types, quotas, limits, zones -----------------------------------------------------
 
     def _list_types(self, request: Request) -> Response:
-        return Response(200, {"volume_types": [views.volume_type(t) for t in self.store.types()]})
+        return Response(200, {"volume_types": [views.volume_type(request, t)
+                                               for t in self.store.types()]})
 
     def _default_type(self, request: Request) -> Response:
-        return Response(200, {"volume_type": views.volume_type(self.store.get_type("__DEFAULT__"))})
+        default = self.store.get_type("__DEFAULT__")
+        return Response(200, {"volume_type": views.volume_type(request, default, access=False)})
 
     def _show_type(self, request: Request) -> Response:
-        return Response(200, {"volume_type": views.volume_type(self.store.get_type(
+        return Response(200, {"volume_type": views.volume_type(request, self.store.get_type(
             request.params["id"]))})
 
     def _extra_specs(self, request: Request) -> Response:
-        return Response(200, {"extra_specs": self.store.get_type(
-            request.params["id"]).extra_specs})
+        vtype = self.store.get_type(request.params["id"])
+        return Response(200, {"extra_specs": views.visible_extra_specs(request, vtype)})
 
     def _extra_spec(self, request: Request) -> Response:
         vtype = self.store.get_type(request.params["id"])
         key = request.params["key"]
-        if key not in vtype.extra_specs:
+        if key not in views.visible_extra_specs(request, vtype):
             raise not_found(f"Volume Type {vtype.id} has no extra specs with key {key}.")
         return Response(200, {key: vtype.extra_specs[key]})
 
@@ -367,8 +419,7 @@ class BlockStorageApi:
         assert request.auth is not None
         target = request.params["project"]
         if target != request.auth.project_id and not request.auth.is_admin:
-            raise forbidden(f"Policy doesn't allow volume_extension:quotas:show to be performed "
-                            f"on project {target}.")
+            raise policy_refusal("volume_extension:quotas:show")
         return target
 
     def _quota_keys(self) -> list[str]:
@@ -382,7 +433,7 @@ class BlockStorageApi:
         for key in self._quota_keys():
             limit = self.store.quota.limit(target, key)
             body[key] = ({"limit": limit, "in_use": used.get(key, 0),
-                          "reserved": reserved.get(key, 0), "allocated": 0}
+                          "reserved": reserved.get(key, 0)}
                          if with_usage else limit)
         return Response(200, {"quota_set": body})
 
@@ -392,7 +443,7 @@ class BlockStorageApi:
         return Response(200, {"quota_set": body})
 
     def _update_quota(self, request: Request) -> Response:
-        self._admin_only(request)
+        self._admin_only(request, "volume_extension:quotas:update")
         values = request.json_object("quota_set")
         keys = set(self._quota_keys())
         bad = sorted(k for k in values if k not in keys)
@@ -403,6 +454,13 @@ class BlockStorageApi:
         except (TypeError, ValueError):
             raise bad_request("Quota limit must be an integer.") from None
         target = request.params["project"]
+        used, reserved = self.store.quota_usage(target)
+        for key, limit in sorted(parsed.items()):
+            usage = used.get(key, 0) + reserved.get(key, 0)
+            if 0 <= limit < usage:
+                raise bad_request(
+                    f"Quota {key} limit must be equal or greater than existing resources. "
+                    f"Current usage is {usage} and the requested limit is {limit}.")
         with self.store.lock:
             self.store.quota.set(target, parsed)
         return Response(200, {"quota_set": {k: self.store.quota.limit(target, k)
@@ -432,6 +490,43 @@ class BlockStorageApi:
             {"zoneName": zone, "zoneState": {"available": True}} for zone in self.store.zones
         ]})
 
+    # --- user messages --------------------------------------------------------------------
+
+    def _messages_supported(self, request: Request) -> None:
+        if not request.at_least(*MESSAGES_MICROVERSION):
+            raise not_found("The resource could not be found.")
+
+    def _list_messages(self, request: Request) -> Response:
+        self._messages_supported(request)
+        with self.store.lock:
+            found = self.store.messages.of_project(self._owner(request))
+        if request.at_least(*MESSAGE_FILTERS_MICROVERSION):
+            # Before 3.5 Cinder ignores every filter and lists the project's messages.
+            listing.check_filters(request, _MESSAGE_FILTERS)
+            for key in _MESSAGE_FILTERS:
+                wanted = request.arg(key)
+                if wanted is not None:
+                    found = [m for m in found if str(getattr(m, key)) == wanted]
+        return Response(200, {"messages": [m.view(request.service_url) for m in found]})
+
+    def _show_message(self, request: Request) -> Response:
+        found = self._message(request, remove=False)
+        return Response(200, {"message": found.view(request.service_url)})
+
+    def _delete_message(self, request: Request) -> Response:
+        self._message(request, remove=True)
+        return Response(204)
+
+    def _message(self, request: Request, *, remove: bool) -> Message:
+        self._messages_supported(request)
+        with self.store.lock:
+            book = self.store.messages
+            lookup = book.pop if remove else book.get
+            found = lookup(request.params["id"], self._owner(request))
+        if found is None:
+            raise not_found(f"Message {request.params['id']} could not be found.")
+        return found
+
     # --- helpers --------------------------------------------------------------------------
 
     def _owner(self, request: Request) -> str | None:
@@ -441,15 +536,19 @@ class BlockStorageApi:
     def _volume_view(self, request: Request, volume: Volume) -> dict[str, Any]:
         return views.volume_detail(request, volume, self.store.type_name(volume.type_id))
 
-    def _admin_only(self, request: Request) -> None:
+    def _admin_only(self, request: Request, rule: str) -> None:
         assert request.auth is not None
         if not request.auth.is_admin:
-            raise forbidden("Policy doesn't allow this action to be performed.")
+            raise policy_refusal(rule)
+
+
+def _no_such_action(body: dict[str, Any]) -> ApiError:
+    return bad_request(f"There is no such action: {', '.join(body) or 'none'}. Verify the "
+                       "request body and Content-Type header and try again.")
 
 
 def _metadata_body(request: Request, key: str) -> dict[str, str]:
-    metadata = request.json_object(key)
-    return {str(k): str(v) for k, v in metadata.items()}
+    return schema.metadata(request.json_object(key))
 
 
 def _snapshot_matches(snap: Snapshot, request: Request) -> bool:

@@ -5,10 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from . import timefmt
-from .models import Snapshot, Volume, VolumeType
+from .backend import Backend
+from .models import Attachment, Snapshot, Volume, VolumeType
 from .wire import Request
 
-BACKEND_HOST = "standin@lvmdriver-1#lvmdriver-1"
+BACKEND_HOST = Backend().host
+USER_VISIBLE_EXTRA_SPECS = frozenset({"RESKEY:availability_zones", "multiattach",
+                                      "replication_enabled"})
 
 
 def links(request: Request, kind: str, item_id: str) -> list[dict[str, str]]:
@@ -49,16 +52,17 @@ def volume_detail(request: Request, volume: Volume, type_name: str) -> dict[str,
         "os-vol-tenant-attr:tenant_id": volume.project_id,
         "replication_status": None,
         "consistencygroup_id": None,
-        "migration_status": volume.migration_status,
         "links": links(request, "volumes", volume.id),
     }
     if request.auth.is_admin:
+        view["migration_status"] = volume.migration_status
         view["os-vol-host-attr:host"] = BACKEND_HOST
         view["os-vol-mig-status-attr:migstat"] = volume.migration_status
         view["os-vol-mig-status-attr:name_id"] = None
+        if request.at_least(3, 21):
+            view["provider_id"] = None
     for since, key, value in (
         ((3, 13), "group_id", None),
-        ((3, 21), "provider_id", None),
         ((3, 48), "service_uuid", "8e3e7a48-6f1c-4f8c-9f1b-5d5c2c6f7a10"),
         ((3, 48), "shared_targets", False),
         ((3, 61), "cluster_name", None),
@@ -68,6 +72,18 @@ def volume_detail(request: Request, volume: Volume, type_name: str) -> dict[str,
         if request.at_least(*since):
             view[key] = value
     return view
+
+
+def created_volume(request: Request, volume: Volume, type_name: str) -> dict[str, Any]:
+    """The answer to a create: Cinder's os-vol-* attributes come from extensions of show and
+    list only."""
+    view = volume_detail(request, volume, type_name)
+    return {k: v for k, v in view.items() if not k.startswith("os-vol-")}
+
+
+def created_snapshot(request: Request, snap: Snapshot) -> dict[str, Any]:
+    view = snapshot(request, snap)
+    return {k: v for k, v in view.items() if not k.startswith("os-extended-snapshot-")}
 
 
 def snapshot(request: Request, snap: Snapshot) -> dict[str, Any]:
@@ -94,7 +110,41 @@ def snapshot(request: Request, snap: Snapshot) -> dict[str, Any]:
     return view
 
 
-def volume_type(vtype: VolumeType) -> dict[str, Any]:
-    return {"id": vtype.id, "name": vtype.name, "description": vtype.description,
-            "is_public": True, "os-volume-type-access:is_public": True,
-            "extra_specs": vtype.extra_specs, "qos_specs_id": None}
+def visible_extra_specs(request: Request, vtype: VolumeType) -> dict[str, str]:
+    """Only admins read every extra spec; others see the user-visible ones."""
+    assert request.auth is not None
+    if request.auth.is_admin:
+        return dict(vtype.extra_specs)
+    return {k: v for k, v in vtype.extra_specs.items() if k in USER_VISIBLE_EXTRA_SPECS}
+
+
+def volume_type(request: Request, vtype: VolumeType, *, access: bool = True) -> dict[str, Any]:
+    """``access``: the type-access extension's attribute, on list and show but not on
+    /types/default."""
+    assert request.auth is not None
+    view: dict[str, Any] = {"id": vtype.id, "name": vtype.name, "is_public": True,
+                            "description": vtype.description,
+                            "extra_specs": visible_extra_specs(request, vtype)}
+    if request.auth.is_admin:
+        view["qos_specs_id"] = None
+    if access:
+        view["os-volume-type-access:is_public"] = True
+    return view
+
+
+_ATTACH_STATUS = {"reserved": "reserved", "attaching": "attaching", "attached": "attached",
+                  "detaching": "detaching"}
+
+
+def attachment(item: Attachment, *, detail: bool) -> dict[str, Any]:
+    view: dict[str, Any] = {
+        "id": item.id, "status": _ATTACH_STATUS.get(item.status, item.status),
+        "instance": item.server_id, "volume_id": item.volume_id,
+    }
+    if detail:
+        view.update({
+            "attach_mode": "rw", "connection_info": {},
+            "attached_at": timefmt.cinder(item.attached_at) if item.attached_at else None,
+            "detached_at": None,
+        })
+    return view

@@ -14,14 +14,26 @@ import subprocess
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from . import backing, loopdev, quotas
+from . import messages as msg
+from .backend import Backend
 from .errors import bad_request, conflict, not_found
 from .faults import Faults
-from .models import Attachment, Snapshot, Volume, VolumeRequest, VolumeType, copy_volume
+from .models import (
+    Attachment,
+    BackupCopy,
+    Restore,
+    Snapshot,
+    Volume,
+    VolumeRequest,
+    VolumeType,
+    copy_volume,
+)
 from .scheduler import Scheduler
 from .servers import Server
 
@@ -36,11 +48,27 @@ _DELETE_REFUSED = (
     "group, have snapshots, awaiting a transfer, or be disassociated from snapshots after "
     "volume transfer."
 )
+_RETYPE_REFUSED = (
+    "Invalid volume: Retype needs volume to be in available or in-use state, not be part of "
+    "an active migration or a consistency group, requested type has to be different that the "
+    "one from the volume, and for in-use volumes front-end qos specs cannot change."
+)
 _MULTIATTACH_PARAM = (
     "Invalid input received: multiattach parameter has been removed. The default behavior "
     "is to use multiattach enabled volume types. Contact your administrator to create a "
     "multiattach enabled volume type and use it to create multiattach volumes."
 )
+
+
+class RestoreSources(Protocol):
+    """The backup service, as volume creation from a backup sees it (under the store lock)."""
+
+    def restore_source(self, backup_id: str, project_id: str) -> Restore:
+        """The backup's bytes and size; 404/400 unless it is this project's and available."""
+
+    def begin_restore(self, backup_id: str) -> None: ...
+
+    def end_restore(self, backup_id: str) -> None: ...
 
 
 class BlockStore:
@@ -52,6 +80,7 @@ class BlockStore:
         faults: Faults,
         scheduler: Scheduler,
         delay: tuple[float, float],
+        backend: Backend | None = None,
     ) -> None:
         self.lock = threading.RLock()
         self.state_dir = state_dir
@@ -60,11 +89,18 @@ class BlockStore:
         self.scheduler = scheduler
         self.delay = delay
         self.quota = quotas.QuotaBook()
+        self.backend = backend or Backend()
+        self.messages = msg.MessageBook()
         self.devices = loopdev.LoopDevices()
         self._types: dict[str, VolumeType] = {}
         self._volumes: dict[str, Volume] = {}
+        self._named: dict[str | None, set[str]] = {}  # name -> ids: a name filter is no scan
         self._snapshots: dict[str, Snapshot] = {}
         self._seq = 0
+        # Transitions running per operation, and those waiting for a slot (Faults.limit).
+        self._running: dict[str, int] = {}
+        self._waiting: dict[str, deque[Callable[[], None]]] = {}
+        self.restores: RestoreSources | None = None  # the backup service, when there is one
         self.add_type(DEFAULT_TYPE, description="Default Volume Type")
 
     # --- paths ----------------------------------------------------------------------------
@@ -120,11 +156,21 @@ class BlockStore:
 
     # --- reads ----------------------------------------------------------------------------
 
-    def volumes(self, project_id: str | None = None) -> list[Volume]:
-        """Copies, safe to read without the lock."""
+    def volumes(self, project_id: str | None = None, *, name: str | None = None,
+                match: Callable[[Volume], bool] | None = None) -> list[Volume]:
+        """Copies, safe to read without the lock, of the volumes ``match`` accepts (all when
+        None), of one project and with exactly this ``name`` when given."""
         with self.lock:
-            return [copy_volume(v) for v in self._volumes.values()
-                    if project_id is None or v.project_id == project_id]
+            found = (self._volumes.values() if name is None else
+                     [self._volumes[i] for i in self._named.get(name, ())])
+            return [copy_volume(v) for v in found
+                    if (project_id is None or v.project_id == project_id)
+                    and (match is None or match(v))]
+
+    def _rename(self, volume: Volume, name: str | None) -> None:
+        self._named.get(volume.name, set()).discard(volume.id)
+        self._named.setdefault(name, set()).add(volume.id)
+        volume.name = name
 
     def snapshots(self, project_id: str | None = None) -> list[Snapshot]:
         with self.lock:
@@ -170,6 +216,8 @@ class BlockStore:
             return quotas.in_use(usages, project_id), reserved
 
     def _check_quota(self, project_id: str, deltas: Mapping[str, int]) -> None:
+        if all(self.quota.limit(project_id, key) < 0 for key in (*deltas, "per_volume_gigabytes")):
+            return  # unlimited: no need to add up every volume's usage
         used, reserved = self.quota_usage(project_id)
         quotas.check(self.quota, project_id, used, reserved, deltas)
 
@@ -179,7 +227,13 @@ class BlockStore:
         with self.lock:
             source_az, source_size, source_type = None, None, None
             copy_from: Path | None = None
-            if request.snapshot_id:
+            if request.backup_id:
+                if self.restores is None:
+                    raise bad_request("Invalid input received: the backup service is not "
+                                      "available.")
+                restore = self.restores.restore_source(request.backup_id, project_id)
+                source_size, copy_from, what = restore.size, restore.path, "backup"
+            elif request.snapshot_id:
                 snap = self._snapshot(request.snapshot_id, project_id)
                 if snap.status != "available":
                     raise bad_request("Invalid snapshot: Originating snapshot status must be "
@@ -213,8 +267,7 @@ class BlockStore:
                 raise bad_request(_MULTIATTACH_PARAM)
             zone = request.availability_zone
             if zone is not None and zone not in self.zones:
-                raise bad_request(f"Invalid input received: Availability zone '{zone}' is "
-                                  "invalid.")
+                raise bad_request(f"Availability zone '{zone}' is invalid.")
             if zone is not None and source_az is not None and zone != source_az:
                 raise bad_request("Invalid input received: Volume must be in the same "
                                   f"availability zone as the {what}")
@@ -233,12 +286,33 @@ class BlockStore:
                 source_volid=request.source_volid,
             )
             self._volumes[volume.id] = volume
-            self._later("create", volume.id, lambda v: self._finish_create(v, copy_from))
+            self._named.setdefault(volume.name, set()).add(volume.id)
+            backup_id = request.backup_id
+            if backup_id and self.restores is not None:
+                self.restores.begin_restore(backup_id)
+            self._later("create", volume.id,
+                        lambda v: self._finish_create(v, copy_from, backup_id, request.request_id))
             return copy_volume(volume)
 
-    def _finish_create(self, volume: Volume, copy_from: Path | None) -> None:
-        if self.faults.take_failure("fail_create", volume.id, volume.name or ""):
-            self._set_status(volume, "error")
+    def _finish_create(self, volume: Volume, copy_from: Path | None, backup_id: str | None,
+                       request_id: str | None) -> None:
+        if backup_id and self.restores is not None:
+            self.restores.end_restore(backup_id)
+        placed = (self.backend.serves(self._types[volume.type_id])
+                  and self.backend.has_room(volume.size, self._allocated_gb(volume.id)))
+        if not placed:
+            self._fail(volume, "error", msg.SCHEDULE_ALLOCATE_VOLUME, msg.NO_BACKEND_AVAILABLE,
+                       request_id)
+            return
+        failure = self.faults.take_failure("fail_create", volume.id, volume.name or "")
+        if failure is not None and failure.message:
+            # A scheduler's refusal in the test's own words ("No valid backend was found...").
+            self._fail(volume, "error", msg.SCHEDULE_ALLOCATE_VOLUME,
+                       (msg.NO_BACKEND_AVAILABLE[0], failure.message), request_id)
+            return
+        if failure is not None:
+            self._fail(volume, "error_restoring" if backup_id else "error",
+                       msg.CREATE_VOLUME_FROM_BACKEND, msg.DRIVER_FAILED_CREATE, request_id)
             return
         target = self.volume_file(volume.id)
         if copy_from is not None and copy_from.exists():
@@ -247,12 +321,22 @@ class BlockStore:
             backing.create(target, volume.size)
         self._set_status(volume, "available")
 
+    def _allocated_gb(self, excluding: str) -> int:
+        return sum(v.size for v in self._volumes.values()
+                   if v.id != excluding and v.status not in ("error", "deleting"))
+
+    def _fail(self, volume: Volume, status: str, action: msg.Part, detail: msg.Part,
+              request_id: str | None) -> None:
+        """End an asynchronous operation in ``status``, leaving Cinder's user message."""
+        self._set_status(volume, status)
+        self.messages.add(volume.project_id, volume.id, action, detail, request_id)
+
     def update_volume(self, volume_id: str, project_id: str | None,
                       changes: Mapping[str, Any]) -> Volume:
         with self.lock:
             volume = self._volume(volume_id, project_id)
             if "name" in changes:
-                volume.name = changes["name"]
+                self._rename(volume, changes["name"])
             if "description" in changes:
                 volume.description = changes["description"]
             if "metadata" in changes:
@@ -298,6 +382,7 @@ class BlockStore:
             del self._snapshots[snap.id]
         backing.remove(self.volume_file(volume.id))
         del self._volumes[volume.id]
+        self._named.get(volume.name, set()).discard(volume.id)
 
     def extend(self, volume_id: str, project_id: str | None, new_size: int,
                *, in_use_allowed: bool) -> None:
@@ -305,9 +390,11 @@ class BlockStore:
             volume = self._volume(volume_id, project_id)
             allowed = ("available", "in-use") if in_use_allowed else ("available",)
             if volume.status not in allowed:
+                # Cinder prints its status filter as a dict (and names only 'available',
+                # even when in-use volumes may grow).
                 raise bad_request(f"Invalid volume: Volume {volume.id} status must be "
-                                  f"{' or '.join(repr(s) for s in allowed)} to extend, "
-                                  f"currently {volume.status}.")
+                                  f"'{{'status': 'available'}}' to extend, currently "
+                                  f"{volume.status}.")
             if new_size <= volume.size:
                 raise bad_request("Invalid input received: New size for extend must be greater "
                                   f"than current size. (current: {volume.size}, extended: "
@@ -323,7 +410,8 @@ class BlockStore:
     def _finish_extend(self, volume: Volume, new_size: int) -> None:
         volume.pending_gigabytes = 0
         if self.faults.take_failure("fail_extend", volume.id, volume.name or ""):
-            self._set_status(volume, "error_extending")
+            self._fail(volume, "error_extending", msg.EXTEND_VOLUME, msg.DRIVER_FAILED_EXTEND,
+                       None)
             return
         path = self.volume_file(volume.id)
         if path.exists():
@@ -340,8 +428,7 @@ class BlockStore:
             if policy not in ("never", "on-demand"):
                 raise bad_request(f"Invalid input received: Invalid migration_policy: {policy}.")
             if vtype.id == volume.type_id:
-                raise bad_request(f"Invalid input received: New volume_type same as original: "
-                                  f"{new_type}.")
+                raise bad_request(_RETYPE_REFUSED)
             if volume.status not in ("available", "in-use"):
                 raise bad_request(f"Invalid volume: Volume {volume.id} status must be available "
                                   f"or in-use, but current status is: {volume.status}.")
@@ -354,6 +441,11 @@ class BlockStore:
             self._later("retype", volume.id, lambda v: self._finish_retype(v, vtype))
 
     def _finish_retype(self, volume: Volume, vtype: VolumeType) -> None:
+        if not self.backend.serves(vtype):
+            # Cinder's scheduler finds no backend for the new type and quietly puts the
+            # volume back as it was: old type, old status, no user message.
+            self._settle(volume)
+            return
         volume.type_id = vtype.id
         volume.multiattach = vtype.multiattach
         self._settle(volume)
@@ -375,6 +467,48 @@ class BlockStore:
     def set_bootable(self, volume_id: str, project_id: str | None, bootable: bool) -> None:
         with self.lock:
             self._volume(volume_id, project_id).bootable = bootable
+
+    # --- backups (driven by the backup service) -------------------------------------------
+
+    def start_backup(self, volume_id: str, snapshot_id: str | None, project_id: str, *,
+                     force: bool) -> BackupCopy:
+        """Check that the volume (or its snapshot) may be backed up now and mark it
+        ``backing-up``; the caller copies the bytes and calls `finish_backup`."""
+        with self.lock:
+            volume = self._volume(volume_id, project_id)
+            if snapshot_id:
+                snap = self._snapshot(snapshot_id, project_id)
+                if snap.volume_id != volume.id:
+                    raise bad_request(f"Invalid input received: Snapshot {snap.id} is not a "
+                                      f"snapshot of volume {volume.id}.")
+                if snap.status != "available":
+                    raise bad_request(f"Invalid snapshot: Snapshot to be backed up must be "
+                                      f"available, but the current status is \"{snap.status}\".")
+                snap.status = "backing-up"
+                snap.updated_at = time.time()
+                return BackupCopy(self.snapshot_file(snap.id), snap.size,
+                                  volume.availability_zone)
+            if volume.status not in ("available", "in-use"):
+                raise bad_request(f"Invalid volume: Volume to be backed up must be available "
+                                  f"or in-use, but the current status is \"{volume.status}\".")
+            if volume.status == "in-use" and not force:
+                raise bad_request("Invalid volume: Backing up an in-use volume must use the "
+                                  "force flag.")
+            self._set_status(volume, "backing-up")
+            return BackupCopy(self.volume_file(volume.id), volume.size, volume.availability_zone)
+
+    def finish_backup(self, volume_id: str, snapshot_id: str | None) -> None:
+        """The backup's copy is taken: the source goes back to what it was."""
+        with self.lock:
+            if snapshot_id:
+                snap = self._snapshots.get(snapshot_id)
+                if snap is not None and snap.status == "backing-up":
+                    snap.status = "available"
+                    snap.updated_at = time.time()
+                return
+            volume = self._volumes.get(volume_id)
+            if volume is not None and volume.status == "backing-up":
+                self._settle(volume)
 
     # --- snapshots ------------------------------------------------------------------------
 
@@ -404,7 +538,9 @@ class BlockStore:
             source = self.volume_file(volume.id)
             if source.exists():
                 backing.copy(source, self.snapshot_file(snap.id), snap.size)
-            self._later_snapshot("snapshot", snap.id, "creating", "available")
+            failed = self.faults.take_failure("fail_snapshot", snap.id, name or "")
+            self._later_snapshot("snapshot", snap.id, "creating",
+                                 "error" if failed is not None else "available")
             return dataclasses.replace(snap, metadata=dict(snap.metadata))
 
     def update_snapshot(self, snapshot_id: str, project_id: str | None,
@@ -453,17 +589,20 @@ class BlockStore:
     def attach(self, volume_id: str, server: Server, *, multiattach_allowed: bool) -> Attachment:
         with self.lock:
             volume = self._volume(volume_id, server.project_id)
-            if any(a.server_id == server.id for a in volume.attachments):
-                raise conflict(f"Invalid volume: volume {volume.id} already attached to "
-                               f"server {server.id}.")
+            holders = [a.server_id for a in volume.attachments]
+            # Nova answers 400 (Cinder's InvalidVolume), whatever state the other attachment
+            # is in: reserved and attaching count, as in Cinder's attachment reservation.
+            if server.id in holders or (holders and not volume.multiattach):
+                raise bad_request(f"Invalid volume: volume {volume.id} is already attached to "
+                                  f"instances: {','.join(holders)}")
             if volume.multiattach and not multiattach_allowed:
                 raise bad_request("Multiattach volume support is only available starting with "
                                   "compute API version 2.60.")
             allowed = ("available", "in-use") if volume.multiattach else ("available",)
             if volume.status not in allowed:
-                raise conflict(f"Invalid volume: Volume {volume.id} status must be available or "
-                               f"downloading to reserve, but the current status is "
-                               f"{volume.status}.")
+                raise bad_request(f"Invalid volume: Volume {volume.id} status must be available "
+                                  f"or downloading to reserve, but the current status is "
+                                  f"{volume.status}.")
             used = {a.device for a in self.attachments(server.id)}
             device = next((f"/dev/vd{c}" for c in "bcdefghijklmnopqrstuvwxyz"
                            if f"/dev/vd{c}" not in used), None)
@@ -505,13 +644,47 @@ class BlockStore:
             volume = self._volume(volume_id, project_id)
             attachment = next((a for a in volume.attachments if a.server_id == server_id), None)
             if attachment is None:
-                raise not_found(f"Volume {volume_id} is not attached to server {server_id}.")
+                raise not_found(f"Instance {server_id} is not attached to volume {volume_id}")
             if attachment.status != "attached" or volume.status != "in-use":
-                raise bad_request("Invalid volume: Unable to detach volume. Volume status must "
-                                  "be 'in-use' and attach_status must be 'attached' to detach.")
+                # Nova passes Cinder's refusal on, wrapped in its own.
+                raise bad_request(
+                    "Invalid volume: Invalid input received: Invalid volume: Unable to detach "
+                    "volume. Volume status must be 'in-use' and attach_status must be "
+                    f"'attached' to detach. (HTTP 400) (Request-ID: req-{uuid.uuid4()})")
             self._replace(volume, dataclasses.replace(attachment, status="detaching"))
             self._later_attachment("detach", volume.id, attachment.id, "detaching",
                                    lambda v: self._finish_detach(v, attachment.id))
+
+    def delete_attachment(self, attachment_id: str, project_id: str | None) -> Attachment:
+        """Cinder's side of a detach (DELETE /attachments/{id}, os-force_detach): the record
+        goes at once, whatever Nova knows; the volume settles to what is left."""
+        with self.lock:
+            for volume in self._volumes.values():
+                if project_id is not None and volume.project_id != project_id:
+                    continue
+                found = next((a for a in volume.attachments if a.id == attachment_id), None)
+                if found is not None:
+                    self._drop_devices(found)
+                    volume.attachments.remove(found)
+                    self._settle(volume)
+                    return found
+        raise not_found(f"Volume attachment {attachment_id} could not be found.")
+
+    def find_attachment(self, attachment_id: str, project_id: str | None) -> Attachment:
+        with self.lock:
+            for volume in self._volumes.values():
+                if project_id is not None and volume.project_id != project_id:
+                    continue
+                for attachment in volume.attachments:
+                    if attachment.id == attachment_id:
+                        return attachment
+        raise not_found(f"Volume attachment {attachment_id} could not be found.")
+
+    def release_devices_of(self, server_id: str) -> None:
+        """The server is gone: its disks vanish with it, Cinder's records stay as they are."""
+        with self.lock:
+            for attachment in self.attachments(server_id):
+                self._drop_devices(attachment)
 
     def _finish_detach(self, volume: Volume, attachment_id: str) -> None:
         attachment = next((a for a in volume.attachments if a.id == attachment_id), None)
@@ -546,6 +719,10 @@ class BlockStore:
         volume.status = status
         volume.updated_at = time.time()
 
+    def transition_pause(self, operation: str) -> float:
+        """How long one asynchronous transition of this kind takes now (faults may slow it)."""
+        return self._pause(operation, 1.0)
+
     def _pause(self, operation: str, fraction: float) -> float:
         configured = self.faults.transition_delay(operation)
         if configured is None:
@@ -562,14 +739,35 @@ class BlockStore:
         def fire() -> None:
             with self.lock:
                 volume = self._volumes.get(volume_id)
-                if volume is None or not still_due(volume):
-                    return
-                if self.faults.is_stuck(volume.id, volume.name or "", volume.status):
+                if volume is not None and still_due(volume) and self.faults.is_stuck(
+                        volume.id, volume.name or "", volume.status):
                     self.scheduler.call_later(STUCK_POLL, fire)
                     return
-                finish(volume)
+                self._release(operation)
+                if volume is not None and still_due(volume):
+                    finish(volume)
 
-        self.scheduler.call_later(self._pause(operation, fraction), fire)
+        self._when_free(operation, lambda: self.scheduler.call_later(
+            self._pause(operation, fraction), fire))
+
+    def _when_free(self, operation: str, start: Callable[[], None]) -> None:
+        """Start now, or once a slot frees when the operation's concurrency is limited.
+        Caller holds the lock."""
+        limit = self.faults.concurrency(operation)
+        running = self._running.get(operation, 0)
+        if limit is not None and running >= limit:
+            self._waiting.setdefault(operation, deque()).append(start)
+            return
+        self._running[operation] = running + 1
+        start()
+
+    def _release(self, operation: str) -> None:
+        """One transition ended (or was voided): the next waiting one takes its slot."""
+        waiting = self._waiting.get(operation)
+        if waiting:
+            waiting.popleft()()  # the slot passes on; the running count stays
+            return
+        self._running[operation] = max(0, self._running.get(operation, 0) - 1)
 
     def _later_attachment(self, operation: str, volume_id: str, attachment_id: str,
                           expected: str, finish: Callable[[Volume], None]) -> None:

@@ -15,6 +15,16 @@ from .models import Attachment
 from .servers import Server, Servers
 from .wire import Request, Response, Router
 
+# The server list filters Nova knows (others are refused from 2.102 on).
+_SERVER_QUERY = frozenset({
+    "name", "status", "availability_zone", "all_tenants", "limit", "marker", "sort_key",
+    "sort_dir", "changes-since", "changes-before", "image", "flavor", "ip", "ip6", "host",
+    "node", "project_id", "tenant_id", "user_id", "tags", "tags-any", "not-tags",
+    "not-tags-any", "locked", "deleted", "reservation_id", "key_name", "description",
+    "config_drive", "hostname", "launched_at", "terminated_at", "power_state", "task_state",
+    "vm_state", "uuid", "access_ip_v4", "access_ip_v6", "created_at", "updated_at",
+    "progress", "pinned_availability_zone",
+})
 _FLAVOR = {"vcpus": 2, "ram": 4096, "disk": 40, "ephemeral": 0, "swap": 0,
            "original_name": "m1.medium", "extra_specs": {}}
 
@@ -65,6 +75,10 @@ class ComputeApi:
 
     def _list(self, request: Request, *, detail: bool) -> Response:
         assert request.auth is not None
+        unknown = sorted(set(request.query) - _SERVER_QUERY)
+        if unknown and request.at_least(2, 102):
+            raise bad_request(f"Invalid input for query parameters {unknown[0]}. Additional "
+                              f"properties are not allowed ('{unknown[0]}' was unexpected)")
         everyone = request.auth.is_admin and request.arg("all_tenants") is not None
         found = [s for s in self.servers.all() if everyone or s.project_id == request.project_id]
         name = request.arg("name")
@@ -105,6 +119,8 @@ class ComputeApi:
                               "'volumeId' is a required property")
         attachment = self.store.attach(volume_id, server,
                                        multiattach_allowed=request.at_least(2, 60))
+        if request.at_least(2, 101):
+            return Response(202)  # from 2.101 Nova accepts the attach without a body
         return Response(200, {"volumeAttachment": self._attachment_view(request, attachment,
                                                                         server)})
 
@@ -113,7 +129,7 @@ class ComputeApi:
         found = next((a for a in self.store.attachments(server.id) if a.volume_id == volume_id),
                      None)
         if found is None:
-            raise not_found(f"Volume {volume_id} is not attached to server {server.id}")
+            raise not_found(f"Instance {server.id} is not attached to volume {volume_id}")
         return found
 
     def _show_attachment(self, request: Request) -> Response:
@@ -191,4 +207,8 @@ class ComputeApi:
             view["description"] = None
         if request.at_least(2, 26):
             view["tags"] = []
+        if request.at_least(2, 96):
+            view["pinned_availability_zone"] = None
+        if request.at_least(2, 100):
+            view["scheduler_hints"] = {}
         return view

@@ -24,12 +24,14 @@ class ApiError(Exception):
     """Raised by a route; rendered as an OpenStack fault body."""
 
     def __init__(
-        self, status: int, message: str, *, headers: dict[str, str] | None = None
+        self, status: int, message: str, *, headers: dict[str, str] | None = None,
+        details: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.headers = headers or {}
+        self.details = details or {}  # extra fields of the fault body (retryAfter)
 
     def body(self, service: str) -> dict[str, Any]:
         if service == "identity" or self.status == 401:
@@ -38,7 +40,7 @@ class ApiError(Exception):
                      404: "Not Found", 409: "Conflict"}.get(self.status, "Error")
             return {"error": {"code": self.status, "message": self.message, "title": title}}
         name = _FAULT_NAMES.get(self.status, "computeFault")
-        return {name: {"code": self.status, "message": self.message}}
+        return {name: {"code": self.status, "message": self.message, **self.details}}
 
 
 def bad_request(message: str) -> ApiError:
@@ -53,13 +55,16 @@ def conflict(message: str) -> ApiError:
     return ApiError(409, message)
 
 
-def forbidden(message: str) -> ApiError:
-    return ApiError(403, message)
-
-
 def unauthorized(message: str = "The request you have made requires authentication.") -> ApiError:
     return ApiError(401, message)
 
 
 def over_limit(message: str) -> ApiError:
-    return ApiError(413, message)
+    """Cinder answers every quota refusal with ``Retry-After: 0`` and ``retryAfter`` in the
+    body, so only the message tells a quota 413 from a rate limit."""
+    return ApiError(413, message, headers={"Retry-After": "0"}, details={"retryAfter": "0"})
+
+
+def policy_refusal(rule: str) -> ApiError:
+    """Cinder's 403, naming the policy rule that refused the request."""
+    return ApiError(403, f"Policy doesn't allow {rule} to be performed.")

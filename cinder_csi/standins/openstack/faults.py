@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 
 SERVICES = ("identity", "volume", "compute", "metadata")
-OPERATIONS = ("create", "delete", "extend", "retype", "attach", "detach", "snapshot")
+OPERATIONS = ("create", "delete", "extend", "retype", "attach", "detach", "snapshot", "backup")
 
 
 @dataclass(eq=False)
@@ -28,6 +28,7 @@ class Rule:
     status: int = 0
     seconds: float = 0.0
     retry_after: int = 0
+    concurrency: int = 0  # for "limit": transitions of `target` that may run at once
     message: str = ""
     target: str | None = None  # a volume id or name, or an operation, or a service
     hits: int = 0
@@ -118,6 +119,12 @@ class Faults:
         """Hold matching requests for `seconds` (cut short by reset/stop), then drop them."""
         return self._add(Rule("hang", self, count, service, method, _rx(path), seconds=seconds))
 
+    def drop(self, *, count: int | None = 1, service: str | None = None,
+             method: str | None = None, path: str | None = None) -> Rule:
+        """Reset the connection of the next `count` matching requests without carrying them
+        out (a connection reset, as from a restarting load balancer)."""
+        return self._add(Rule("disconnect", self, count, service, method, _rx(path)))
+
     def unreachable(self, service: str = "compute", *, count: int | None = None) -> Rule:
         """Close connections to `service` without an answer, as a dead endpoint does."""
         _check(service, SERVICES)
@@ -134,19 +141,39 @@ class Faults:
         """Volumes in `status` (all, or the one with this id or name) never leave it."""
         return self._add(Rule("stuck", self, message=status, target=volume))
 
-    def fail_create(self, *, count: int | None = 1, volume: str | None = None) -> Rule:
-        """The next `count` volume creations (by name, or any) end in status ``error``."""
-        return self._add(Rule("fail_create", self, count, target=volume))
+    def fail_create(self, *, count: int | None = 1, volume: str | None = None,
+                    message: str = "") -> Rule:
+        """The next `count` volume creations (by name, or any) end in status ``error``, with
+        Cinder's user message (API 3.3+) that its driver failed (``error_restoring`` for a
+        restore from a backup); with `message`, the scheduler refused it for that reason
+        ("No valid backend was found. ...")."""
+        return self._add(Rule("fail_create", self, count, target=volume, message=message))
+
+    def fail_snapshot(self, *, count: int | None = 1, snapshot: str | None = None) -> Rule:
+        """The next `count` snapshots (by name, or any) end in status ``error``."""
+        return self._add(Rule("fail_snapshot", self, count, target=snapshot))
 
     def fail_extend(self, *, count: int | None = 1, volume: str | None = None) -> Rule:
         """The next `count` extends (of this volume id or name, or any) end in
         ``error_extending``."""
         return self._add(Rule("fail_extend", self, count, target=volume))
 
+    def fail_backup(self, *, count: int | None = 1, backup: str | None = None) -> Rule:
+        """The next `count` backups (by id or name, or any) end in status ``error``."""
+        return self._add(Rule("fail_backup", self, count, target=backup))
+
     def slow(self, operation: str, seconds: float) -> Rule:
         """Make one kind of asynchronous transition take `seconds`."""
         _check(operation, OPERATIONS)
         return self._add(Rule("slow", self, target=operation, seconds=seconds))
+
+    def limit(self, operation: str, concurrency: int) -> Rule:
+        """At most `concurrency` transitions of one kind run at once; the rest wait their turn
+        in order, as on a backend with a bounded number of workers."""
+        _check(operation, OPERATIONS)
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        return self._add(Rule("limit", self, target=operation, concurrency=concurrency))
 
     def reset(self) -> None:
         """Undo every fault and release requests that hang."""
@@ -212,20 +239,29 @@ class Faults:
                 for r in self._rules
             )
 
-    def take_failure(self, kind: str, volume_id: str, name: str) -> bool:
-        """Consume one 'fail_create'/'fail_extend' rule matching this volume, if any."""
+    def take_failure(self, kind: str, resource_id: str, name: str) -> Rule | None:
+        """Consume one 'fail_create'/'fail_extend'/'fail_snapshot'/'fail_backup' rule matching
+        this volume, snapshot or backup, if any, and return it."""
         with self._lock:
             for rule in self._rules:
-                if rule.kind == kind and rule.target in (None, volume_id, name):
+                if rule.kind == kind and rule.target in (None, resource_id, name):
                     self._use(rule)
-                    return True
-        return False
+                    return rule
+        return None
 
     def transition_delay(self, operation: str) -> float | None:
         with self._lock:
             for rule in self._rules:
                 if rule.kind == "slow" and rule.target == operation:
                     return rule.seconds
+        return None
+
+    def concurrency(self, operation: str) -> int | None:
+        """How many transitions of `operation` may run at once (None: unbounded)."""
+        with self._lock:
+            for rule in self._rules:
+                if rule.kind == "limit" and rule.target == operation:
+                    return rule.concurrency
         return None
 
     # --- internals ----------------------------------------------------------------------

@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 
 ServiceHandler = Callable[[Request], Response]
 REQUEST_LOG_SIZE = 10_000
+# The longest request URL the services' WSGI servers read (eventlet's default); longer ones
+# are answered 414 before any service sees them.
+MAX_URL_LENGTH = 8192
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,9 @@ class ApiHttpServer(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes: with Nagle on, a keep-alive client's
+    # delayed ACK holds every answer back by ~40 ms.
+    disable_nagle_algorithm = True
     server: ApiHttpServer
 
     def do_GET(self) -> None:
@@ -107,6 +113,10 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self.rfile.read(length) if length else b""
         mount = self.server.mount_for(path)
         service = mount.service if mount else "identity"
+        if len(self.path) > MAX_URL_LENGTH:
+            self.server.record(LoggedRequest(self.command, path[:200], "", 414, request_id))
+            self._write(Response(414, {"message": "Request URI Too Long"}), service, request_id)
+            return
         faults = self.server.faults.for_request(service, self.command, path)
         if faults.disconnect or faults.hang:
             self.server.faults.sleep(faults.hang)
@@ -134,6 +144,11 @@ class _Handler(BaseHTTPRequestHandler):
                 raise ApiError(faults.status, faults.message, headers=faults.headers)
         except ApiError as error:
             response = Response(error.status, error.body(service), error.headers)
+            if error.status == 401:
+                # Keystone, and keystonemiddleware in front of each service, say where to
+                # authenticate.
+                auth_url = f"{self.server.base_url}{layout.IDENTITY}/v3"
+                response.headers.setdefault("WWW-Authenticate", f'Keystone uri="{auth_url}"')
         if faults.lose_answer:
             self._drop(path, url.query, request_id)
             return

@@ -37,7 +37,7 @@ def check_filters(request: Request, allowed: frozenset[str]) -> None:
                      if k not in allowed and k not in PAGING_KEYS
                      and k.rstrip("~") not in allowed)
     if unknown:
-        raise bad_request(f"Invalid input received: Invalid filter keys: {', '.join(unknown)}")
+        raise bad_request(f"Invalid filters {', '.join(unknown)} are found in query options.")
 
 
 def _sort_spec(request: Request, allowed: frozenset[str]) -> list[tuple[str, bool]]:
@@ -54,7 +54,7 @@ def _sort_spec(request: Request, allowed: frozenset[str]) -> list[tuple[str, boo
         spec.append(("created_at", True))
     for key, _ in spec:
         if key not in allowed:
-            raise bad_request(f"Invalid input received: Invalid sort key {key}")
+            raise bad_request("Invalid input received: Invalid sort key")
     return spec
 
 
@@ -81,7 +81,8 @@ def page(
     if marker:
         ids = [item_id(item) for item in ordered]
         if marker not in ids:
-            raise not_found(f"Marker {marker} could not be found.")
+            # Cinder looks the marker up as the item itself.
+            raise not_found(f"{collection[:-1].capitalize()} {marker} could not be found.")
         ordered = ordered[ids.index(marker) + 1:]
     offset = _int_arg(request, "offset", 0)
     ordered = ordered[offset:]

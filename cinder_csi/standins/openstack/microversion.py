@@ -41,10 +41,12 @@ class ApiVersions:
             )
         version = (int(match.group(1)), int(match.group(2)))
         if not self.minimum <= version <= self.maximum:
+            # The services echo the version they were asked for, even when refusing it.
             raise ApiError(
                 406,
                 f"Version {requested} is not supported by the API. Minimum is "
                 f"{_text(self.minimum)} and maximum is {_text(self.maximum)}.",
+                headers=self.response_headers(version),
             )
         return version
 
@@ -82,7 +84,7 @@ CINDER = ApiVersions(
     header_name="volume",
     version_id="v3.0",
     minimum=(3, 0),
-    maximum=(3, 70),
+    maximum=(3, 71),  # what Cinder 29 announces
     media_type="application/vnd.openstack.volume+json;version=3",
 )
 
@@ -90,7 +92,7 @@ NOVA = ApiVersions(
     header_name="compute",
     version_id="v2.1",
     minimum=(2, 1),
-    maximum=(2, 96),
+    maximum=(2, 104),  # what Nova 34 announces
     media_type="application/vnd.openstack.compute+json;version=2.1",
     legacy_header="x-openstack-nova-api-version",
 )

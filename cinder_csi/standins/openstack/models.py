@@ -1,9 +1,10 @@
-"""The records Cinder keeps: volume types, volumes, their attachments, snapshots."""
+"""The records Cinder keeps: volume types, volumes, their attachments, snapshots, backups."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass
@@ -84,9 +85,48 @@ class VolumeRequest:
     snapshot_id: str | None
     source_volid: str | None
     multiattach: bool
+    backup_id: str | None = None
+    request_id: str | None = None  # for the user message a failed create leaves
 
 
 def copy_volume(volume: Volume) -> Volume:
     """A copy whose mutable parts a reader may keep without the store's lock."""
     return dataclasses.replace(volume, metadata=dict(volume.metadata),
                                attachments=list(volume.attachments))
+
+
+@dataclass
+class Backup:
+    id: str
+    name: str | None
+    description: str | None
+    volume_id: str
+    snapshot_id: str | None
+    size: int
+    status: str  # creating -> available (-> restoring -> available) -> deleting; error
+    project_id: str
+    user_id: str
+    metadata: dict[str, str]
+    availability_zone: str | None
+    created_at: float
+    updated_at: float | None
+    seq: int
+    container: str | None = None
+    fail_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class BackupCopy:
+    """The bytes a new backup copies, and how to give the source its status back after."""
+
+    path: Path
+    size: int
+    zone: str
+
+
+@dataclass(frozen=True)
+class Restore:
+    """The bytes and size of a backup about to be restored into a new volume."""
+
+    path: Path
+    size: int

@@ -33,6 +33,10 @@ class Servers:
             self._servers[server.id] = server
         return server
 
+    def remove(self, server_id: str) -> Server | None:
+        with self._lock:
+            return self._servers.pop(server_id, None)
+
     def get(self, server_id: str) -> Server | None:
         with self._lock:
             return self._servers.get(server_id)

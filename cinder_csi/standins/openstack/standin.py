@@ -10,6 +10,8 @@ from types import TracebackType
 from typing import Any
 
 from . import layout
+from .backups import BackupStore
+from .backups_api import BackupsApi
 from .block_storage_api import BlockStorageApi
 from .block_store import BlockStore
 from .compute_api import ComputeApi
@@ -52,6 +54,7 @@ class OpenStackStandIn:
         self._store = BlockStore(self.state_dir, zones=tuple(availability_zones),
                                  faults=self.faults, scheduler=self._scheduler,
                                  delay=transition_delay)
+        self._backups = BackupStore(self._store)
         self._servers = Servers()
         self._identity.add_user(ADMIN_USER, ADMIN_PASSWORD, ADMIN_PROJECT,
                                 roles=("admin", "member", "reader"))
@@ -70,7 +73,8 @@ class OpenStackStandIn:
             (self._host, self._port),
             mounts(
                 identity=identity_router.dispatch,
-                volume=BlockStorageApi(self._store, self._identity).handle,
+                volume=BlockStorageApi(self._store, self._identity,
+                                       BackupsApi(self._backups, self._store)).handle,
                 compute=compute.handle if self._with_nova else None,
                 metadata=MetadataApi(self._servers).handle,
             ),
@@ -169,22 +173,40 @@ class OpenStackStandIn:
         server = self._servers.add(name, availability_zone, owner.id, "", by_id_dir)
         return server.id
 
+    def delete_server(self, server_id: str, *, orphan_attachments: bool = False) -> None:
+        """Delete a server from Nova; its disks (loop devices) vanish with it. Nova normally
+        has Cinder drop the server's attachments too; with `orphan_attachments` that cleanup
+        fails, and Cinder goes on listing attachments to a server Nova answers 404 for (the
+        state behind upstream cloud-provider-openstack #1003 and #2553)."""
+        if self._servers.remove(server_id) is None:
+            raise KeyError(f"no server {server_id!r}")
+        self._store.release_devices_of(server_id)
+        if not orphan_attachments:
+            for attachment in self._store.attachments(server_id):
+                self._store.delete_attachment(attachment.id, None)
+
     def add_volume_type(self, name: str, *, multiattach: bool = False,
                         extra_specs: Mapping[str, str] | None = None) -> str:
         return self._store.add_type(name, multiattach=multiattach, extra_specs=extra_specs)
 
     def set_quota(self, project: str, volumes: int | None = None, gigabytes: int | None = None,
                   snapshots: int | None = None,
-                  per_type: Mapping[str, Mapping[str, int]] | None = None) -> None:
+                  per_type: Mapping[str, Mapping[str, int]] | None = None,
+                  backups: int | None = None, backup_gigabytes: int | None = None) -> None:
         """Limits for `project` (name or id); per_type is {type: {"volumes"|"gigabytes"|
         "snapshots": n}}. -1 means unlimited."""
         project_id = self._project_ref(project)
         values = {k: v for k, v in (("volumes", volumes), ("gigabytes", gigabytes),
-                                    ("snapshots", snapshots)) if v is not None}
+                                    ("snapshots", snapshots), ("backups", backups),
+                                    ("backup_gigabytes", backup_gigabytes)) if v is not None}
         for type_name, limits in (per_type or {}).items():
             values.update({f"{kind}_{type_name}": n for kind, n in limits.items()})
         with self._store.lock:
             self._store.quota.set(project_id, values)
+
+    def reset_volume_status(self, volume_id: str, status: str) -> None:
+        """What an operator does with `cinder reset-state` (os-reset_status)."""
+        self._store.reset_status(volume_id, None, status, None, None)
 
     def expire_tokens(self) -> None:
         """Forget every token, as after a Keystone key rotation; clients must re-authenticate."""
@@ -203,6 +225,14 @@ class OpenStackStandIn:
 
     def snapshots(self) -> list[dict[str, Any]]:
         return [dataclasses.asdict(s) for s in self._store.snapshots()]
+
+    def backups(self) -> list[dict[str, Any]]:
+        out = []
+        for backup in self._backups.backups():
+            item = dataclasses.asdict(backup)
+            item["backing_file"] = str(self._backups.backup_file(backup.id))
+            out.append(item)
+        return out
 
     def attachments(self) -> list[dict[str, Any]]:
         return [dataclasses.asdict(a) for a in self._store.attachments()]

@@ -16,10 +16,33 @@ from cinder_csi.standins.kube.store import DELETED, Change, Obj
 
 CLAIM = "claim"
 VOLUME = "volume"
+# Store indexes, so that a claim's sync looks its volume up instead of scanning every PV.
+BY_CLAIM = "pv-controller/claim"  # PV -> (namespace, name) of its claimRef
+UNCLAIMED = "pv-controller/unclaimed"  # PV without claimRef -> True (static candidates)
+UNBOUND = "pv-controller/unbound"  # PVC without volumeName -> True
+
+
+def _claim_of(pv: Obj) -> Iterable[Hashable]:
+    ref = v.claim_ref(pv)
+    if ref.get("name"):
+        yield (str(ref.get("namespace") or ""), str(ref["name"]))
+
+
+def _unclaimed(pv: Obj) -> Iterable[Hashable]:
+    return () if v.claim_ref(pv) else (True,)
+
+
+def _unbound(claim: Obj) -> Iterable[Hashable]:
+    return () if (claim.get("spec") or {}).get("volumeName") else (True,)
 
 
 class PVController(Controller):
     name = "pv"
+
+    def install(self) -> None:
+        self.store.add_index("persistentvolumes", BY_CLAIM, _claim_of)
+        self.store.add_index("persistentvolumes", UNCLAIMED, _unclaimed)
+        self.store.add_index("persistentvolumeclaims", UNBOUND, _unbound)
 
     def keys_for(self, change: Change) -> Iterable[Hashable]:
         kind = change.resource.kind
@@ -31,10 +54,8 @@ class PVController(Controller):
             if volume:
                 yield (VOLUME, volume)
             if change.type == DELETED:
-                for pv in self.store.view("persistentvolumes"):
-                    ref = v.claim_ref(pv)
-                    if ref.get("namespace") == ns and ref.get("name") == name:
-                        yield (VOLUME, pv["metadata"]["name"])
+                for pv in self.store.indexed("persistentvolumes", BY_CLAIM, (ns, name)):
+                    yield (VOLUME, pv["metadata"]["name"])
         elif kind == "PersistentVolume":
             yield (VOLUME, obj["metadata"]["name"])
             ref = v.claim_ref(obj)
@@ -52,9 +73,8 @@ class PVController(Controller):
             yield (VOLUME, pv["metadata"]["name"])
 
     def _pending_claims(self) -> Iterable[Hashable]:
-        for claim in self.store.view("persistentvolumeclaims"):
-            if not (claim.get("spec") or {}).get("volumeName"):
-                yield (CLAIM, claim["metadata"]["namespace"], claim["metadata"]["name"])
+        for claim in self.store.indexed("persistentvolumeclaims", UNBOUND, True):
+            yield (CLAIM, claim["metadata"]["namespace"], claim["metadata"]["name"])
 
     def reconcile(self, key: Hashable) -> float | None:
         assert isinstance(key, tuple)
@@ -122,14 +142,18 @@ class PVController(Controller):
 
     def _prebound_volume(self, claim: Obj) -> Obj | None:
         """A PV whose claimRef already names this claim (provisioned, or pre-bound by a user)."""
-        for pv in self.store.view("persistentvolumes"):
+        meta = claim["metadata"]
+        for pv in self.store.indexed("persistentvolumes", BY_CLAIM,
+                                     (meta["namespace"], meta["name"])):
             ref = (pv.get("spec") or {}).get("claimRef")
             if ref and _refers_to(ref, claim) and not pv["metadata"].get("deletionTimestamp"):
                 return pv
         return None
 
     def _best_match(self, claim: Obj) -> Obj | None:
-        return v.best_matching_volume(claim, self.store.view("persistentvolumes"))
+        # Only a PV without claimRef can match (best_matching_volume skips the others).
+        return v.best_matching_volume(
+            claim, self.store.indexed("persistentvolumes", UNCLAIMED, True))
 
     def _bind(self, pv: Obj, claim: Obj) -> None:
         """bindVolumeToClaim, then the volume's status, then bindClaimToVolume and its status."""

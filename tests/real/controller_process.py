@@ -1,0 +1,126 @@
+"""The real `cinder-csi controller` as a child process, reached over its unix socket."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import grpc
+
+from cinder_csi.csi import csi_pb2, csi_pb2_grpc
+
+START_TIMEOUT_S = 60.0
+
+
+class ControllerProcess:
+    """`python -m cinder_csi.cli controller ...` with its log in ``workdir``."""
+
+    def __init__(self, workdir: Path, args: Sequence[str], *, name: str = "controller") -> None:
+        self.workdir = workdir
+        self.socket = workdir / f"{name}.sock"
+        self.log = workdir / f"{name}.log"
+        self.args = list(args)
+        self.process: subprocess.Popen[bytes] | None = None
+        self.channel: grpc.Channel | None = None
+        self.started_at = 0.0
+        self.starts = 0
+
+    @property
+    def endpoint(self) -> str:
+        return f"unix://{self.socket}"
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "cinder_csi.cli", "controller",
+                "--endpoint", self.endpoint, "--log-file", str(self.log), *self.args]
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.starts += 1
+        with open(self.log, "ab") as log:
+            log.write(f"---- start {self.starts}: {' '.join(self.command())}\n".encode())
+        # The child keeps its own copy of the descriptor; ours may close at once.
+        with open(self.workdir / f"{self.socket.stem}.stderr", "ab") as stderr:
+            self.process = subprocess.Popen(
+                self.command(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=stderr,
+            )
+        self.started_at = time.monotonic()
+        self.channel = grpc.insecure_channel(self.endpoint)
+        self._wait_serving()
+
+    def _wait_serving(self) -> None:
+        identity = csi_pb2_grpc.IdentityStub(self.channel)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise AssertionError(
+                    f"controller exited with {self.process.returncode}:\n{self.log_tail()}"
+                )
+            try:
+                identity.GetPluginInfo(csi_pb2.GetPluginInfoRequest(), timeout=2)
+                return
+            except grpc.RpcError as exc:
+                last = exc
+                time.sleep(0.2)
+        raise AssertionError(f"controller did not serve within {START_TIMEOUT_S}s: {last}")
+
+    @property
+    def controller(self) -> csi_pb2_grpc.ControllerStub:
+        return csi_pb2_grpc.ControllerStub(self.channel)
+
+    @property
+    def identity(self) -> csi_pb2_grpc.IdentityStub:
+        return csi_pb2_grpc.IdentityStub(self.channel)
+
+    def uptime(self) -> float:
+        return time.monotonic() - self.started_at if self.alive() else 0.0
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: no clean-up of any kind, like a node losing power."""
+        self._close_channel()
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        self._close_channel()
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=30)
+
+    def _close_channel(self) -> None:
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+
+@contextmanager
+def running_controller(workdir: Path, args: Sequence[str], *,
+                       name: str = "controller") -> Iterator[ControllerProcess]:
+    process = ControllerProcess(workdir, args, name=name)
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
