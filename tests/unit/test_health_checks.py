@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 
@@ -13,14 +11,7 @@ from cinder_csi.cloud.session import InFlight
 from cinder_csi.deadline import Deadline
 from cinder_csi.locks import OperationLocks
 from cinder_csi.metrics import HealthChecks, Metrics, serve_http
-
-
-def fetch(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as answer:
-            return answer.status, answer.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
+from tests.unit.test_server_metrics import fetch
 
 
 def test_healthz_names_each_failing_check() -> None:
