@@ -368,7 +368,7 @@ class ClaimController:
         self._create_pv(claim, pv)
         with self._lock:
             self._provisioned[str(claim["metadata"]["uid"])] = self._clock()
-        self._clear_intent(claim)
+        self._clear_intent(claim, intent)
         announced.cancel()
         self.ctx.recorder.normal(claim, "ProvisioningSucceeded",
                                  f"Successfully provisioned volume {pv_name}")
@@ -493,8 +493,9 @@ class ClaimController:
         return merge_metadata(self.ctx.rest, claim, add_finalizers=[p.FINALIZER_PROVISIONING],
                               annotations=intent.annotations())
 
-    def _clear_intent(self, claim: Obj) -> None:
-        """Clear the intent, then let the source's protection go (in that order)."""
+    def _clear_intent(self, claim: Obj, intent: Intent | None = None) -> None:
+        """Clear the intent, then let the source's protection go (in that order). ``intent``:
+        the one just provisioned from, which spares reading the recording back."""
         uid = str(claim["metadata"].get("uid"))
         with self._lock:
             if uid in self._cleared:
@@ -505,7 +506,7 @@ class ClaimController:
         if cleared is not None and cleared is not claim:
             with self._lock:
                 self._cleared.add(uid)
-        recorded = recorded_intent(claim)
+        recorded = intent if intent is not None else recorded_intent(claim)
         for source in {source_ref(claim), recorded.source if recorded else None}:
             if source is not None:
                 self.queue.add(source_key(source))
