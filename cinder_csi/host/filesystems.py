@@ -25,13 +25,7 @@ from pathlib import Path
 
 from cinder_csi import FS_TYPES
 from cinder_csi.deadline import Deadline
-from cinder_csi.errors import (
-    CommandFailed,
-    FailedPrecondition,
-    InternalError,
-    InvalidArgument,
-    NotFound,
-)
+from cinder_csi.errors import FailedPrecondition, InternalError, InvalidArgument, NotFound
 from cinder_csi.host.commands import CommandRunner
 
 log = logging.getLogger(__name__)
@@ -217,17 +211,7 @@ class Filesystems:
         # xfs grows only while mounted, via its mount point; resize2fs grows ext3/4 online.
         argv = ["xfs_growfs", str(mount_point)] if fstype == "xfs" else ["resize2fs", str(device)]
         log.info("growing %s filesystem on %s", fstype, device)
-        try:
-            self.runner.run(argv, deadline=deadline)
-        except CommandFailed as exc:
-            # The filesystem's state refuses (mounted read-only, needs a check, a node plugin
-            # without CAP_SYS_RESOURCE): retrying as it is cannot help, so not INTERNAL.
-            raise FailedPrecondition(
-                f"the {fstype} filesystem on {device} (mounted at {mount_point}) refused to "
-                f"grow: {exc.message}. Mend what the tool names (a "
-                f"read-only mount, a filesystem that needs `{repair_command(fstype, device)}` "
-                "while unmounted, missing CAP_SYS_RESOURCE) and retry"
-            ) from exc
+        self.runner.run(argv, deadline=deadline)
 
     def size(
         self, device: Path, mount_point: Path, fstype: str, deadline: Deadline | None = None

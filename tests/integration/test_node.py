@@ -188,31 +188,6 @@ def test_unmountable_filesystem_is_failed_precondition_naming_device_and_fs(
     assert not MountTable().is_mounted(staging)
 
 
-@pytest.mark.parametrize("fstype", FS_TYPES)
-def test_refused_grow_is_failed_precondition_naming_device_and_fs(
-        env: NodeEnv, fstype: str) -> None:
-    """resize2fs / xfs_growfs refusing (here: the filesystem is mounted read-only) answers
-    FAILED_PRECONDITION naming the device and filesystem, never INTERNAL."""
-    volume = env.create(f"pvc-refused-grow-{fstype}", 1)
-    env.attach(volume)
-    device = env.device_of(volume)
-    cap = mount_cap(fs_type=fstype)
-    cap.mount.mount_flags.append("ro")
-    staging = env.staging(volume)
-    env.stage(volume, staging, cap)
-    env.csi.controller.ControllerExpandVolume(
-        csi_pb2.ControllerExpandVolumeRequest(
-            volume_id=volume, capacity_range=csi_pb2.CapacityRange(required_bytes=2 * GIB),
-            volume_capability=cap), timeout=30)
-    error = expect_code(C.FAILED_PRECONDITION, lambda: env.node.NodeExpandVolume(
-        csi_pb2.NodeExpandVolumeRequest(volume_id=volume, volume_path=str(staging),
-                                        staging_target_path=str(staging)), timeout=60))
-    details = error.details() or ""
-    assert f"the {fstype} filesystem on {device}" in details, details
-    assert "refused to grow" in details, details
-    env.unstage(volume, staging)
-
-
 def test_device_of_another_volume_is_refused_unchanged(env: NodeEnv) -> None:
     mine = env.create("pvc-mine", 1)
     other = env.create("pvc-other", 1)

@@ -200,16 +200,3 @@ def test_stats_of_a_directory(tmp_path: Path) -> None:
 def test_stats_of_missing_path(tmp_path: Path) -> None:
     with pytest.raises(NotFound):
         stats(tmp_path / "gone")
-
-
-@pytest.mark.parametrize(("fstype", "tool", "repair"), [
-    ("ext4", "resize2fs", "e2fsck -f"), ("xfs", "xfs_growfs", "xfs_repair -n")])
-def test_a_refused_grow_is_a_failed_precondition_naming_device_and_fs(
-        disk: Path, fstype: str, tool: str, repair: str) -> None:
-    runner = FakeRunner(lambda argv: (1, "", f"{tool}: Read-only file system")
-                        if argv[0] == tool else None, available=(tool,))
-    with pytest.raises(FailedPrecondition) as info:
-        Filesystems(runner, allow_files=True).grow(disk, Path("/mnt/staged"), fstype)
-    message = str(info.value)
-    assert f"the {fstype} filesystem on {disk}" in message and "refused to grow" in message
-    assert "Read-only file system" in message and f"{repair} {disk}" in message
