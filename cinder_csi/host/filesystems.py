@@ -81,11 +81,6 @@ class VolumeStats:
     used_inodes: int
 
 
-def repair_command(fstype: str, device: Path) -> str:
-    """The check an operator runs on an unmounted filesystem of ``fstype``."""
-    return f"xfs_repair -n {device}" if fstype == "xfs" else f"e2fsck -f {device}"
-
-
 def check_fstype(fstype: str) -> None:
     if fstype not in FS_TYPES:
         raise InvalidArgument(
@@ -212,6 +207,7 @@ class Filesystems:
         argv = ["xfs_growfs", str(mount_point)] if fstype == "xfs" else ["resize2fs", str(device)]
         log.info("growing %s filesystem on %s", fstype, device)
         self.runner.run(argv, deadline=deadline)
+
 
     def size(
         self, device: Path, mount_point: Path, fstype: str, deadline: Deadline | None = None

@@ -23,7 +23,7 @@ from cinder_csi.errors import (
     Timeout,
 )
 from cinder_csi.host.commands import CommandRunner
-from cinder_csi.host.filesystems import Filesystems, check_fstype, repair_command
+from cinder_csi.host.filesystems import Filesystems, check_fstype
 from cinder_csi.host.mountinfo import MountInfo, MountTable, device_number, normalize
 
 log = logging.getLogger(__name__)
@@ -78,17 +78,7 @@ class Mounter:
         argv = ["mount", "-t", fstype]
         if options:
             argv += ["-o", ",".join(options)]
-        try:
-            self.runner.run([*argv, str(device), str(target)], deadline=deadline)
-        except CommandFailed as exc:
-            # A damaged filesystem ("can't read superblock", "bad geometry") or an option the
-            # filesystem refuses: the same call fails the same way until someone acts.
-            raise FailedPrecondition(
-                f"cannot mount {device} as {fstype} at {target}: {exc.message}. The "
-                f"filesystem on {device} may be damaged (check it with "
-                f"`{repair_command(fstype, device)}`) or a mount option "
-                f"({','.join(options) or 'none given'}) refused; it will not be reformatted"
-            ) from exc
+        self.runner.run([*argv, str(device), str(target)], deadline=deadline)
         log.info("mounted %s at %s (%s, %s)", device, target, fstype, ",".join(options) or "-")
 
     def bind_mount(
