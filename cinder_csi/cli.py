@@ -6,6 +6,7 @@ import argparse
 import csv
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("cinder_csi")
 
 DEFAULT_ENDPOINT = "unix:///csi/csi.sock"
+DEFAULT_CLUSTER = "kubernetes"
 
 
 def go_bool(text: str) -> bool:
@@ -37,6 +39,26 @@ def go_bool(text: str) -> bool:
     if lowered in ("0", "f", "false", "no", "off"):
         return False
     raise argparse.ArgumentTypeError(f"{text!r} is not a boolean")
+
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def go_duration(text: str) -> float:
+    """Seconds from a Go duration ("15s", "1m30s", "500ms") or a plain number of seconds."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    total, rest = 0.0, text.strip()
+    pattern = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+    while rest:
+        match = pattern.match(rest)
+        if match is None:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 15s or 1m30s")
+        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        rest = rest[match.end():]
+    return total
 
 
 def key_value(text: str) -> tuple[str, str]:
@@ -97,9 +119,10 @@ def _add_controller(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--clouds-file", default=None,
                         help="clouds.yaml path (default: $OS_CLIENT_CONFIG_FILE, then "
                              "openstacksdk's search path)")
-    parser.add_argument("--cluster", default="kubernetes",
+    parser.add_argument("--cluster", default=None,
                         help="cluster id stored in volume metadata; scopes idempotency and "
-                             "sweeps (default: kubernetes)")
+                             f"sweeps (default: {DEFAULT_CLUSTER}; orphans are deleted only "
+                             "when it is set)")
     parser.add_argument("--with-topology", type=go_bool, nargs="?", const=True, default=True,
                         help="report volume zones as CSI topology (default: true)")
     parser.add_argument("--max-workers", type=int, default=64,
@@ -133,6 +156,18 @@ def _add_loop(parser: argparse.ArgumentParser) -> None:
                              "exits (default: false)")
     parser.add_argument("--leader-election-namespace", default=None,
                         help="namespace of the Lease (default: the pod's)")
+    parser.add_argument("--leader-election-lease-duration", type=go_duration, default=15.0,
+                        help="how long a silent leader's lease stays valid (default: 15s)")
+    parser.add_argument("--leader-election-renew-deadline", type=go_duration, default=10.0,
+                        help="how long the leader may fail to renew before it stops; it stops "
+                             "starting volume calls then, before anyone may take over "
+                             "(default: 10s)")
+    parser.add_argument("--leader-election-retry-period", type=go_duration, default=2.0,
+                        help="how often to renew or try to acquire (default: 2s)")
+    parser.add_argument("--leader-election-clock-skew", type=float, default=0.0,
+                        help="for tests: seconds added to this replica's wall clock in the "
+                             "times it writes to the Lease; lease ages never read it "
+                             "(default: 0)")
     parser.add_argument("--resync-period", type=float, default=600.0,
                         help="seconds between full re-deliveries of the caches (default: 600)")
     parser.add_argument("--timeout", type=float, default=180.0,
@@ -175,9 +210,10 @@ def _add_provisioner(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
                         help="the CSI controller's endpoint (unix:///path or a socket path)")
     parser.add_argument("--http-endpoint", default="",
                         help="host:port serving /metrics and /healthz (off when empty)")
-    parser.add_argument("--cluster", default="kubernetes",
+    parser.add_argument("--cluster", default=None,
                         help="cluster id the controller tags volumes with; the orphan sweep "
-                             "looks at this cluster's volumes only (default: kubernetes)")
+                             f"looks at this cluster's volumes only (default: {DEFAULT_CLUSTER}; "
+                             "orphans are deleted only when it is set)")
     _add_logging(parser)
     _add_loop(parser)
     parser.set_defaults(run=run_provisioner)
@@ -257,6 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def cluster_id(args: argparse.Namespace) -> str:
+    return str(args.cluster) if args.cluster is not None else DEFAULT_CLUSTER
 def flag_reference(parser: argparse.ArgumentParser | None = None
                    ) -> dict[str, list[tuple[str, str | None]]]:
     """Every subcommand's arguments (flags, or the positional's name) and their help text:
@@ -279,6 +317,15 @@ def loop_options(args: argparse.Namespace, csi_address: str) -> LoopOptions:
     # Imported here: `cinder-csi node` must not load the Kubernetes client.
     from cinder_csi.loop.runner import ALL_DUTIES, LoopOptions
 
+    if args.leader_election:
+        from cinder_csi.loop.kube.leader import LeaderElectionConfig
+
+        try:  # renew deadline < lease duration: what fencing relies on
+            LeaderElectionConfig("check", "check", "check", args.leader_election_lease_duration,
+                                 args.leader_election_renew_deadline,
+                                 args.leader_election_retry_period)
+        except ValueError as exc:
+            raise errors.InvalidArgument(f"leader election timing: {exc}") from None
     duties = ALL_DUTIES if args.duties is None else tuple(
         d.strip() for d in args.duties.split(",") if d.strip())
     return LoopOptions(
@@ -287,8 +334,13 @@ def loop_options(args: argparse.Namespace, csi_address: str) -> LoopOptions:
         resync_period=args.resync_period, csi_timeout=args.timeout,
         leader_election=args.leader_election,
         leader_election_namespace=args.leader_election_namespace,
+        lease_duration=args.leader_election_lease_duration,
+        renew_deadline=args.leader_election_renew_deadline,
+        retry_period=args.leader_election_retry_period,
+        clock_skew=args.leader_election_clock_skew,
         duties=duties,
-        cluster=args.cluster, orphan_interval=args.orphan_sweep_interval,
+        cluster=cluster_id(args), cluster_explicit=args.cluster is not None,
+        orphan_interval=args.orphan_sweep_interval,
         orphan_grace=args.orphan_grace, delete_orphans=args.delete_orphans,
     )
 
@@ -306,27 +358,28 @@ def registry_spec(args: argparse.Namespace) -> RegistrySpec:
 def run_controller(args: argparse.Namespace) -> int:
     from cinder_csi.cloud.clouds import CloudSet
     from cinder_csi.config import load_cloud_config
-    from cinder_csi.controller.service import ControllerOptions, ControllerService
+    from cinder_csi.controller.service import MANIFEST, ControllerOptions, ControllerService
     from cinder_csi.csi.identity import IdentityService
     from cinder_csi.csi.server import CSIServer
     from cinder_csi.csi.validation import cinder_text
     from cinder_csi.metrics import HealthChecks, Metrics, serve_http
 
     # Every volume carries the cluster id in its metadata; refuse one Cinder would refuse.
-    cinder_text(args.cluster, "--cluster")
+    cinder_text(cluster_id(args), "--cluster")
     config = load_cloud_config(args.cloud_config, cloud=args.cloud, clouds_file=args.clouds_file,
                                cloud_names=args.cloud_name or None)
     log.info("starting controller %s %s, clouds %r", args.driver_name, version(),
              list(config.clouds.values()))
     clouds = CloudSet.from_settings(config.clouds)
     options = ControllerOptions(
-        cluster_id=args.cluster,
+        cluster_id=cluster_id(args),
         with_topology=args.with_topology,
         ignore_volume_az=config.block_storage.ignore_volume_az,
         node_volume_attach_limit=config.block_storage.node_volume_attach_limit,
         default_call_timeout=args.default_call_timeout,
     )
-    identity = IdentityService(args.driver_name, has_controller=True, probe=clouds.probe)
+    identity = IdentityService(args.driver_name, has_controller=True, probe=clouds.probe,
+                               manifest=MANIFEST)
     metrics = Metrics(args.driver_name)
     controller = ControllerService(clouds, options)
     server = CSIServer(
@@ -342,8 +395,9 @@ def run_controller(args: argparse.Namespace) -> int:
     loop_stop = threading.Event()
     loop_result: list[int] = []
     if args.with_provisioner:
+        # Adds the loop's own checks (lease, caches synced, work queues) to `checks`.
         loop_thread = _start_loop(args, server, metrics, loop_stop, loop_result, checks)
-    http = serve_http(args.http_endpoint, metrics, healthz=checks) if args.http_endpoint else None
+    http = serve_http(args.http_endpoint, metrics, checks) if args.http_endpoint else None
     try:
         server.run_until_signal()
     finally:
@@ -364,11 +418,11 @@ def _start_loop(
     from cinder_csi.loop.registry import RegistryDuty
     from cinder_csi.loop.runner import WatchLoop
 
-    options = loop_options(args, args.endpoint)
+    options = replace(loop_options(args, args.endpoint), driver_in_process=True)
     if args.registry:
         spec = registry_spec(args)
         options = replace(options, extra=(lambda ctx: RegistryDuty(ctx, spec),))
-    loop = WatchLoop(options, registry=metrics.registry)
+    loop = WatchLoop(options, registry=metrics.registry, health=checks)
     server.start()
 
     def run() -> None:
@@ -379,7 +433,6 @@ def _start_loop(
 
     thread = threading.Thread(target=run, name="watch-loop", daemon=True)
     thread.start()
-    checks.register("leader", lambda: "lost the leader lease" if loop.lost_lease else None)
     return thread
 
 

@@ -65,7 +65,8 @@ class HealthChecks:
     """Named liveness checks behind /healthz: each returns None when healthy, else why not.
 
     Any part may register one (the controller: its cloud client and operation locks; the
-    node: its operation locks; the watch loop: leader lease, work queues). A check must not
+    node: its metadata and operation locks; the watch loop: leader lease, caches synced in
+    time, work queues). A check must not
     block: it reads state that the work itself keeps up to date. A check that raises drops the
     probe's connection, which a liveness probe counts as a failure too.
     """
@@ -94,9 +95,6 @@ class HealthChecks:
             if reason is not None:
                 failed[name] = reason
         return failed
-
-    def __call__(self) -> bool:
-        return not self.failures()
 
 
 class HTTPEndpoint:
@@ -127,13 +125,11 @@ def _parse_host_port(endpoint: str) -> tuple[str, int]:
     return host.strip("[]"), int(port_text)
 
 
-def serve_http(
-    endpoint: str, metrics: Metrics, healthz: Callable[[], bool] | HealthChecks
-) -> HTTPEndpoint:
+def serve_http(endpoint: str, metrics: Metrics, healthz: HealthChecks) -> HTTPEndpoint:
     """Serve GET /metrics and /healthz on `endpoint` ("host:port", port 0 picks one).
 
-    /healthz answers 200 "ok" when `healthz()` is true, else 503; with HealthChecks the 503
-    body names each failing check and why, one per line.
+    /healthz answers 200 "ok" when every check of `healthz` passes, else 503 naming each
+    failing check and why, one per line (a liveness probe then restarts the pod).
     """
     host, port = _parse_host_port(endpoint)
 
@@ -143,14 +139,10 @@ def serve_http(
             if path == "/metrics":
                 self._reply(200, metrics.render(), CONTENT_TYPE_LATEST)
             elif path == "/healthz":
-                if isinstance(healthz, HealthChecks):
-                    failed = healthz.failures()
-                    body = "".join(f"{name}: {why}\n" for name, why in sorted(failed.items()))
-                    self._reply(503 if failed else 200, body.encode() if failed else b"ok\n")
-                    return
-                # A raising callback drops the connection, which probes read as unhealthy.
-                ok = bool(healthz())
-                self._reply(200 if ok else 503, b"ok\n" if ok else b"not ready\n")
+                # A raising check drops the connection, which probes read as unhealthy.
+                failed = healthz.failures()
+                body = "".join(f"{name}: {why}\n" for name, why in sorted(failed.items()))
+                self._reply(503 if failed else 200, body.encode() if failed else b"ok\n")
             else:
                 self._reply(404, b"not found\n")
 

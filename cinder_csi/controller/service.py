@@ -18,7 +18,16 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.protobuf.wrappers_pb2 import Int64Value
 
-from cinder_csi import TOPOLOGY_KEY, errors
+from cinder_csi import (
+    FEATURE_LISTED_NAMES,
+    FEATURE_RECLAIM_POLICY,
+    FEATURES_MANIFEST_KEY,
+    LISTED_NAME_KEY,
+    LISTED_STATUS_KEY,
+    RECLAIM_POLICY_KEY,
+    TOPOLOGY_KEY,
+    errors,
+)
 from cinder_csi.cloud.clouds import CloudSet
 from cinder_csi.cloud.connection import Cloud
 from cinder_csi.cloud.models import VOLUME_ERROR_STATES, Volume
@@ -56,11 +65,15 @@ PVC_NAMESPACE = "csi.storage.k8s.io/pvc/namespace"
 PV_NAME = "csi.storage.k8s.io/pv/name"
 CREATE_METADATA_PARAMS = (PVC_NAME, PVC_NAMESPACE, PV_NAME)
 FSTYPE_PARAM = "csi.storage.k8s.io/fstype"
-VOLUME_PARAMS = frozenset({PARAM_TYPE, PARAM_AVAILABILITY, FSTYPE_PARAM, *CREATE_METADATA_PARAMS})
+VOLUME_PARAMS = frozenset({PARAM_TYPE, PARAM_AVAILABILITY, FSTYPE_PARAM, RECLAIM_POLICY_KEY,
+                           *CREATE_METADATA_PARAMS})
 # volume_context of a volume made from a snapshot, backup or volume: the node grows its
 # filesystem at stage when the volume is larger than its source (upstream's key).
 RESIZE_REQUIRED_KEY = "resizeRequired"
-MUTABLE_PARAMS = frozenset({PARAM_TYPE})
+MUTABLE_PARAMS = frozenset({PARAM_TYPE, RECLAIM_POLICY_KEY})
+RECLAIM_POLICIES = ("Delete", "Retain")
+# GetPluginInfo's manifest: what a watch loop may rely on (see cinder_csi/__init__).
+MANIFEST = {FEATURES_MANIFEST_KEY: f"{FEATURE_LISTED_NAMES},{FEATURE_RECLAIM_POLICY}"}
 # What GetCapacity reports when the quota is unlimited: int64 max, "no limit we know of".
 UNLIMITED_BYTES = 2**63 - 1
 
@@ -97,6 +110,18 @@ def _unknown(params: Mapping[str, str], known: Iterable[str], what: str) -> None
             f"unknown {what} parameter(s): {', '.join(unknown)}; supported: "
             f"{', '.join(sorted(known))}"
         )
+
+
+def _reclaim_policy(*given: str | None) -> dict[str, str]:
+    """The reclaim policy a watch loop asked to record (volume metadata), checked."""
+    policy = next((g for g in given if g), None)
+    if policy is None:
+        return {}
+    if policy not in RECLAIM_POLICIES:
+        raise errors.InvalidArgument(
+            f"parameter {RECLAIM_POLICY_KEY}={policy!r}: must be one of "
+            f"{', '.join(RECLAIM_POLICIES)}")
+    return {RECLAIM_POLICY_KEY: policy}
 
 
 def _volume_condition(volume: Volume) -> csi_pb2.VolumeCondition:
@@ -179,6 +204,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         _unknown(mutable, MUTABLE_PARAMS, "mutable (VolumeAttributesClass)")
         if mutable.get(PARAM_TYPE):
             params[PARAM_TYPE] = mutable[PARAM_TYPE]  # the attributes class wins over the class
+        recorded = _reclaim_policy(mutable.get(RECLAIM_POLICY_KEY), params.get(RECLAIM_POLICY_KEY))
         for key in (PARAM_TYPE, PARAM_AVAILABILITY, *CREATE_METADATA_PARAMS):
             if key in params:
                 v.cinder_text(params[key], f"parameter {key}")
@@ -229,7 +255,8 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
             spec = VolumeSpec(
                 name=name, size_gib=size, volume_type=volume_type, availability_zone=zone,
                 snapshot_id=snapshot_id, source_volid=source_volid, backup_id=backup_id,
-                metadata={k: params[k] for k in CREATE_METADATA_PARAMS if params.get(k)},
+                metadata={**{k: params[k] for k in CREATE_METADATA_PARAMS if params.get(k)},
+                          **recorded},
             )
             volume = tools.creator.create(spec, deadline)
         return csi_pb2.CreateVolumeResponse(volume=self._csi_volume(volume, request))
@@ -460,10 +487,13 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         return volumes, following
 
     def _listed_volume(self, volume: Volume) -> csi_pb2.Volume:
-        # The cluster tag and Cinder name let a CO-side sweep find volumes it made but lost.
-        context = {"name": volume.name} if volume.name else {}
-        if CLUSTER_METADATA_KEY in volume.metadata:
-            context[CLUSTER_METADATA_KEY] = volume.metadata[CLUSTER_METADATA_KEY]
+        # The cluster tag, Cinder name and status let a CO-side sweep find volumes it made but
+        # lost, and tell an idle one (available) from one being used or changed.
+        context = {LISTED_NAME_KEY: volume.name} if volume.name else {}
+        context[LISTED_STATUS_KEY] = volume.status
+        for key in (CLUSTER_METADATA_KEY, RECLAIM_POLICY_KEY):
+            if key in volume.metadata:
+                context[key] = volume.metadata[key]
         result = csi_pb2.Volume(
             volume_id=volume.id, capacity_bytes=volume.size_gib * v.GIB, volume_context=context
         )
@@ -551,10 +581,13 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         if PARAM_TYPE in params:
             v.cinder_text(params[PARAM_TYPE], f"mutable parameter {PARAM_TYPE}")
         volume_id = v.require_id(request.volume_id, "volume_id", "volume")
+        recorded = _reclaim_policy(params.get(RECLAIM_POLICY_KEY))
         cloud = self._for(request.secrets).cloud
         deadline = self._deadline(context)
         with self.locks.hold([volume_id], "ControllerModifyVolume", deadline):
             volume = cloud.volumes.get(volume_id, deadline)
+            if any(volume.metadata.get(k) != value for k, value in recorded.items()):
+                cloud.volumes.set_metadata(volume_id, recorded, deadline)
             new_type = params.get(PARAM_TYPE)
             if not new_type:
                 return csi_pb2.ControllerModifyVolumeResponse()  # nothing asked: nothing to do

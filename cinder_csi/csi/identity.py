@@ -6,7 +6,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import grpc
 from google.protobuf import wrappers_pb2
@@ -43,9 +43,12 @@ class IdentityService(csi_pb2_grpc.IdentityServicer):
         has_controller: bool,
         probe: Callable[[], str | None],
         clock: Callable[[], float] = time.monotonic,
+        manifest: Mapping[str, str] | None = None,
     ) -> None:
-        """`probe` returns None when the plugin is ready, else the reason it is not."""
+        """`probe` returns None when the plugin is ready, else the reason it is not;
+        `manifest` is GetPluginInfo's (what the plugin does beyond the spec)."""
         self.driver_name = validate_driver_name(driver_name)
+        self.manifest = dict(manifest or {})
         self.has_controller = has_controller
         self._probe = probe
         self._clock = clock
@@ -55,7 +58,8 @@ class IdentityService(csi_pb2_grpc.IdentityServicer):
     def GetPluginInfo(
         self, request: csi_pb2.GetPluginInfoRequest, context: grpc.ServicerContext
     ) -> csi_pb2.GetPluginInfoResponse:
-        return csi_pb2.GetPluginInfoResponse(name=self.driver_name, vendor_version=version())
+        return csi_pb2.GetPluginInfoResponse(name=self.driver_name, vendor_version=version(),
+                                             manifest=self.manifest)
 
     def GetPluginCapabilities(
         self, request: csi_pb2.GetPluginCapabilitiesRequest, context: grpc.ServicerContext

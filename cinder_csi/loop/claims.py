@@ -1,13 +1,21 @@
 """The claim controller: external-provisioner's provisioning protocol, made crash-safe.
 
 For a claim that names our driver (see ``wants``): resolve the class, its parameters and
-secrets, the topology and the data source; record the intent on the claim (finalizer +
-annotation naming ``pvc-<uid>``); CreateVolume; create the PV; clear the intent.
+secret references, the topology and the data source into an ``Intent`` (``loop/intent.py``);
+protect the data source; record the intent on the claim (one patch: finalizer, the name
+``pvc-<uid>`` and the whole resolved request); CreateVolume; create the PV; clear the intent.
 
-The intent is what upstream lacks (external-provisioner#486): a restart resumes every claim
-that carries it (CreateVolume is idempotent by name), and a claim deleted mid-way is held by
-the finalizer until its PV exists; the PV then goes Released and the volume controller deletes
-it per reclaim policy. Nothing leaks.
+Crash-safety rules (what upstream lacks, external-provisioner#486; keep them when optimising):
+
+- the intent is recorded BEFORE the first CreateVolume, in ONE patch with its finalizer;
+- a claim that carries a recorded intent is never resolved again (unless a reschedule picked
+  another node): a restart resumes from the recording (CreateVolume is idempotent by name),
+  whatever happened meanwhile to the class, its Secrets, the source or the node;
+- a claim deleted mid-way keeps the finalizer until its PV exists, or until ``Unprovisioner``
+  has deleted every volume under its name or proven that none exists; never because an error
+  looked final;
+- the data source's protection finalizer is put on before the intent and taken off only after
+  the intent is cleared.
 
 Errors follow upstream's classes: gRPC codes that may mean "still running" retry with the same
 name; RESOURCE_EXHAUSTED with a selected node reschedules (removes ``selected-node``);
@@ -16,7 +24,7 @@ and retried with backoff. Each failure is a Warning Event on the claim naming th
 what the driver said, and holds the claim off (``HoldOff``) so that claim updates cannot turn
 retries into a hot loop.
 
-Data sources (clones, snapshots, the clone source's protection) are in ``datasources``.
+Data sources (clones, snapshots, their protection) are in ``datasources``.
 """
 
 from __future__ import annotations
@@ -26,12 +34,13 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from kubernetes.client.exceptions import ApiException
 from prometheus_client import Counter, Histogram
 
+from cinder_csi import FEATURE_RECLAIM_POLICY, RECLAIM_POLICY_KEY
 from cinder_csi.csi import csi_pb2
 from cinder_csi.loop import caches as inf
 from cinder_csi.loop import protocol as p
@@ -39,11 +48,12 @@ from cinder_csi.loop import pvspec, topology
 from cinder_csi.loop.capabilities import RPC
 from cinder_csi.loop.context import LoopContext
 from cinder_csi.loop.datasources import (
-    SOURCE_PREFIX,
+    CLAIM_KIND,
     DataSources,
-    clone_source_key,
-    clone_source_name,
     data_source,
+    parse_source_key,
+    source_key,
+    source_ref,
 )
 from cinder_csi.loop.errors import (
     IN_PROGRESS_CODES,
@@ -58,6 +68,8 @@ from cinder_csi.loop.errors import (
     rpc_code,
     rpc_error_text,
 )
+from cinder_csi.loop.intent import Intent, SourceRef, recorded_intent
+from cinder_csi.loop.kube.client import API_ERRORS
 from cinder_csi.loop.kube.informer import Handlers
 from cinder_csi.loop.kube.objects import (
     PV_PATH,
@@ -68,6 +80,8 @@ from cinder_csi.loop.kube.objects import (
     finalizers_of,
     get_or_none,
     merge_metadata,
+    name_of,
+    namespace_of,
     node_path,
     object_key,
     pv_path,
@@ -76,6 +90,7 @@ from cinder_csi.loop.kube.objects import (
 from cinder_csi.loop.kube.throttle import ItemBackoff
 from cinder_csi.loop.kube.workqueue import WorkQueue
 from cinder_csi.loop.protocol import in_flight
+from cinder_csi.loop.unprovision import Unprovisioner
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +113,7 @@ def strip_own(claim: Mapping[str, Any]) -> dict[str, Any]:
     for field in ("resourceVersion", "managedFields", "generation"):
         meta.pop(field, None)
     meta["annotations"] = {k: v for k, v in annotations_of(claim).items()
-                           if k != p.ANN_PROVISIONING}
+                           if k not in (p.ANN_PROVISIONING, p.ANN_PROVISIONING_REQUEST)}
     meta["finalizers"] = [f for f in finalizers_of(claim) if f != p.FINALIZER_PROVISIONING]
     return {**claim, "metadata": meta}
 
@@ -181,6 +196,7 @@ class ClaimController:
         self.metrics = ProvisionMetrics(ctx)
         self.holdoff = HoldOff(clock)
         self.sources = DataSources(ctx)
+        self.unprovisioner = Unprovisioner(ctx, clock=clock)
         self._clock = clock
         self._lock = threading.Lock()
         # Claims whose PV we made and whose binding we have not seen yet (uid -> when, oldest
@@ -198,21 +214,27 @@ class ClaimController:
         ))
 
     def run(self) -> None:
+        try:  # protection a crash left on a snapshot whose claim went meanwhile
+            for ref in self.sources.protected_snapshots():
+                self.queue.add(source_key(ref))
+        except API_ERRORS as exc:
+            log.warning("could not list VolumeSnapshots for stale protection: %s", exc)
         self.queue.run_until(self.ctx.stop, max(1, self.ctx.workers), self.sync, timeout=60)
 
     # ---- handlers
 
     def _on_claim(self, claim: Obj) -> None:
-        source = clone_source_name(claim)
+        source = source_ref(claim)
         if source and (claim.get("spec") or {}).get("volumeName"):
-            self.queue.add(clone_source_key(claim["metadata"]["namespace"], source))
+            self.queue.add(source_key(source))
         if in_flight(claim) or (
             not (claim.get("spec") or {}).get("volumeName")
             and provisioner_of(claim) == self.ctx.driver
         ):
             self.queue.add(object_key(claim))
         elif p.FINALIZER_CLONE_SOURCE in finalizers_of(claim):
-            self.queue.add(SOURCE_PREFIX + object_key(claim))
+            self.queue.add(source_key(SourceRef(CLAIM_KIND, namespace_of(claim),
+                                                name_of(claim))))
 
     def _on_claim_update(self, old: Obj, new: Obj) -> None:
         if old is not new and strip_own(old) == strip_own(new):
@@ -225,15 +247,16 @@ class ClaimController:
             self._provisioned.pop(uid, None)
             self._cleared.discard(uid)
         self.holdoff.forget(uid)
-        source = clone_source_name(claim)
+        source = source_ref(claim)
         if source:
-            self.queue.add(clone_source_key(claim["metadata"]["namespace"], source))
+            self.queue.add(source_key(source))
 
     # ---- reconcile
 
     def sync(self, key: str) -> None:
-        if key.startswith(SOURCE_PREFIX):
-            self.sources.sync_clone_source(key[len(SOURCE_PREFIX):])
+        source = parse_source_key(key)
+        if source is not None:
+            self.sources.sync_source(source)
             return
         claim = self.ctx.informers.claims.cache.get(key)
         if claim is None:
@@ -255,19 +278,24 @@ class ClaimController:
             if started:
                 self._clear_intent(claim)
             return
-        # A claim that carries our intent is finished even once terminating; otherwise the
-        # usual rules hold (a WaitForFirstConsumer claim sent back to the scheduler waits).
-        if not (started and deleting(claim)) and not wants(
-                claim, self.ctx.driver, self._class_of(claim)):
+        if started and deleting(claim):
+            # Crash-safety: finished from the recorded intent alone. Its volume is deleted or
+            # proven never made before the finalizer goes; nothing is resolved again.
+            if not self._pv_exists(pv_name, claim, ask_api=True):
+                self.unprovisioner.finish(claim, pv_name)
+            self._clear_intent(claim)
+            return
+        # Otherwise the usual rules hold (a WaitForFirstConsumer claim sent back to the
+        # scheduler waits).
+        if not wants(claim, self.ctx.driver, self._class_of(claim)):
             return
         if self._pv_exists(pv_name, claim):
             if started:
                 self._clear_intent(claim)
             return
-        if not deleting(claim):  # a deleted claim is finished at once, never held off
-            wait = self.holdoff.remaining(uid)
-            if wait > 0:
-                raise RetryAfter(wait, f"claim {key} failed recently")
+        wait = self.holdoff.remaining(uid)
+        if wait > 0:
+            raise RetryAfter(wait, f"claim {key} failed recently")
         self._provision(claim, pv_name)
         self.holdoff.forget(uid)
 
@@ -283,8 +311,12 @@ class ClaimController:
         name = inf.claim_class_name(claim)
         return self.ctx.informers.classes.cache.get(name) if name else None
 
-    def _pv_exists(self, pv_name: str, claim: Mapping[str, Any]) -> bool:
+    def _pv_exists(self, pv_name: str, claim: Mapping[str, Any], *,
+                   ask_api: bool = False) -> bool:
+        """A PV of this name exists (in the cache; with ``ask_api``, also on the server)."""
         pv = self.ctx.informers.volumes.cache.get(pv_name)
+        if pv is None and ask_api:
+            pv = get_or_none(self.ctx.rest, pv_path(pv_name))
         if pv is None:
             return False
         ref = (pv.get("spec") or {}).get("claimRef") or {}
@@ -296,32 +328,17 @@ class ClaimController:
     # ---- provisioning
 
     def _provision(self, claim: Obj, pv_name: str) -> None:
-        class_name = inf.claim_class_name(claim)
         source = data_source(claim)
-        labels = (class_name, source["kind"] if source else "")
         began = time.monotonic()
-        storage_class = self._class_of(claim)
+        intent = self._intent_for(claim, pv_name)
+        if intent is None:
+            return  # not ours to provision
+        labels = (intent.storage_class, source["kind"] if source else "")
         try:
-            if storage_class is None:
-                raise ParameterError(f'storageclass.storage.k8s.io "{class_name}" not found')
-            if storage_class.get("provisioner") != self.ctx.driver:
-                raise NotOurs()
-            request, params, clone_source = self._request(claim, storage_class, pv_name)
-        except NotOurs:
-            return
-        except ParameterError as exc:
-            self._failed(claim, labels, f"failed to provision volume {pv_name}: {exc}",
-                         final=True, permanent=True)
-            return
-        except (SourceError, TopologyError) as exc:
-            self._failed(claim, labels, f"failed to provision volume {pv_name}: {exc}",
-                         final=isinstance(exc, SourceError))
-            return
-        except Reschedule as exc:
-            self._reschedule(claim, labels, f"failed to provision volume {pv_name}: {exc}")
-            return
-
-        fresh = self._record_intent(claim, pv_name, clone_source)
+            secrets = self._provisioner_secrets(intent)
+            fresh = self._record_intent(claim, intent)
+        except SourceError as exc:
+            self._failed(claim, labels, f"failed to provision volume {pv_name}: {exc}")
         if fresh is None:
             return  # the claim is gone
         claim = fresh
@@ -329,21 +346,29 @@ class ClaimController:
             claim, "Normal", "Provisioning",
             f'External provisioner is provisioning volume for claim "{object_key(claim)}"',
             after=PROVISIONING_EVENT_DELAY)
+        self.unprovisioner.started_create(pv_name)
         try:
-            response = self.ctx.csi.create_volume(request)
+            response = self.ctx.csi.create_volume(intent.request_with(secrets))
         except grpc.RpcError as exc:
-            self._create_failed(claim, labels, pv_name, class_name, exc)
-            return
+            if rpc_code(exc) not in IN_PROGRESS_CODES:  # the driver answered: it is done
+                self.unprovisioner.forget(pv_name)
+            self._create_failed(claim, labels, pv_name, intent.storage_class, exc)
+        self.unprovisioner.forget(pv_name)
         volume = pvspec.CreatedVolume.from_csi(response.volume)
         pv = pvspec.build_pv(
-            name=pv_name, driver=self.ctx.driver, claim=claim, storage_class=storage_class,
-            volume=volume, requested_bytes=request.capacity_range.required_bytes,
-            params=params, provisioner_identity=self.ctx.provisioner_identity,
+            name=pv_name, driver=self.ctx.driver, claim=claim,
+            storage_class=intent.class_facts(), volume=volume,
+            requested_bytes=intent.request.capacity_range.required_bytes,
+            params=intent.parameters(), provisioner_identity=self.ctx.provisioner_identity,
         )
+        if intent.request.parameters.get(RECLAIM_POLICY_KEY) == "Retain":
+            # The driver recorded Retain with the volume: nothing for the volume controller
+            # to record later (loop/deletion.py).
+            pv["metadata"]["annotations"][p.ANN_RECLAIM_RECORDED] = "Retain"
         self._create_pv(claim, pv)
         with self._lock:
             self._provisioned[str(claim["metadata"]["uid"])] = self._clock()
-        self._clear_intent(claim)
+        self._clear_intent(claim, intent)
         announced.cancel()
         self.ctx.recorder.normal(claim, "ProvisioningSucceeded",
                                  f"Successfully provisioned volume {pv_name}")
@@ -352,48 +377,82 @@ class ClaimController:
         log.info("claim %s: provisioned %s as volume %s", object_key(claim), pv_name,
                  volume.volume_id)
 
-    def _request(self, claim: Obj, storage_class: Mapping[str, Any], pv_name: str
-                 ) -> tuple[csi_pb2.CreateVolumeRequest, pvspec.Parameters, Obj | None]:
+    def _intent_for(self, claim: Obj, pv_name: str) -> Intent | None:
+        """The recorded intent, or a freshly resolved one; None when the claim is not ours."""
+        selected = annotations_of(claim).get(p.ANN_SELECTED_NODE) or ""
+        recorded = recorded_intent(claim)
+        if recorded is not None and recorded.selected_node == selected:
+            return recorded  # crash-safety: never resolved again (see the module docstring)
+        # Nothing recorded yet, or the scheduler picked another node after a reschedule (no
+        # volume was made then; any made by name is still found by CreateVolume).
+        class_name = inf.claim_class_name(claim)
+        source = data_source(claim)
+        labels = (class_name, source["kind"] if source else "")
+        storage_class = self._class_of(claim)
+        try:
+            if storage_class is None:
+                raise ParameterError(f'storageclass.storage.k8s.io "{class_name}" not found')
+            if storage_class.get("provisioner") != self.ctx.driver:
+                raise NotOurs()
+            return self._resolve(claim, storage_class, pv_name, selected)
+        except NotOurs:
+            return None
+        except ParameterError as exc:
+            self._failed(claim, labels, f"failed to provision volume {pv_name}: {exc}",
+                         permanent=True)
+        except (SourceError, TopologyError) as exc:
+            self._failed(claim, labels, f"failed to provision volume {pv_name}: {exc}")
+        except Reschedule as exc:
+            self._reschedule(claim, labels, f"failed to provision volume {pv_name}: {exc}")
+
+    def _resolve(self, claim: Obj, storage_class: Mapping[str, Any], pv_name: str,
+                 selected: str) -> Intent:
         if (claim.get("spec") or {}).get("selector"):
             raise ParameterError("claim Selector is not supported")
         params = pvspec.split_parameters(storage_class.get("parameters") or {}, claim, pv_name,
                                          default_fstype=self.default_fstype)
-        secrets = self._provisioner_secrets(params)
+        reclaim = str(storage_class.get("reclaimPolicy") or "Delete")
+        csi_params = dict(params.csi)
+        if FEATURE_RECLAIM_POLICY in self.ctx.csi.features():
+            # Kept as volume metadata by the driver, so the orphan sweep can tell a volume a
+            # Retain PV once had from a lost one (loop/orphans.py).
+            csi_params[RECLAIM_POLICY_KEY] = reclaim
         requirement = self._topology(claim, storage_class)
-        content, clone_source = self.sources.content_source(claim, storage_class)
+        content, source = self.sources.content_source(claim, storage_class)
         multi_writer = RPC.SINGLE_NODE_MULTI_WRITER in self.ctx.capabilities.get()
         request = csi_pb2.CreateVolumeRequest(
             name=pv_name,
             capacity_range=pvspec.capacity_range(claim),
             volume_capabilities=pvspec.capabilities(
                 claim, params.fs_type, single_node_multi_writer=multi_writer),
-            parameters=params.csi,
-            secrets=secrets,
+            parameters=csi_params,
         )
         if requirement is not None:
             request.accessibility_requirements.CopyFrom(requirement.to_csi())
         if content is not None:
             request.volume_content_source.CopyFrom(content)
-        return request, params, clone_source
+        return Intent(
+            request=request,
+            storage_class=str((storage_class.get("metadata") or {}).get("name", "")),
+            reclaim_policy=reclaim,
+            fs_type=params.fs_type,
+            mount_options=tuple(str(o) for o in storage_class.get("mountOptions") or ()),
+            secrets=params.secrets,
+            source=source,
+            selected_node=selected,
+        )
 
     def _topology(self, claim: Obj, storage_class: Mapping[str, Any]
                   ) -> topology.Requirement | None:
         selected = annotations_of(claim).get(p.ANN_SELECTED_NODE)
-        try:
-            if selected and self._node(selected) is None:
-                raise Reschedule(f'the selected node "{selected}" no longer exists')
-            return topology.requirement(
-                self.ctx.driver, claim, storage_class, selected_node=selected,
-                csi_node_lookup=self.ctx.informers.csi_nodes.cache.get,
-                csi_nodes=self.ctx.informers.csi_nodes.cache.objects,
-                node_lookup=self.ctx.informers.nodes.cache.get,
-            )
-        except (Reschedule, TopologyError):
-            if deleting(claim):
-                # Only finishing what was started: a volume made earlier is found by name
-                # whatever the topology; a new one is deleted right after anyway.
-                return None
-            raise
+        if selected and self._node(selected) is None:
+            raise Reschedule(f'the selected node "{selected}" no longer exists')
+        return topology.requirement(
+            self.ctx.driver, claim, storage_class, selected_node=selected,
+            csi_node_lookup=self.ctx.informers.csi_nodes.cache.get,
+            csi_nodes=self.ctx.informers.csi_nodes.cache.objects,
+            node_lookup=self.ctx.informers.nodes.cache.get,
+        )
 
     def _node(self, name: str) -> Obj | None:
         node = self.ctx.informers.nodes.cache.get(name)
@@ -402,8 +461,9 @@ class ClaimController:
         # The cache may simply lag behind a node that just joined.
         return get_or_none(self.ctx.rest, node_path(name))
 
-    def _provisioner_secrets(self, params: pvspec.Parameters) -> dict[str, str]:
-        ref = params.provisioner_secret
+    def _provisioner_secrets(self, intent: Intent) -> dict[str, str]:
+        """The provisioner Secret's values, read now by the recorded reference."""
+        ref = intent.provisioner_secret
         if ref is None:
             return {}
         try:
@@ -420,30 +480,36 @@ class ClaimController:
 
     # ---- intent
 
-    def _record_intent(self, claim: Obj, pv_name: str, clone_source: Obj | None) -> Obj | None:
-        if clone_source is not None and edit_metadata(
-                self.ctx.rest, clone_source, add_finalizers=[p.FINALIZER_CLONE_SOURCE]) is None:
-            raise ProvisionFailed(f"source claim {object_key(clone_source)} vanished")
-        if in_flight(claim):
-            return claim
+    def _record_intent(self, claim: Obj, intent: Intent) -> Obj | None:
+        """Protect the source, then record the intent: finalizer, name and request in ONE
+        patch (never split: a crash between two writes would leave a claim that cannot be
+        finished). A no-op when exactly this intent is recorded already."""
+        if intent.source is not None:
+            self.sources.protect(intent.source)
         with self._lock:
             self._cleared.discard(str(claim["metadata"].get("uid")))
-        # One request that cannot conflict with the PV controller's writes to the claim.
+        # A strategic merge patch with a uid precondition: it cannot conflict with the PV
+        # controller's writes to the claim, so one request records the whole intent.
         return merge_metadata(self.ctx.rest, claim, add_finalizers=[p.FINALIZER_PROVISIONING],
-                              annotations={p.ANN_PROVISIONING: pv_name})
+                              annotations=intent.annotations())
 
-    def _clear_intent(self, claim: Obj) -> None:
+    def _clear_intent(self, claim: Obj, intent: Intent | None = None) -> None:
+        """Clear the intent, then let the source's protection go (in that order). ``intent``:
+        the one just provisioned from, which spares reading the recording back."""
         uid = str(claim["metadata"].get("uid"))
         with self._lock:
             if uid in self._cleared:
                 return  # cleared already; the cache has not caught up with our write yet
-        if merge_metadata(self.ctx.rest, claim, remove_finalizers=[p.FINALIZER_PROVISIONING],
-                          annotations={p.ANN_PROVISIONING: None}) is not claim:
+        cleared = merge_metadata(
+            self.ctx.rest, claim, remove_finalizers=[p.FINALIZER_PROVISIONING],
+            annotations={p.ANN_PROVISIONING: None, p.ANN_PROVISIONING_REQUEST: None})
+        if cleared is not None and cleared is not claim:
             with self._lock:
                 self._cleared.add(uid)
-        source = clone_source_name(claim)
-        if source:
-            self.queue.add(clone_source_key(claim["metadata"]["namespace"], source))
+        recorded = intent if intent is not None else recorded_intent(claim)
+        for source in {source_ref(claim), recorded.source if recorded else None}:
+            if source is not None:
+                self.queue.add(source_key(source))
 
     def _create_pv(self, claim: Obj, pv: Obj) -> None:
         name = str(pv["metadata"]["name"])
@@ -465,38 +531,34 @@ class ClaimController:
 
     # ---- failures
 
-    def _failed(self, claim: Obj, labels: tuple[str, str], message: str, *, final: bool,
-                permanent: bool = False) -> None:
-        """Report a failed attempt; raise so the queue retries it, unless nothing is left to
-        do (a terminating claim with a final error: no volume can exist)."""
+    def _failed(self, claim: Obj, labels: tuple[str, str], message: str, *,
+                permanent: bool = False) -> NoReturn:
+        """Report a failed attempt and raise so the queue retries it. The intent stays: a
+        failed call may have left a volume behind, whatever its error said."""
         self.metrics.failed.labels(*labels).inc()
         self.ctx.recorder.warning(claim, "ProvisioningFailed", message)
-        if final and deleting(claim):
-            if in_flight(claim):
-                self._clear_intent(claim)
-            return
         self.holdoff.hold(str(claim["metadata"]["uid"]), longest=permanent)
         if permanent:
             raise DoNotRetrySoon(message)
         raise ProvisionFailed(message)
 
     def _create_failed(self, claim: Obj, labels: tuple[str, str], pv_name: str,
-                       class_name: str, exc: grpc.RpcError) -> None:
+                       class_name: str, exc: grpc.RpcError) -> NoReturn:
         code = rpc_code(exc)
         detail = (f'failed to provision volume {pv_name} with StorageClass "{class_name}": '
                   f"{rpc_error_text(exc)}")
         if code in IN_PROGRESS_CODES:
             # The driver may still be creating it: same name next time, intent kept.
-            self._failed(claim, labels, detail, final=False)
+            self._failed(claim, labels, detail)
         elif (code == grpc.StatusCode.RESOURCE_EXHAUSTED
               and annotations_of(claim).get(p.ANN_SELECTED_NODE)):
             self._reschedule(claim, labels, detail)
         else:
-            self._failed(claim, labels, detail, final=True,
+            self._failed(claim, labels, detail,
                          permanent=code == grpc.StatusCode.INVALID_ARGUMENT)
 
-    def _reschedule(self, claim: Obj, labels: tuple[str, str], message: str) -> None:
+    def _reschedule(self, claim: Obj, labels: tuple[str, str], message: str) -> NoReturn:
         if not deleting(claim):
             edit_metadata(self.ctx.rest, claim, annotations={p.ANN_SELECTED_NODE: None})
         self._failed(claim, labels, message + "; the claim goes back to the scheduler to pick "
-                     "another node", final=True)
+                     "another node")

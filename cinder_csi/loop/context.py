@@ -29,6 +29,14 @@ class LoopContext:
     # Identity written into PV volumeAttributes (storage.kubernetes.io/csiProvisionerIdentity).
     provisioner_identity: str = ""
     stop: threading.Event = field(default_factory=threading.Event)
+    # The cluster id (--cluster): a volume tagged with another is never touched. Only one set
+    # explicitly lets the orphan sweep delete (the default collides across clusters).
+    cluster: str = "kubernetes"
+    cluster_explicit: bool = False
+    # Monotonic time after which no CSI call sent by an earlier run of the loop (killed, or an
+    # earlier leader) can still be running in the driver: until then, finding no volume by
+    # name proves nothing (a CreateVolume already sent may still make one).
+    earlier_calls_end: float = 0.0
     # The driver's controller capabilities, asked once for every duty.
     capabilities: DriverCapabilities = field(init=False)
 

@@ -1,6 +1,10 @@
 """A CSI Controller client over gRPC, as the sidecars use one: every call timed and counted in
 ``csi_sidecar_operations_seconds`` (same name and labels as the kubernetes-csi sidecars), and
-``listed_volumes``, every ListVolumes entry page by page."""
+``listed_volumes``, every ListVolumes entry page by page.
+
+With leader election, ``fence`` is the leader's ``Fence.check``: every call that changes a
+volume (create, delete, publish, unpublish, expand, modify) checks it before it starts, so a
+replica that cannot prove it still leads sends none (``Fenced`` is raised instead)."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from typing import Any, TypeVar
 import grpc
 from prometheus_client import CollectorRegistry, Histogram
 
+from cinder_csi import FEATURES_MANIFEST_KEY
 from cinder_csi.csi import csi_pb2, csi_pb2_grpc
 from cinder_csi.metrics import OPERATION_BUCKETS, go_code_name
 
@@ -43,6 +48,8 @@ class CSIClient:
         self._controller = csi_pb2_grpc.ControllerStub(self._channel)  # type: ignore[no-untyped-call]
         self._identity = csi_pb2_grpc.IdentityStub(self._channel)  # type: ignore[no-untyped-call]
         self._driver_name: str | None = None
+        self._manifest: dict[str, str] = {}
+        self.fence: Callable[[], None] | None = None
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -54,7 +61,15 @@ class CSIClient:
                 info = self._call("GetPluginInfo", self._identity.GetPluginInfo,
                                   csi_pb2.GetPluginInfoRequest(), timeout=30)
                 self._driver_name = str(info.name)
+                self._manifest = {str(k): str(v) for k, v in info.manifest.items()}
             return self._driver_name
+
+    def features(self) -> frozenset[str]:
+        """What the driver says it does beyond the spec (GetPluginInfo's manifest); our own
+        controller names them (cinder_csi.FEATURE_*), any other driver names none."""
+        self.driver_name()
+        text = self._manifest.get(FEATURES_MANIFEST_KEY, "")
+        return frozenset(f.strip() for f in text.split(",") if f.strip())
 
     def wait_ready(self, timeout: float) -> None:
         """Block until the driver answers Probe with ready (or raise the last error)."""
@@ -78,22 +93,26 @@ class CSIClient:
         return {c.rpc.type for c in response.capabilities}
 
     def create_volume(self, request: csi_pb2.CreateVolumeRequest) -> Any:
-        return self._call("CreateVolume", self._controller.CreateVolume, request)
+        return self._call("CreateVolume", self._controller.CreateVolume, request, fenced=True)
 
     def delete_volume(self, request: csi_pb2.DeleteVolumeRequest) -> Any:
-        return self._call("DeleteVolume", self._controller.DeleteVolume, request)
+        return self._call("DeleteVolume", self._controller.DeleteVolume, request, fenced=True)
 
     def publish(self, request: csi_pb2.ControllerPublishVolumeRequest) -> Any:
         return self._call("ControllerPublishVolume", self._controller.ControllerPublishVolume,
-                          request)
+                          request, fenced=True)
 
     def unpublish(self, request: csi_pb2.ControllerUnpublishVolumeRequest) -> Any:
         return self._call("ControllerUnpublishVolume",
-                          self._controller.ControllerUnpublishVolume, request)
+                          self._controller.ControllerUnpublishVolume, request, fenced=True)
 
     def expand(self, request: csi_pb2.ControllerExpandVolumeRequest) -> Any:
         return self._call("ControllerExpandVolume", self._controller.ControllerExpandVolume,
-                          request)
+                          request, fenced=True)
+
+    def modify(self, request: csi_pb2.ControllerModifyVolumeRequest) -> Any:
+        return self._call("ControllerModifyVolume", self._controller.ControllerModifyVolume,
+                          request, fenced=True)
 
     def list_volumes(self, request: csi_pb2.ListVolumesRequest) -> Any:
         return self._call("ListVolumes", self._controller.ListVolumes, request)
@@ -102,7 +121,9 @@ class CSIClient:
         return self._call("ControllerGetVolume", self._controller.ControllerGetVolume, request)
 
     def _call(self, method: str, stub: Callable[..., R], request: Any,
-              timeout: float | None = None) -> R:
+              timeout: float | None = None, *, fenced: bool = False) -> R:
+        if fenced and self.fence is not None:
+            self.fence()  # raises Fenced: nothing is sent
         started = time.monotonic()
         code = grpc.StatusCode.OK
         try:

@@ -5,9 +5,12 @@
 than the new claim), or a VolumeSnapshot's bound content handle (when the snapshot API is
 installed). Any other kind belongs to a volume populator and is skipped.
 
-A clone's source claim carries a protection finalizer while a clone of it is being made;
-``sync_clone_source`` removes it once no clone in the making names it. Its work-queue keys are
-``clone_source_key(namespace, name)``.
+The source object is protected by a finalizer for as long as a provisioning from it is in
+flight, as external-provisioner protects it: ``cloning-protection`` on a source claim,
+``volumesnapshot-as-source-protection`` on a VolumeSnapshot. ``protect`` adds it before the
+claim's intent is recorded (so whenever the intent exists, so does the protection);
+``sync_source`` removes it once no claim in the making names the source. Work-queue keys for
+that check are ``source_key(ref)``.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from cinder_csi.loop import protocol as p
 from cinder_csi.loop import pvspec
 from cinder_csi.loop.context import LoopContext
 from cinder_csi.loop.errors import NotOurs, ParameterError, SourceError
+from cinder_csi.loop.intent import SourceRef
 from cinder_csi.loop.kube.objects import (
     Obj,
     claim_path,
@@ -28,17 +32,20 @@ from cinder_csi.loop.kube.objects import (
     edit_metadata,
     finalizers_of,
     get_or_none,
+    namespace_of,
 )
 from cinder_csi.loop.protocol import in_flight
 
 SNAPSHOT_GROUP = "snapshot.storage.k8s.io"
 SNAPSHOT_API = f"/apis/{SNAPSHOT_GROUP}/v1"
-# Work-queue keys for a clone source's protection check; "|" never occurs in a name.
-SOURCE_PREFIX = "clone-source|"
+CLAIM_KIND, SNAPSHOT_KIND = "PersistentVolumeClaim", "VolumeSnapshot"
+# Work-queue keys for a source's protection check; "|" never occurs in a name.
+SOURCE_PREFIXES = {CLAIM_KIND: "clone-source|", SNAPSHOT_KIND: "snapshot-source|"}
+FINALIZERS = {CLAIM_KIND: p.FINALIZER_CLONE_SOURCE, SNAPSHOT_KIND: p.FINALIZER_SNAPSHOT_SOURCE}
 
 
-def clone_source_key(namespace: str, name: str) -> str:
-    return SOURCE_PREFIX + f"{namespace}/{name}"
+def snapshot_path(namespace: str, name: str) -> str:
+    return f"{SNAPSHOT_API}/namespaces/{namespace}/volumesnapshots/{name}"
 
 
 def data_source(claim: Mapping[str, Any]) -> dict[str, str] | None:
@@ -49,11 +56,36 @@ def data_source(claim: Mapping[str, Any]) -> dict[str, str] | None:
     return {k: str(source.get(k) or "") for k in ("apiGroup", "kind", "name", "namespace")}
 
 
-def clone_source_name(claim: Mapping[str, Any]) -> str | None:
+def source_ref(claim: Mapping[str, Any]) -> SourceRef | None:
+    """The clone source claim or the VolumeSnapshot this claim is made from, if any."""
     source = data_source(claim)
-    if source and source["kind"] == "PersistentVolumeClaim" and not source["apiGroup"]:
-        return source["name"]
+    if source is None:
+        return None
+    namespace = namespace_of(claim)
+    if source["kind"] == CLAIM_KIND and not source["apiGroup"]:
+        return SourceRef(CLAIM_KIND, namespace, source["name"])
+    if source["kind"] == SNAPSHOT_KIND and source["apiGroup"] == SNAPSHOT_GROUP:
+        return SourceRef(SNAPSHOT_KIND, namespace, source["name"])
     return None
+
+
+def source_key(ref: SourceRef) -> str:
+    return SOURCE_PREFIXES[ref.kind] + ref.key
+
+
+def parse_source_key(key: str) -> SourceRef | None:
+    """The source a work-queue key names, or None for a claim's own key."""
+    for kind, prefix in SOURCE_PREFIXES.items():
+        if key.startswith(prefix):
+            namespace, _, name = key[len(prefix):].partition("/")
+            return SourceRef(kind, namespace, name)
+    return None
+
+
+def source_path(ref: SourceRef) -> str:
+    if ref.kind == CLAIM_KIND:
+        return claim_path(ref.namespace, ref.name)
+    return snapshot_path(ref.namespace, ref.name)
 
 
 class DataSources:
@@ -64,19 +96,20 @@ class DataSources:
         self._snapshot_api = False
 
     def content_source(self, claim: Obj, storage_class: Mapping[str, Any]
-                       ) -> tuple[csi_pb2.VolumeContentSource | None, Obj | None]:
-        """The content source, and the source claim of a clone (to protect it)."""
+                       ) -> tuple[csi_pb2.VolumeContentSource | None, SourceRef | None]:
+        """The content source, and the object to protect while provisioning from it."""
         source = data_source(claim)
         if source is None:
             return None, None
-        if source["kind"] == "PersistentVolumeClaim" and not source["apiGroup"]:
-            return self._clone_source(claim, storage_class, source)
-        if source["kind"] == "VolumeSnapshot" and source["apiGroup"] == SNAPSHOT_GROUP:
-            return self._snapshot_source(claim, source), None
-        raise NotOurs()  # a volume populator's kind: it provisions, not us
+        ref = source_ref(claim)
+        if ref is None:
+            raise NotOurs()  # a volume populator's kind: it provisions, not us
+        if ref.kind == CLAIM_KIND:
+            return self._clone_source(claim, storage_class, source), ref
+        return self._snapshot_source(claim, source), ref
 
     def _clone_source(self, claim: Obj, storage_class: Mapping[str, Any],
-                      source: Mapping[str, str]) -> tuple[csi_pb2.VolumeContentSource, Obj]:
+                      source: Mapping[str, str]) -> csi_pb2.VolumeContentSource:
         ns = str(claim["metadata"]["namespace"])
         if source["namespace"] and source["namespace"] != ns:
             raise ParameterError("cloning from a claim in another namespace is not "
@@ -108,9 +141,8 @@ class DataSources:
         if pv is None or csi.get("driver") != self.ctx.driver or not csi.get("volumeHandle"):
             raise SourceError(f'the volume of source claim "{source["name"]}" is not a '
                               f"{self.ctx.driver} volume")
-        content = csi_pb2.VolumeContentSource(
+        return csi_pb2.VolumeContentSource(
             volume=csi_pb2.VolumeContentSource.VolumeSource(volume_id=str(csi["volumeHandle"])))
-        return content, src
 
     def _snapshot_source(self, claim: Obj, source: Mapping[str, str]
                          ) -> csi_pb2.VolumeContentSource:
@@ -119,10 +151,11 @@ class DataSources:
                               f"{SNAPSHOT_GROUP}/v1 API is not installed in this cluster "
                               "(install the snapshot CRDs and snapshot-controller)")
         ns = str(claim["metadata"]["namespace"])
-        snapshot = get_or_none(self.ctx.rest,
-                               f"{SNAPSHOT_API}/namespaces/{ns}/volumesnapshots/{source['name']}")
+        snapshot = get_or_none(self.ctx.rest, snapshot_path(ns, source["name"]))
         if snapshot is None:
             raise SourceError(f'VolumeSnapshot "{ns}/{source["name"]}" not found')
+        if deleting(snapshot):
+            raise SourceError(f'VolumeSnapshot "{ns}/{source["name"]}" is being deleted')
         status = snapshot.get("status") or {}
         content_name = status.get("boundVolumeSnapshotContentName")
         if not content_name or status.get("readyToUse") is False:
@@ -141,17 +174,41 @@ class DataSources:
             self._snapshot_api = get_or_none(self.ctx.rest, SNAPSHOT_API) is not None
         return self._snapshot_api
 
-    def sync_clone_source(self, key: str) -> None:
-        """Drop the protection finalizer of source claim ``key`` once no clone needs it."""
-        source = self.ctx.informers.claims.cache.get(key)
-        if source is None or p.FINALIZER_CLONE_SOURCE not in finalizers_of(source):
+    # ---- protection
+
+    def protect(self, ref: SourceRef) -> None:
+        """Put the protection finalizer on the source; SourceError when it is gone."""
+        current = (self.ctx.informers.claims.cache.get(ref.key) if ref.kind == CLAIM_KIND
+                   else None) or get_or_none(self.ctx.rest, source_path(ref))
+        if current is None or edit_metadata(
+                self.ctx.rest, current, add_finalizers=[FINALIZERS[ref.kind]],
+                path=source_path(ref)) is None:
+            raise SourceError(f"{ref.kind} {ref.key}, the claim's data source, vanished")
+
+    def protected_snapshots(self) -> list[SourceRef]:
+        """VolumeSnapshots that carry the protection finalizer (no informer watches them, so
+        a start looks once for protection a crash may have left behind)."""
+        if not self._has_snapshot_api():
+            return []
+        listing = get_or_none(self.ctx.rest, f"{SNAPSHOT_API}/volumesnapshots") or {}
+        return [SourceRef(SNAPSHOT_KIND, namespace_of(s), str(s["metadata"]["name"]))
+                for s in listing.get("items") or []
+                if p.FINALIZER_SNAPSHOT_SOURCE in finalizers_of(s)]
+
+    def sync_source(self, ref: SourceRef) -> None:
+        """Drop the source's protection finalizer once no claim in the making names it."""
+        finalizer = FINALIZERS[ref.kind]
+        if ref.kind == CLAIM_KIND:
+            source = self.ctx.informers.claims.cache.get(ref.key)
+        else:
+            source = get_or_none(self.ctx.rest, source_path(ref))
+        if source is None or finalizer not in finalizers_of(source):
             return
-        ns, name = str(source["metadata"]["namespace"]), str(source["metadata"]["name"])
         for claim in self.ctx.informers.claims.cache.objects():
-            if (claim["metadata"].get("namespace") == ns and clone_source_name(claim) == name
+            if (source_ref(claim) == ref
                     and not (claim.get("spec") or {}).get("volumeName")
                     and (in_flight(claim) or not deleting(claim))):
-                return  # a clone of it may still be in the making
-        # No retry on conflict: a clone may have just started; re-check from the cache.
-        edit_metadata(self.ctx.rest, source, remove_finalizers=[p.FINALIZER_CLONE_SOURCE],
-                      path=claim_path(ns, name), retry_conflicts=False)
+                return  # a volume from it may still be in the making
+        # No retry on conflict: a provisioning may have just started; re-check from scratch.
+        edit_metadata(self.ctx.rest, source, remove_finalizers=[finalizer],
+                      path=source_path(ref), retry_conflicts=False)

@@ -6,8 +6,14 @@ static PV whose ``spec.csi.driver`` is the driver. For ours:
 
 - ``external-provisioner.volume.kubernetes.io/finalizer`` is added while the PV is Bound with
   reclaim policy Delete, and removed once the policy is Retain (nothing to do on release);
+- a PV that is (or became) Retain first has that policy recorded on its volume through CSI
+  (ControllerModifyVolume, mutable parameter ``cinder.csi.openstack.org/reclaim-policy``,
+  when the driver says it records it), then ``ANN_RECLAIM_RECORDED`` set and the finalizer
+  removed in one patch. The finalizer holds a PV deleted right after its switch to Retain
+  until then, so the orphan sweep can never mistake its volume for a lost one;
 - Released + Delete: never while a VolumeAttachment names the PV (it may still be attached
-  somewhere); DeleteVolume with the deletion secret, then the PV object, then the finalizer;
+  somewhere); DeleteVolume with the deletion secret (without, and a Warning Event, once that
+  Secret is gone: ``deletion_secrets``), then the PV object, then the finalizer;
 - Released + Retain: left Released.
 """
 
@@ -22,11 +28,14 @@ import grpc
 from kubernetes.client.exceptions import ApiException
 from prometheus_client import Counter, Histogram
 
+from cinder_csi import FEATURE_RECLAIM_POLICY, RECLAIM_POLICY_KEY
 from cinder_csi.csi import csi_pb2
 from cinder_csi.loop import caches as inf
 from cinder_csi.loop import protocol as p
+from cinder_csi.loop.capabilities import RPC
 from cinder_csi.loop.context import LoopContext
-from cinder_csi.loop.errors import RetryAfter, rpc_error_text
+from cinder_csi.loop.deletion_secrets import deletion_secrets
+from cinder_csi.loop.errors import RetryAfter, rpc_code, rpc_error_text
 from cinder_csi.loop.kube.client import api_error_text
 from cinder_csi.loop.kube.informer import Handlers
 from cinder_csi.loop.kube.objects import (
@@ -38,9 +47,9 @@ from cinder_csi.loop.kube.objects import (
     merge_metadata,
     name_of,
     pv_path,
-    read_secret,
 )
 from cinder_csi.loop.kube.workqueue import WorkQueue
+from cinder_csi.loop.pvspec import SecretRef
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +119,10 @@ class VolumeController:
         phase = (pv.get("status") or {}).get("phase")
         has_finalizer = p.FINALIZER_PV_DELETION in finalizers_of(pv)
         if policy != "Delete":
-            if has_finalizer:
-                merge_metadata(self.ctx.rest, pv, remove_finalizers=[p.FINALIZER_PV_DELETION])
+            recorded = self._record_retain(pv)
+            if has_finalizer or recorded:
+                merge_metadata(self.ctx.rest, pv, remove_finalizers=[p.FINALIZER_PV_DELETION],
+                               annotations=recorded)
             return
         # A PV deleted by hand is deletable once pv-protection lets go (no claim uses it).
         protected = "kubernetes.io/pv-protection" in finalizers_of(pv)
@@ -120,6 +131,25 @@ class VolumeController:
             self._delete(pv)
         elif phase == "Bound" and not has_finalizer and not deleting(pv):
             merge_metadata(self.ctx.rest, pv, add_finalizers=[p.FINALIZER_PV_DELETION])
+
+    def _record_retain(self, pv: Obj) -> dict[str, str | None]:
+        """Mark the PV's volume Retain through CSI, once; the annotation to set (or none).
+
+        Raises (keeping the finalizer) while the driver cannot record it: a volume that had a
+        Retain PV must never look like a lost one to the orphan sweep."""
+        handle = ((pv.get("spec") or {}).get("csi") or {}).get("volumeHandle")
+        if (not handle or annotations_of(pv).get(p.ANN_RECLAIM_RECORDED) == "Retain"
+                or FEATURE_RECLAIM_POLICY not in self.ctx.csi.features()
+                or RPC.MODIFY_VOLUME not in self.ctx.capabilities.get()):
+            return {}
+        try:
+            self.ctx.csi.modify(csi_pb2.ControllerModifyVolumeRequest(
+                volume_id=str(handle), mutable_parameters={RECLAIM_POLICY_KEY: "Retain"}))
+        except grpc.RpcError as exc:
+            if rpc_code(exc) != grpc.StatusCode.NOT_FOUND:
+                raise
+        log.info("PV %s is Retain: recorded on its volume %s", name_of(pv), handle)
+        return {p.ANN_RECLAIM_RECORDED: "Retain"}
 
     def _delete(self, pv: Obj) -> None:
         name = name_of(pv)
@@ -169,10 +199,8 @@ class VolumeController:
         ann = annotations_of(pv)
         secret_name = ann.get(p.ANN_DELETION_SECRET_NAME) or ""
         secret_ns = ann.get(p.ANN_DELETION_SECRET_NAMESPACE) or ""
-        secrets: dict[str, str] = {}
-        if secret_name and secret_ns:
-            secrets = read_secret(self.ctx.rest, secret_ns, secret_name)
-            self.ctx.recorder.add_secrets(secrets.values())
+        ref = SecretRef(secret_name, secret_ns) if secret_name and secret_ns else None
+        secrets = deletion_secrets(self.ctx, pv, ref, handle)
         try:
             self.ctx.csi.delete_volume(
                 csi_pb2.DeleteVolumeRequest(volume_id=handle, secrets=secrets))

@@ -5,6 +5,7 @@ Every duty raises these; none of them is ever sent over gRPC, so they stay apart
 
     LoopError                   base of every error the loop raises on purpose
     ├── RetryAfter              to the work queue: come back after exactly ``delay`` (no failure)
+    │   └── Fenced              this replica cannot prove it holds the leader lease: no call starts
     ├── DoNotRetrySoon          to the work queue: retrying soon cannot help; retried only at the
     │                           maximum backoff (external-provisioner's "final" errors)
     ├── InvalidSpec             an object asks for what can never work as written (final)
@@ -61,6 +62,15 @@ class RetryAfter(LoopError):
     def __init__(self, delay: float, reason: str = "") -> None:
         super().__init__(reason or f"retry after {delay:.1f}s")
         self.delay = delay
+
+
+class Fenced(RetryAfter):
+    """A mutating CSI call was about to start on a replica that cannot prove it still leads
+    (``loop/kube/leader.py``). Nothing was sent; the key comes back soon (the process exits
+    if the lease is really lost)."""
+
+    def __init__(self, reason: str, delay: float = 2.0) -> None:
+        super().__init__(delay, reason)
 
 
 class DoNotRetrySoon(LoopError):

@@ -33,6 +33,13 @@ PROVISIONER_IDENTITY_KEY = "storage.kubernetes.io/csiProvisionerIdentity"
 # (external-provisioner forgets such volumes: kubernetes-csi/external-provisioner#486).
 ANN_PROVISIONING = "cinder.csi.openstack.org/provisioning"
 FINALIZER_PROVISIONING = "cinder.csi.openstack.org/provisioning-protection"
+# Everything resolved for the claim (loop/intent.py), written in the same patch as the two
+# above, so that the claim can be finished without resolving anything again.
+ANN_PROVISIONING_REQUEST = "cinder.csi.openstack.org/provisioning-request"
+
+# On a PV of ours: the reclaim policy the driver has recorded on its volume (loop/deletion.py).
+# "Retain" once recorded; the orphan sweep never deletes a volume marked so.
+ANN_RECLAIM_RECORDED = "cinder.csi.openstack.org/reclaim-policy-recorded"
 
 # external-attacher.
 ANN_VA_NODE_ID = "csi.alpha.kubernetes.io/node-id"

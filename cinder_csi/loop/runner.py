@@ -4,6 +4,10 @@
 --with-provisioner`` runs it beside our own controller in one process, calling it through its
 own socket. Every duty gets one ``LoopContext``: the same clients, informers, recorder,
 metrics registry and driver-capability cache.
+
+Its liveness checks (``/healthz``, so that a probe restarts a wedged pod): the leader lease is
+held (when electing), the caches synced in time, and no work queue is wedged (a worker on one
+key, or a queue not draining, for far longer than a CSI call may take: ``stuck_after``).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -25,12 +30,14 @@ from cinder_csi.loop.kube.leader import (
     KubeLeaseStore,
     LeaderElectionConfig,
     LeaderElector,
+    SystemClock,
     default_identity,
     default_namespace,
     lease_name,
 )
 from cinder_csi.loop.kube.workqueue import WorkQueueMetrics
-from cinder_csi.metrics import Metrics, serve_http
+from cinder_csi.loop.unprovision import CALL_END_MARGIN
+from cinder_csi.metrics import HealthChecks, Metrics, serve_http
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +57,32 @@ class LoopOptions:
     csi_timeout: float = 180.0
     leader_election: bool = False
     leader_election_namespace: str | None = None
+    lease_duration: float = 15.0
+    renew_deadline: float = 10.0
+    retry_period: float = 2.0
+    # Shifts this replica's wall clock for leader election (tests: the Lease must not care).
+    clock_skew: float = 0.0
     http_endpoint: str = ""
     duties: tuple[str, ...] = ALL_DUTIES
     cluster: str = "kubernetes"
+    cluster_explicit: bool = False  # --cluster was given (only then may orphans be deleted)
+    # The controller runs in this process (--with-provisioner): no CSI call of an earlier run
+    # can outlive it, so a volume's absence is proven at once after a restart.
+    driver_in_process: bool = False
     orphan_interval: float = 600.0
     orphan_grace: float = 3600.0
     delete_orphans: bool = False
+    # A work queue is wedged once a worker spent this long on one key (or nothing moved while
+    # keys wait); None: three CSI timeouts, at least a minute.
+    wedged_after: float | None = None
     # Extra duties built from the context (the registry claim, say).
     extra: tuple[Callable[[LoopContext], Controller], ...] = field(default_factory=tuple)
+
+    @property
+    def stuck_after(self) -> float:
+        if self.wedged_after is not None:
+            return self.wedged_after
+        return max(3 * self.csi_timeout, 60.0)
 
 
 def build_controllers(ctx: LoopContext, options: LoopOptions) -> list[Controller]:
@@ -74,7 +99,7 @@ def build_controllers(ctx: LoopContext, options: LoopOptions) -> list[Controller
         "attachments": lambda: AttachmentController(ctx),
         "resizer": lambda: ResizeController(ctx),
         "orphans": lambda: OrphanSweep(
-            ctx, cluster=options.cluster, interval=options.orphan_interval,
+            ctx, interval=options.orphan_interval,
             grace=options.orphan_grace, delete_orphans=options.delete_orphans,
         ),
     }
@@ -89,11 +114,20 @@ def build_controllers(ctx: LoopContext, options: LoopOptions) -> list[Controller
 class WatchLoop:
     """Build once, ``run(stop)`` until stopped or the lease is lost."""
 
-    def __init__(self, options: LoopOptions, *, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, options: LoopOptions, *, registry: CollectorRegistry | None = None,
+                 health: HealthChecks | None = None) -> None:
         self.options = options
         self.registry = registry or CollectorRegistry()
+        self.health = health if health is not None else HealthChecks()
+        self.health.register(
+            "leader-election", lambda: "lost the leader lease" if self.lost_lease else None)
+        self.health.register("informer-sync", self._sync_health)
+        self.health.register("work-queues", self._queue_health)
+        self._ctx: LoopContext | None = None
         self.lost_lease = False
         self.ready = threading.Event()  # informers synced and workers running
+        # Since when (monotonic) the first sync has been overdue; None while it is not.
+        self.sync_overdue_since: float | None = None
         self._clients: KubeClients | None = None
 
     def run(self, stop: threading.Event) -> int:
@@ -110,7 +144,7 @@ class WatchLoop:
             driver = csi.driver_name()
             if options.http_endpoint:  # standalone; in-process, the controller serves /metrics
                 http = serve_http(options.http_endpoint, Metrics(driver, registry=self.registry),
-                                  healthz=lambda: not self.lost_lease)
+                                  self.health)
             recorder = EventRecorder(clients.rest(), driver, host=socket.gethostname())
             recorder.start()
             ctx = LoopContext(
@@ -119,7 +153,9 @@ class WatchLoop:
                 recorder=recorder, registry=self.registry,
                 queue_metrics=WorkQueueMetrics(self.registry), workers=options.workers,
                 provisioner_identity=f"{default_identity()}-{driver}",
+                cluster=options.cluster, cluster_explicit=options.cluster_explicit,
             )
+            self._ctx = ctx
             if options.leader_election:
                 return self._run_elected(ctx, clients, stop)
             self._lead(ctx, stop)
@@ -133,12 +169,19 @@ class WatchLoop:
     def _run_elected(self, ctx: LoopContext, clients: KubeClients, stop: threading.Event) -> int:
         namespace = self.options.leader_election_namespace or default_namespace()
         name = lease_name(ctx.driver)
+        options = self.options
         elector = LeaderElector(
             KubeLeaseStore(clients.leader_rest(), namespace, name),
-            LeaderElectionConfig(name=name, namespace=namespace, identity=default_identity()),
+            LeaderElectionConfig(name=name, namespace=namespace, identity=default_identity(),
+                                 lease_duration=options.lease_duration,
+                                 renew_deadline=options.renew_deadline,
+                                 retry_period=options.retry_period),
             on_started_leading=lambda leading_stop: self._lead(ctx, leading_stop),
             on_stopped_leading=lambda: ctx.stop.set(),
+            clock=SystemClock(options.clock_skew),
         )
+        # Fencing: no volume-changing CSI call starts unless the lease is proven held.
+        ctx.csi.fence = elector.fence.check
         elector.run(stop)
         if not stop.is_set():
             self.lost_lease = True
@@ -147,13 +190,18 @@ class WatchLoop:
         return 0
 
     def _lead(self, ctx: LoopContext, stop: threading.Event) -> None:
+        # CSI calls that an earlier run sent (killed, or an earlier leader fenced off) end by
+        # their deadline; until then, not finding a volume proves nothing (unprovision.py).
+        fresh_driver = self.options.driver_in_process and not self.options.leader_election
+        ctx.earlier_calls_end = time.monotonic() + (
+            0.0 if fresh_driver else self.options.csi_timeout + CALL_END_MARGIN)
         controllers = build_controllers(ctx, self.options)
         for controller in controllers:
             controller.register()
         ctx.informers.start()
         try:
-            if not ctx.informers.wait_for_sync(SYNC_TIMEOUT_S):
-                log.error("informers did not sync within %.0fs", SYNC_TIMEOUT_S)
+            if not self._wait_for_sync(ctx, stop):
+                return
             threads = _start(controllers)
             self.ready.set()
             log.info("watch loop running for %s: %s", ctx.driver,
@@ -166,6 +214,40 @@ class WatchLoop:
             ctx.stop.set()
             ctx.informers.stop()
             ctx.recorder.stop()
+
+
+    def _sync_health(self) -> str | None:
+        since = self.sync_overdue_since
+        if since is None:
+            return None
+        waited = SYNC_TIMEOUT_S + time.monotonic() - since
+        return f"the caches have not synced in {waited:.0f}s; no duty runs"
+
+    def _queue_health(self) -> str | None:
+        ctx = self._ctx
+        if ctx is None:
+            return None
+        wedged = [f"{queue.name}: {why}" for queue in ctx.queue_metrics.queues
+                  if (why := queue.stalled(self.options.stuck_after)) is not None]
+        return "; ".join(wedged) or None
+
+    def _wait_for_sync(self, ctx: LoopContext, stop: threading.Event) -> bool:
+        """Until every cache holds a whole first listing; False when stopped first.
+
+        No duty starts on a partial view (an orphan sweep over a PV cache that never filled
+        would see every volume as lost); an overdue sync is logged and fails /healthz, so a
+        liveness probe restarts a loop that cannot list (RBAC, an overloaded API server)."""
+        started = time.monotonic()
+        while not stop.is_set():
+            if ctx.informers.wait_for_sync(1.0):
+                self.sync_overdue_since = None
+                return True
+            if self.sync_overdue_since is None and time.monotonic() - started > SYNC_TIMEOUT_S:
+                self.sync_overdue_since = time.monotonic()
+                log.error("informers did not sync within %.0fs (%s); no duty starts until they "
+                          "do", SYNC_TIMEOUT_S, ", ".join(
+                              i.name for i in ctx.informers.all() if not i.has_synced()))
+        return False
 
 
 def _start(controllers: Iterable[Controller]) -> list[threading.Thread]:

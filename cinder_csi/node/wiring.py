@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     checks = HealthChecks()
     checks.register("metadata", node.probe)
     checks.register("operations", node.locks.health)
-    http = serve_http(args.http_endpoint, metrics, healthz=checks) if args.http_endpoint else None
+    http = serve_http(args.http_endpoint, metrics, checks) if args.http_endpoint else None
     try:
         server.run_until_signal()
     finally:

@@ -2,8 +2,8 @@
 
 The real ``WatchLoop`` (leader election on, every duty, the registry duty in both of its modes)
 runs against the Kubernetes stand-in through a scenario that walks each duty: provisioning
-(Immediate, WaitForFirstConsumer, a class naming secrets, a clone, a snapshot restore without
-the snapshot API, a selected node that does not exist), attach/detach through a pod, a resize,
+(Immediate, WaitForFirstConsumer, a class naming secrets, a clone, a snapshot restore and one
+of a missing snapshot, a selected node that does not exist), attach/detach through a pod, a resize,
 Retain and Delete releases, an aggregated event, the orphan sweep and the registry claim.
 
 Every HTTP request the loop's clients make (told apart by their User-Agent: the in-process
@@ -59,15 +59,7 @@ Obj = dict[str, Any]
 Key = tuple[str, str, str]  # (apiGroup, resource[/subresource], verb)
 
 # Granted, needed by a code path of ours that this scenario cannot reach. Each entry names it.
-UNREACHED: dict[Key, str] = {
-    ("snapshot.storage.k8s.io", "volumesnapshots", "get"):
-        "datasources.py DataSources._snapshot_source: a claim restoring a VolumeSnapshot reads "
-        "it; the stand-in serves no snapshot.storage.k8s.io API, so the loop stops at the "
-        "discovery check (observed here as GET /apis/snapshot.storage.k8s.io/v1)",
-    ("snapshot.storage.k8s.io", "volumesnapshotcontents", "get"):
-        "datasources.py DataSources._snapshot_source: the snapshot's bound content, for its "
-        "snapshotHandle (same reason as above)",
-}
+UNREACHED: dict[Key, str] = {}
 
 # Grants of the base that only the upstream sidecars would use: none. The overlay adds theirs.
 SIDECARS_ONLY: dict[Key, str] = {}
@@ -301,13 +293,23 @@ def exercise(env: ClusterEnv, orphan: str) -> None:
     # A selected node that does not exist: a cache miss, a GET, then back to the scheduler.
     env.create_claim("ghost", storage_class="late",
                      annotations={p.ANN_SELECTED_NODE: "node-that-left"})
-    # A snapshot restore in a cluster without the snapshot API: the same warning, retried.
+    # A restore of a snapshot that does not exist: the same warning, retried.
     env.create_claim("restored", data_source={
         "apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": "snap"})
 
     plain_pv = env.wait_bound("plain")["spec"]["volumeName"]
     secret_pv = env.wait_bound("secret")["spec"]["volumeName"]
     kept_pv = env.wait_bound("kept")["spec"]["volumeName"]
+
+    # Snapshot restore: the VolumeSnapshot and its content are read, and the snapshot carries
+    # the source-protection finalizer while the restore is in flight.
+    env.make_snapshot("kept", "kept-snap")
+    env.create_claim("from-snap", data_source={
+        "apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": "kept-snap"})
+    env.wait_bound("from-snap")
+    wait_until(lambda: p.FINALIZER_SNAPSHOT_SOURCE not in finalizers(env.kube.store.peek(
+        "volumesnapshots", "kept-snap", namespace="default")),
+        timeout=30, what="snapshot-source finalizer removed from the snapshot")
 
     # Clone: the source gets the cloning-protection finalizer, and loses it once done.
     env.create_claim("clone", data_source={"kind": "PersistentVolumeClaim", "name": "plain"})
@@ -339,7 +341,7 @@ def exercise(env: ClusterEnv, orphan: str) -> None:
                what="VolumeAttachment detached and gone")
 
     # Releases: Delete (plain; secret, whose deletion secret is read) and Retain (kept).
-    for name in ("clone", "plain", "secret", "kept"):
+    for name in ("clone", "from-snap", "plain", "secret", "kept"):
         env.kube.store.delete("persistentvolumeclaims", name, namespace="default")
     def gone(pv: str) -> bool:
         return env.pv(pv) is None

@@ -28,6 +28,7 @@ from kubernetes import client as k8s
 from prometheus_client import CollectorRegistry
 
 from cinder_csi import DEFAULT_DRIVER_NAME, TOPOLOGY_KEY
+from cinder_csi.csi import csi_pb2
 from cinder_csi.csi.server import CSIServer
 from cinder_csi.loop.caches import build_informers
 from cinder_csi.loop.context import Controller, LoopContext
@@ -130,10 +131,13 @@ class ClusterEnv:
             workers=workers,
             provisioner_identity="1700000000000-8081-" + self.driver,
             stop=stop if stop is not None else threading.Event(),
+            cluster=self.cluster, cluster_explicit=True,
         )
         return ctx, clients
 
-    def start_loop(self, factories: Sequence[ControllerFactory], **kw: Any) -> LoopHandle:
+    def start_loop(self, factories: Sequence[ControllerFactory], *, synced: bool = True,
+                   **kw: Any) -> LoopHandle:
+        """``synced=False``: start the controllers without waiting for the caches."""
         ctx, clients = self.loop_context(**kw)
         controllers = [factory(ctx) for factory in factories]
         handle = LoopHandle(ctx, clients, controllers)
@@ -141,7 +145,8 @@ class ClusterEnv:
         for controller in controllers:
             controller.register()
         ctx.informers.start()
-        assert ctx.informers.wait_for_sync(20), "informers did not sync"
+        if synced:
+            assert ctx.informers.wait_for_sync(20), "informers did not sync"
         ctx.recorder.start()
         for controller in controllers:
             thread = threading.Thread(target=controller.run, name=f"loop-{controller.name}",
@@ -257,6 +262,32 @@ class ClusterEnv:
             found = self.events_for(name, namespace, reason=reason, kind=kind)
             return found[-1] if found else None
         return wait_until(last, timeout=timeout, what=f"event {reason} on {namespace}/{name}")
+
+    def make_snapshot(self, claim: str, name: str, namespace: str = "default") -> str:
+        """A Cinder snapshot of ``claim``'s volume and the VolumeSnapshot objects naming it, as
+        snapshot-controller and csi-snapshotter would leave them; returns the snapshot id."""
+        pv = self.pv(self.wait_bound(claim, namespace)["spec"]["volumeName"])
+        assert pv is not None
+        made = self.csi.controller.CreateSnapshot(csi_pb2.CreateSnapshotRequest(
+            name=f"snapshot-{namespace}-{name}",
+            source_volume_id=pv["spec"]["csi"]["volumeHandle"]), timeout=30).snapshot
+        content = f"content-{namespace}-{name}"
+        store = self.kube.store
+        store.create("volumesnapshotcontents", {
+            "metadata": {"name": content},
+            "spec": {"deletionPolicy": "Delete", "driver": self.driver,
+                     "source": {"snapshotHandle": made.snapshot_id},
+                     "volumeSnapshotRef": {"name": name, "namespace": namespace}}})
+        store.patch("volumesnapshotcontents", content,
+                    {"status": {"snapshotHandle": made.snapshot_id, "readyToUse": True}},
+                    subresource="status")
+        store.create("volumesnapshots", {
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"source": {"persistentVolumeClaimName": claim}}}, namespace=namespace)
+        store.patch("volumesnapshots", name, {"status": {
+            "boundVolumeSnapshotContentName": content, "readyToUse": True}},
+            namespace=namespace, subresource="status")
+        return str(made.snapshot_id)
 
     def cinder_volumes(self, *, live: bool = True) -> list[Obj]:
         """Volumes in the OpenStack stand-in; ``live`` leaves out deleted/deleting ones."""

@@ -12,7 +12,7 @@ import pytest
 
 from cinder_csi.cloud.clouds import CloudSet
 from cinder_csi.config import load_cloud_config
-from cinder_csi.controller.service import ControllerOptions, ControllerService
+from cinder_csi.controller.service import MANIFEST, ControllerOptions, ControllerService
 from cinder_csi.csi import csi_pb2_grpc
 from cinder_csi.csi.identity import IdentityService
 from cinder_csi.csi.server import CSIServer
@@ -64,7 +64,7 @@ def start_controller(
         node_volume_attach_limit=config.block_storage.node_volume_attach_limit,
     ))
     identity = IdentityService("cinder.csi.openstack.org", has_controller=True,
-                               probe=clouds.probe)
+                               probe=clouds.probe, manifest=MANIFEST)
     server = CSIServer(f"unix://{socket}", identity=identity, controller=service, grace_seconds=2)
     server.start()
     channel = grpc.insecure_channel(f"unix://{socket}")

@@ -9,7 +9,13 @@ from typing import Any
 import grpc
 import pytest
 
-from cinder_csi import TOPOLOGY_KEY
+from cinder_csi import (
+    FEATURE_LISTED_NAMES,
+    FEATURE_RECLAIM_POLICY,
+    FEATURES_MANIFEST_KEY,
+    RECLAIM_POLICY_KEY,
+    TOPOLOGY_KEY,
+)
 from cinder_csi.controller.create_or_adopt import CLUSTER_METADATA_KEY
 from cinder_csi.csi import csi_pb2
 from cinder_csi.standins.openstack import OpenStackStandIn
@@ -250,6 +256,7 @@ def test_list_volumes_pages_with_tokens(csi: ControllerHandle) -> None:
     first = csi.controller.ListVolumes(csi_pb2.ListVolumesRequest(max_entries=1), timeout=30)
     context = first.entries[0].volume.volume_context
     assert context[CLUSTER_METADATA_KEY] == CLUSTER and context["name"].startswith("pvc-list-")
+    assert context["status"] == "available"  # so a sweep can tell an idle volume from a busy one
     expect_code(C.ABORTED, lambda: csi.controller.ListVolumes(
         csi_pb2.ListVolumesRequest(starting_token="garbage"), timeout=30))
 
@@ -300,6 +307,27 @@ def test_modify_volume_retypes(csi: ControllerHandle, openstack: OpenStackStandI
     expect_code(C.INVALID_ARGUMENT, lambda: csi.controller.ControllerModifyVolume(
         csi_pb2.ControllerModifyVolumeRequest(
             volume_id=volume.volume_id, mutable_parameters={"iops": "5"}), timeout=30))
+
+
+def test_reclaim_policy_is_recorded_and_reported(
+    csi: ControllerHandle, openstack: OpenStackStandIn
+) -> None:
+    """A watch loop records the reclaim policy through CSI alone (CreateVolume parameter, then
+    a ControllerModifyVolume mutable parameter once the PV is Retain); ListVolumes reports it."""
+    volume = create(csi, "pvc-reclaim", parameters={RECLAIM_POLICY_KEY: "Delete"})
+    assert volumes_named(openstack, "pvc-reclaim")[0]["metadata"][RECLAIM_POLICY_KEY] == "Delete"
+    csi.controller.ControllerModifyVolume(csi_pb2.ControllerModifyVolumeRequest(
+        volume_id=volume.volume_id, mutable_parameters={RECLAIM_POLICY_KEY: "Retain"}),
+        timeout=30)
+    listed = csi.controller.ControllerGetVolume(
+        csi_pb2.ControllerGetVolumeRequest(volume_id=volume.volume_id), timeout=30)
+    assert listed.volume.volume_context[RECLAIM_POLICY_KEY] == "Retain"
+    expect_code(C.INVALID_ARGUMENT, lambda: create(
+        csi, "pvc-reclaim-bad", parameters={RECLAIM_POLICY_KEY: "Recycle"}))
+    assert volumes_named(openstack, "pvc-reclaim-bad") == []
+    info = csi.identity.GetPluginInfo(csi_pb2.GetPluginInfoRequest(), timeout=10)
+    assert set(info.manifest[FEATURES_MANIFEST_KEY].split(",")) == {
+        FEATURE_LISTED_NAMES, FEATURE_RECLAIM_POLICY}
 
 
 def test_get_capacity_follows_quota(csi: ControllerHandle, openstack: OpenStackStandIn) -> None:

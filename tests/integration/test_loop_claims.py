@@ -186,6 +186,35 @@ def test_clone_protects_its_source(env: ClusterEnv) -> None:
         assert volumes[copy["spec"]["volumeName"]]["source_volid"] == source_id
 
 
+def snapshot_finalizers(env: ClusterEnv, name: str) -> list[str]:
+    snapshot = env.kube.store.peek("volumesnapshots", name, namespace="default")
+    return list((snapshot or {}).get("metadata", {}).get("finalizers") or [])
+
+
+def test_snapshot_source_is_protected_and_survives_its_deletion(env: ClusterEnv) -> None:
+    """The VolumeSnapshot carries the protection finalizer while a restore from it is in
+    flight; deleted meanwhile (with the loop down), it stays until the restore is done."""
+    with env.run_loop(LOOP):
+        env.create_claim("origin")
+        snapshot_id = env.make_snapshot("origin", "snap")
+    env.openstack.faults.slow("create", 3)
+    loop = env.start_loop(LOOP)
+    env.create_claim("restored", data_source={
+        "apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": "snap"})
+    wait_until(lambda: intent_recorded(env, "restored"), timeout=10, what="intent recorded")
+    assert p.FINALIZER_SNAPSHOT_SOURCE in snapshot_finalizers(env, "snap")
+    env.stop_loop(loop, kill=True)
+    env.kube.store.delete("volumesnapshots", "snap", namespace="default")
+    assert snapshot_finalizers(env, "snap")  # terminating, held by the protection
+    with env.run_loop(LOOP):
+        restored = env.wait_bound("restored", timeout=30)
+        wait_until(lambda: env.kube.store.peek("volumesnapshots", "snap",
+                                               namespace="default") is None,
+                   timeout=10, what="the deleted snapshot released once restored")
+    volume = live_volumes(env, restored["spec"]["volumeName"])
+    assert [v["snapshot_id"] for v in volume] == [snapshot_id]
+
+
 def test_loop_secret_is_passed_and_recorded(env: ClusterEnv) -> None:
     env.kube.store.create("secrets", {
         "metadata": {"name": "creds-data", "namespace": "default"},

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from cinder_csi import RECLAIM_POLICY_KEY
 from cinder_csi.loop import protocol as p
 from cinder_csi.loop.claims import ClaimController
 from cinder_csi.loop.deletion import VolumeController
 from cinder_csi.loop.orphans import OrphanSweep
-from tests.integration.cluster_env import CLUSTER, ClusterEnv, cluster_env, wait_until
+from tests.integration.cluster_env import ClusterEnv, cluster_env, wait_until
 from tests.integration.csi_helpers import create_request
 
 
@@ -22,15 +23,16 @@ def env(tmp_path: Path) -> Iterator[ClusterEnv]:
         yield made
 
 
-def make_volume(env: ClusterEnv, name: str) -> str:
-    return str(env.csi.controller.CreateVolume(create_request(name, 1), timeout=30)
-               .volume.volume_id)
+def make_volume(env: ClusterEnv, name: str, policy: str | None = "Delete") -> str:
+    """A volume as the loop makes one (reclaim policy recorded), without its PV."""
+    params = {RECLAIM_POLICY_KEY: policy} if policy else {}
+    return str(env.csi.controller.CreateVolume(create_request(name, 1, parameters=params),
+                                               timeout=30).volume.volume_id)
 
 
 def start_sweeper(env: ClusterEnv, **kw: object) -> OrphanSweep:
     """A loop with a sweep that never runs on its own (tests call sweep())."""
-    factory = functools.partial(OrphanSweep, cluster=CLUSTER, interval=3600, start_delay=3600,
-                                **kw)
+    factory = functools.partial(OrphanSweep, interval=3600, start_delay=3600, **kw)
     handle = env.start_loop([ClaimController, VolumeController, factory])
     sweeper = handle.controllers[2]
     assert isinstance(sweeper, OrphanSweep)
@@ -94,6 +96,8 @@ def test_orphans_deleted_when_asked(env: ClusterEnv) -> None:
     orphan = make_volume(env, "pvc-00000000-0000-0000-0000-000000000003")
     sweeper, found = sweep(env, grace=0, delete_orphans=True)
     assert [vid for vid, _ in found] == [orphan]
+    assert orphan in {v["id"] for v in env.cinder_volumes()}  # one sighting is not enough
+    assert [vid for vid, _ in sweeper.sweep()] == [orphan]
     wait_until(lambda: orphan not in {v["id"] for v in env.cinder_volumes()}, timeout=10,
                what="orphan deleted")
     assert gauge(sweeper) == 0
@@ -102,7 +106,7 @@ def test_orphans_deleted_when_asked(env: ClusterEnv) -> None:
 
 def test_sweep_runs_at_start(env: ClusterEnv) -> None:
     orphan = make_volume(env, "pvc-00000000-0000-0000-0000-000000000004")
-    factory = functools.partial(OrphanSweep, cluster=CLUSTER, grace=0)
+    factory = functools.partial(OrphanSweep, grace=0)
     with env.run_loop([factory]):
         event = env.wait_event("pvc-00000000-0000-0000-0000-000000000004", "OrphanedVolume")
         assert orphan in event["message"]
@@ -113,6 +117,6 @@ def test_paged_listing_finds_every_orphan(env: ClusterEnv) -> None:
     sweeper, found = sweep(env, grace=0, page_size=2)
     assert {vid for vid, _ in found} == made
     pages = sweeper.ctx.registry.get_sample_value("csi_sidecar_operations_seconds_count", {
-        "driver_name": "", "method_name": "/csi.v1.Controller/ListVolumes",
+        "driver_name": env.driver, "method_name": "/csi.v1.Controller/ListVolumes",
         "grpc_status_code": "OK"})
     assert pages is not None and pages >= 3  # five volumes, two a page

@@ -31,6 +31,7 @@ import grpc
 import pytest
 
 from cinder_csi.csi import csi_pb2, csi_pb2_grpc
+from cinder_csi.standins.kube.client import wait_until as poll_until
 from cinder_csi.standins.openstack import OpenStackStandIn
 
 T = TypeVar("T")
@@ -229,14 +230,8 @@ def specific(result: Outcome, what: str = "") -> Outcome:
 
 
 def wait_until(probe: Callable[[], T | None], timeout: float, what: str) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = probe()
-        if found is not None and found is not False:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
+    """The stand-ins' poll (``standins.kube.client.wait_until``), as these scenarios call it."""
+    return poll_until(probe, timeout=timeout, what=what, interval=0.05)
 
 
 # ---- the audit --------------------------------------------------------------------------------

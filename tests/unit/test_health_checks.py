@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 
@@ -13,14 +11,7 @@ from cinder_csi.cloud.session import InFlight
 from cinder_csi.deadline import Deadline
 from cinder_csi.locks import OperationLocks
 from cinder_csi.metrics import HealthChecks, Metrics, serve_http
-
-
-def fetch(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as answer:
-            return answer.status, answer.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
+from tests.unit.test_server_metrics import fetch
 
 
 def test_healthz_names_each_failing_check() -> None:
@@ -34,6 +25,10 @@ def test_healthz_names_each_failing_check() -> None:
         assert fetch(base + "/healthz") == (200, "ok\n")
         state["queues"] = "claims: no progress for 600s"
         assert fetch(base + "/healthz") == (503, "queues: claims: no progress for 600s\n")
+        checks.register("lease", lambda: "lost the leader lease")
+        assert fetch(base + "/healthz") == (  # every failing check, by name
+            503, "lease: lost the leader lease\nqueues: claims: no progress for 600s\n")
+        checks.unregister("lease")
         checks.unregister("queues")
         assert fetch(base + "/healthz") == (200, "ok\n")
     finally:

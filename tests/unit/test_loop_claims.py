@@ -12,12 +12,19 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 from prometheus_client import CollectorRegistry
 
+from cinder_csi import FEATURE_LISTED_NAMES, FEATURE_RECLAIM_POLICY, RECLAIM_POLICY_KEY
 from cinder_csi.csi import csi_pb2
 from cinder_csi.loop import caches as inf
 from cinder_csi.loop import protocol as p
 from cinder_csi.loop.claims import HOLDOFF_CAP, PROVISIONING_EVENT_DELAY, ClaimController
 from cinder_csi.loop.context import LoopContext
-from cinder_csi.loop.errors import DoNotRetrySoon, ProvisionFailed, RetryAfter
+from cinder_csi.loop.errors import (
+    IN_PROGRESS_CODES,
+    DoNotRetrySoon,
+    ProvisionFailed,
+    RetryAfter,
+)
+from cinder_csi.loop.intent import Intent
 from cinder_csi.loop.kube.client import STRATEGIC_MERGE_PATCH
 from cinder_csi.loop.kube.events import Deferred
 from cinder_csi.loop.kube.informer import Cache
@@ -113,14 +120,25 @@ class FakeRest:
 
 
 class FakeCSI:
+    """Our controller as the loop sees it: creates ``vol-1``, lists volumes by name."""
+
+    timeout = 60.0
+
     def __init__(self) -> None:
         self.requests: list[csi_pb2.CreateVolumeRequest] = []
         self.errors: list[RpcError] = []
         self.zone = "az-a"
         self.on_create: Any = None
+        self.volumes: dict[str, str] = {}  # id -> Cinder name, as ListVolumes reports them
+        self.deleted: list[csi_pb2.DeleteVolumeRequest] = []
+        self.delete_errors: list[RpcError] = []
+        self.manifest = {FEATURE_LISTED_NAMES, FEATURE_RECLAIM_POLICY}
+
+    def features(self) -> frozenset[str]:
+        return frozenset(self.manifest)
 
     def controller_capabilities(self) -> set[int]:
-        return {Cap.CREATE_DELETE_VOLUME}
+        return {Cap.CREATE_DELETE_VOLUME, Cap.LIST_VOLUMES}
 
     def create_volume(self, request: csi_pb2.CreateVolumeRequest) -> Any:
         self.requests.append(request)
@@ -128,9 +146,23 @@ class FakeCSI:
             self.on_create()
         if self.errors:
             raise self.errors.pop(0)
+        self.volumes["vol-1"] = request.name
         return csi_pb2.CreateVolumeResponse(volume=csi_pb2.Volume(
             volume_id="vol-1", capacity_bytes=request.capacity_range.required_bytes,
             accessible_topology=[csi_pb2.Topology(segments={KEY: self.zone})]))
+
+    def list_volumes(self, request: csi_pb2.ListVolumesRequest) -> Any:
+        return csi_pb2.ListVolumesResponse(entries=[
+            csi_pb2.ListVolumesResponse.Entry(volume=csi_pb2.Volume(
+                volume_id=vid, volume_context={"name": name}))
+            for vid, name in sorted(self.volumes.items())])
+
+    def delete_volume(self, request: csi_pb2.DeleteVolumeRequest) -> Any:
+        self.deleted.append(request)
+        if self.delete_errors:
+            raise self.delete_errors.pop(0)
+        self.volumes.pop(request.volume_id, None)
+        return csi_pb2.DeleteVolumeResponse()
 
 
 class FakeRecorder:
@@ -295,7 +327,8 @@ def test_create_request(world: World) -> None:
     assert req.capacity_range.limit_bytes == 3 * 1024**3
     assert dict(req.parameters) == {
         "type": "ssd", p.EXTRA_METADATA_PVC_NAME: "data",
-        p.EXTRA_METADATA_PVC_NAMESPACE: "default", p.EXTRA_METADATA_PV_NAME: "pvc-uid-data"}
+        p.EXTRA_METADATA_PVC_NAMESPACE: "default", p.EXTRA_METADATA_PV_NAME: "pvc-uid-data",
+        RECLAIM_POLICY_KEY: "Delete"}  # our driver says it records it (manifest)
     assert [c.mount.fs_type for c in req.volume_capabilities] == ["xfs"]
     assert not req.volume_capabilities[0].mount.mount_flags
     requisite = [dict(t.segments) for t in req.accessibility_requirements.requisite]
@@ -426,30 +459,130 @@ def test_selected_node_that_vanished_reschedules(world: World) -> None:
 # ---------------------------------------------------------------- crash safety
 
 
-def test_deleted_mid_provisioning_still_gets_its_pv(world: World) -> None:
-    world.add_claim(annotations={p.ANN_PROVISIONING: "pvc-uid-data"},
-                    finalizers=[p.FINALIZER_PROVISIONING], deleting=True)
+def started_then_deleted(world: World, *,
+                         code: grpc.StatusCode = grpc.StatusCode.DEADLINE_EXCEEDED,
+                         **class_extra: Any) -> None:
+    """A claim whose intent was recorded and whose CreateVolume failed with ``code``, then
+    deleted. A call cut short (DEADLINE_EXCEEDED) made the volume anyway, and has surely
+    ended by now in the driver."""
+    if class_extra:
+        world.add_class("standard", **class_extra)
+    world.add_claim()
+    world.csi.errors.append(RpcError(code, "slow cloud"))
+    with pytest.raises(ProvisionFailed):
+        world.sync()
+    claim = world.refresh()
+    claim["metadata"]["deletionTimestamp"] = "2024-01-01T00:00:00Z"
+    world.refresh()
+    if code in IN_PROGRESS_CODES:
+        world.csi.volumes["vol-1"] = "pvc-uid-data"
+        world.now += world.csi.timeout + 60
+
+
+def test_recorded_intent_is_one_patch_with_the_finalizer(world: World) -> None:
+    world.add_claim()
+    seen: list[tuple[Obj, int]] = []
+    world.csi.on_create = lambda: seen.append((
+        copy.deepcopy(world.claim()), sum(c[0] == "PATCH" for c in world.rest.calls)))
     world.sync()
-    assert len(world.csi.requests) == 1
-    assert world.pv() is not None  # it goes Released; the volume controller deletes it
+    at_create, patches = seen[0]
+    assert patches == 1  # finalizer, name and request: one write, before CreateVolume
+    assert p.FINALIZER_PROVISIONING in at_create["metadata"]["finalizers"]
+    recorded = Intent.from_json(at_create["metadata"]["annotations"][
+        p.ANN_PROVISIONING_REQUEST])
+    assert recorded.request == world.csi.requests[0]
+    assert recorded.storage_class == "standard" and recorded.reclaim_policy == "Delete"
+    assert not recorded.request.secrets
+
+
+def test_deleted_mid_provisioning_deletes_its_volume_by_name(world: World) -> None:
+    started_then_deleted(world)
+    world.informers.classes.cache.pop("standard")  # the class is gone: nothing is resolved
+    world.sync()
+    assert len(world.csi.requests) == 1  # never created again
+    assert [d.volume_id for d in world.csi.deleted] == ["vol-1"]
+    assert world.pv() is None and not intent(world.claim())
+    assert world.recorder.events[-1][1] == "ProvisioningCancelled"
+    assert "deleted volume vol-1" in world.recorder.events[-1][2]
+
+
+def test_deleted_claim_with_no_volume_goes_once_proven(world: World) -> None:
+    started_then_deleted(world)
+    world.csi.volumes.clear()  # Cinder never made it
+    world.sync()
+    assert world.csi.deleted == [] and not intent(world.claim())
+    assert "no volume was made" in world.recorder.events[-1][2]
+
+
+def test_absence_proves_nothing_while_a_create_may_still_run(world: World) -> None:
+    started_then_deleted(world)
+    world.csi.volumes.clear()
+    world.now -= world.csi.timeout + 60  # our CreateVolume may still be running in the driver
+    with pytest.raises(RetryAfter):
+        world.sync()
+    assert intent(world.claim())
+    world.now += world.csi.timeout + 60
+    world.ctx.earlier_calls_end = world.now + 5  # ... or one an earlier run of the loop sent
+    with pytest.raises(RetryAfter):
+        world.sync()
+    assert intent(world.claim())
+    world.ctx.earlier_calls_end = 0
+    world.sync()
     assert not intent(world.claim())
 
 
-def test_deleted_claim_with_final_error_drops_intent(world: World) -> None:
-    world.add_claim(annotations={p.ANN_PROVISIONING: "pvc-uid-data"},
-                    finalizers=[p.FINALIZER_PROVISIONING], deleting=True)
-    world.csi.errors.append(RpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, "quota"))
-    world.sync()  # nothing can exist: nothing to wait for
-    assert world.pv() is None and not intent(world.claim())
+def test_a_create_the_driver_answered_is_not_waited_for(world: World) -> None:
+    started_then_deleted(world, code=grpc.StatusCode.RESOURCE_EXHAUSTED)
+    world.sync()  # the call ended with the driver's answer: absence proves it at once
+    assert not intent(world.claim()) and world.csi.deleted == []
 
 
-def test_deleted_claim_with_in_progress_error_keeps_intent(world: World) -> None:
-    world.add_claim(annotations={p.ANN_PROVISIONING: "pvc-uid-data"},
-                    finalizers=[p.FINALIZER_PROVISIONING], deleting=True)
-    world.csi.errors.append(RpcError(grpc.StatusCode.UNAVAILABLE, "down"))
+def test_failed_delete_keeps_the_intent(world: World) -> None:
+    started_then_deleted(world)
+    world.csi.delete_errors.append(RpcError(grpc.StatusCode.FAILED_PRECONDITION, "in use"))
     with pytest.raises(ProvisionFailed):
         world.sync()
     assert intent(world.claim())
+    assert world.recorder.events[-1][1] == "VolumeFailedDelete"
+
+
+def test_deleted_claim_whose_secret_is_gone_deletes_without_and_says_so(world: World) -> None:
+    world.rest.put("/api/v1/namespaces/default/secrets/creds",
+                   {"metadata": {"name": "creds"}, "data": {"token": "czNjcjN0"}})
+    started_then_deleted(world, parameters={
+        "csi.storage.k8s.io/provisioner-secret-name": "creds",
+        "csi.storage.k8s.io/provisioner-secret-namespace": "default"})
+    assert dict(world.csi.requests[0].secrets) == {"token": "s3cr3t"}
+    del world.rest.objects["/api/v1/namespaces/default/secrets/creds"]
+    world.sync()
+    assert [dict(d.secrets) for d in world.csi.deleted] == [{}]
+    assert any("provisioner secret" in m and "is gone" in m for _, _, m in world.recorder.events)
+    assert not intent(world.claim())
+
+
+def test_driver_without_names_is_asked_again_by_create(world: World) -> None:
+    started_then_deleted(world)
+    world.csi.manifest.clear()  # another CSI driver: ListVolumes says nothing of names
+    world.sync()
+    assert [r.name for r in world.csi.requests] == ["pvc-uid-data", "pvc-uid-data"]
+    assert world.csi.requests[1].parameters == world.csi.requests[0].parameters
+    assert [d.volume_id for d in world.csi.deleted] == ["vol-1"]
+    assert not intent(world.claim())
+
+
+def test_live_claim_resumes_from_its_recording_without_its_class(world: World) -> None:
+    world.add_claim()
+    world.csi.errors.append(RpcError(grpc.StatusCode.UNAVAILABLE, "down"))
+    with pytest.raises(ProvisionFailed):
+        world.sync()
+    world.informers.classes.cache.pop("standard")
+    world.refresh()
+    world.wait_out_holdoff()
+    world.sync()
+    assert world.csi.requests[1] == world.csi.requests[0]
+    pv = world.pv()
+    assert pv is not None and pv["spec"]["storageClassName"] == "standard"
+    assert pv["spec"]["persistentVolumeReclaimPolicy"] == "Delete"
 
 
 def test_restart_with_pv_present_only_cleans_up(world: World) -> None:
@@ -590,12 +723,3 @@ def test_populator_data_sources_are_left_alone(world: World) -> None:
     world.add_claim(dataSourceRef={"apiGroup": "example.com", "kind": "Widget", "name": "w"})
     world.sync()
     assert world.csi.requests == [] and world.recorder.events == []
-
-
-def test_deleted_claim_whose_node_vanished_is_still_finished(world: World) -> None:
-    world.add_claim(annotations={p.ANN_PROVISIONING: "pvc-uid-data",
-                                 p.ANN_SELECTED_NODE: "node-9"},
-                    finalizers=[p.FINALIZER_PROVISIONING], deleting=True)
-    world.sync()
-    assert not world.csi.requests[0].HasField("accessibility_requirements")
-    assert world.pv() is not None and not intent(world.claim())

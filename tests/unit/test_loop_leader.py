@@ -8,12 +8,17 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import grpc
 import pytest
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
+from cinder_csi.csi import csi_pb2
+from cinder_csi.loop.csi_client import CSIClient
+from cinder_csi.loop.errors import Fenced
 from cinder_csi.loop.kube.leader import (
     Attempt,
+    Fence,
     LeaderElectionConfig,
     LeaderElector,
     lease_name,
@@ -173,14 +178,75 @@ def test_renewals_by_the_holder_keep_it_even_if_its_clock_looks_stale() -> None:
         assert e.try_acquire_or_renew(5) is Attempt.HELD
 
 
-def test_a_stale_lease_found_at_start_is_taken_after_one_retry_period() -> None:
+def test_a_lease_that_looks_stale_by_our_wall_clock_waits_a_whole_lease() -> None:
+    """Our clock runs an hour ahead (or the holder's behind): renewTime is never compared
+    with it. Before, one retry period of silence was enough to take a live lease over."""
     store, clock = FakeStore(), FakeClock()
-    store.set_holder("crashed-long-ago", T0 - timedelta(hours=1))
+    store.set_holder("other", T0 - timedelta(hours=1))
     e = elector(store, clock)
-    assert e.try_acquire_or_renew(5) is Attempt.HELD  # one look is not enough
+    assert e.try_acquire_or_renew(5) is Attempt.HELD
     clock.t = 2.0
+    assert e.try_acquire_or_renew(5) is Attempt.HELD
+    clock.t = 14.9
+    assert e.try_acquire_or_renew(5) is Attempt.HELD
+    clock.t = 15.0
     assert e.try_acquire_or_renew(5) is Attempt.LEADING
-    assert store.holder == "me"
+
+
+def test_fence_opens_with_each_renewal_and_closes_before_anyone_may_take_over() -> None:
+    store, clock = FakeStore(), FakeClock()
+    e = elector(store, clock)
+    with pytest.raises(Fenced):
+        e.fence.check()  # not leading: nothing may start
+    assert e.try_acquire_or_renew(5) is Attempt.LEADING
+    e.fence.check()
+    clock.t = 9.9
+    e.fence.check()
+    clock.t = 10.0  # renew deadline after the last renewal started
+    with pytest.raises(Fenced):
+        e.fence.check()
+    assert e.try_acquire_or_renew(5) is Attempt.LEADING
+    e.fence.check()
+    store.broken = True  # renewals fail from now on
+    clock.t = 15.0
+    assert e.try_acquire_or_renew(5) is Attempt.FAILED
+    clock.t = 19.99
+    e.fence.check()
+    clock.t = 20.0
+    with pytest.raises(Fenced):
+        e.fence.check()
+    # A candidate that saw our last renewal land takes over no sooner than a lease later.
+    assert 10.0 + e.config.lease_duration > clock.t
+
+
+def test_fence_is_measured_from_the_start_of_a_slow_renewal() -> None:
+    store, clock = FakeStore(), FakeClock()
+    e = elector(store, clock)
+    slow = store.replace
+
+    def replace_slowly(lease: dict[str, Any], timeout: float) -> dict[str, Any]:
+        clock.t += 4.0  # the PUT lands 4 s after the renewal started
+        return slow(lease, timeout)
+
+    e.try_acquire_or_renew(5)
+    store.replace = replace_slowly  # type: ignore[method-assign]
+    clock.t = 2.0
+    assert e.try_acquire_or_renew(5) is Attempt.LEADING  # started at 2, landed at 6
+    clock.t = 11.9
+    e.fence.check()
+    clock.t = 12.0
+    with pytest.raises(Fenced):
+        e.fence.check()
+
+
+def test_fence_closes_when_leadership_ends() -> None:
+    store, clock = FakeStore(), FakeClock()
+    e = elector(store, clock)
+    stop = threading.Event()
+    clock.hooks.append((4.0, stop.set))
+    e.run(stop)
+    with pytest.raises(Fenced):
+        e.fence.check()
 
 
 def test_a_free_lease_is_taken_at_once() -> None:
@@ -263,3 +329,24 @@ def test_candidate_waits_then_takes_over_after_the_leader_goes_silent() -> None:
     took_over = next(w for w in store.writes if w["spec"]["holderIdentity"] == "me")
     at = (parse_time(took_over["spec"]["acquireTime"]) - T0).total_seconds()  # type: ignore[operator]
     assert 35.0 <= at <= 40.0  # 15 s of silence after the last renewal seen at t~20
+
+
+def test_csi_client_starts_no_volume_call_while_fenced(tmp_path: Any) -> None:
+    client = CSIClient(str(tmp_path / "nobody-listens.sock"), timeout=1)
+    client.fence = Fence(10.0, lambda: 0.0).check  # never renewed: closed
+    try:
+        calls = [
+            lambda: client.create_volume(csi_pb2.CreateVolumeRequest(name="pvc-1")),
+            lambda: client.delete_volume(csi_pb2.DeleteVolumeRequest(volume_id="v")),
+            lambda: client.publish(csi_pb2.ControllerPublishVolumeRequest(volume_id="v")),
+            lambda: client.unpublish(csi_pb2.ControllerUnpublishVolumeRequest(volume_id="v")),
+            lambda: client.expand(csi_pb2.ControllerExpandVolumeRequest(volume_id="v")),
+            lambda: client.modify(csi_pb2.ControllerModifyVolumeRequest(volume_id="v")),
+        ]
+        for call in calls:
+            with pytest.raises(Fenced):
+                call()
+        with pytest.raises(grpc.RpcError):  # reads are not fenced: this one reaches the wire
+            client.list_volumes(csi_pb2.ListVolumesRequest())
+    finally:
+        client.close()

@@ -271,3 +271,28 @@ def test_run_until_works_until_stopped_then_lets_running_keys_finish() -> None:
     assert result == [True]
     assert finished == ["a"]  # the running key finished before run_until returned
     assert q.shutting_down
+
+
+def test_stalled_names_a_stuck_key_or_a_queue_that_does_not_drain() -> None:
+    now = [100.0]
+    q = WorkQueue("claims", clock=lambda: now[0])
+    assert q.stalled(60) is None
+    q.add("a")
+    q.add("b")
+    now[0] += 61  # keys waiting, nobody took one: no workers, or all busy
+    assert q.stalled(60) == "2 keys waiting, none handed out or finished for 61s"
+    assert q.get(timeout=0) == "a"
+    assert q.stalled(60) is None
+    now[0] += 30
+    q.done("a")
+    now[0] += 45  # "b" waits 45 s since "a" finished: slow, not wedged
+    assert q.stalled(60) is None
+    assert q.get(timeout=0) == "b"
+    now[0] += 61
+    assert q.stalled(60) == "a worker has been on b for 61s"
+    q.done("b")
+    assert q.stalled(60) is None
+    now[0] += 1000
+    assert q.stalled(60) is None  # idle is not wedged
+    q.add("c")
+    assert q.stalled(60) is None  # work that just arrived is not late yet

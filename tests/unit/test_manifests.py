@@ -78,7 +78,7 @@ CONTROLLER_GRANTS: dict[tuple[str, str], set[str]] = {
     ("", "events"): {"create", "patch"},
     ("", "namespaces"): {"get"},
     ("", "secrets"): {"get"},
-    ("snapshot.storage.k8s.io", "volumesnapshots"): {"get"},
+    ("snapshot.storage.k8s.io", "volumesnapshots"): {"get", "list", "patch"},
     ("snapshot.storage.k8s.io", "volumesnapshotcontents"): {"get"},
 }
 LEASE_GRANTS = {("coordination.k8s.io", "leases"): {"get", "create", "update"}}

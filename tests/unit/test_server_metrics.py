@@ -7,7 +7,7 @@ import urllib.request
 
 import pytest
 
-from cinder_csi.metrics import Metrics, go_code_name, serve_http
+from cinder_csi.metrics import HealthChecks, Metrics, go_code_name, serve_http
 
 
 @pytest.mark.parametrize(("python", "go"), [
@@ -38,10 +38,11 @@ def fetch(url: str) -> tuple[int, str]:
 
 
 def test_serve_http_metrics_and_healthz() -> None:
+    """/metrics and /healthz side by side (what /healthz says: tests/unit/test_health_checks)."""
     metrics = Metrics("cinder.csi.openstack.org")
     metrics.observe_operation("/csi.v1.Controller/CreateVolume", "NOT_FOUND", 1.5)
-    healthy = [True]
-    endpoint = serve_http("127.0.0.1:0", metrics, lambda: healthy[0])
+    health = HealthChecks()
+    endpoint = serve_http("127.0.0.1:0", metrics, health)
     base = f"http://127.0.0.1:{endpoint.port}"
     try:
         status, body = fetch(base + "/metrics")
@@ -50,8 +51,8 @@ def test_serve_http_metrics_and_healthz() -> None:
                 'grpc_status_code="NotFound",method_name="/csi.v1.Controller/CreateVolume"} 1.0'
                 in body)
         assert fetch(base + "/healthz") == (200, "ok\n")
-        healthy[0] = False
-        assert fetch(base + "/healthz") == (503, "not ready\n")
+        health.register("lease", lambda: "lost the leader lease")
+        assert fetch(base + "/healthz") == (503, "lease: lost the leader lease\n")
         assert fetch(base + "/nope")[0] == 404
     finally:
         endpoint.stop()
@@ -62,4 +63,4 @@ def test_serve_http_metrics_and_healthz() -> None:
 @pytest.mark.parametrize("endpoint", ["", "localhost", "host:http", "host:99999"])
 def test_serve_http_rejects_bad_endpoint(endpoint: str) -> None:
     with pytest.raises(ValueError, match="invalid HTTP endpoint"):
-        serve_http(endpoint, Metrics("x"), lambda: True)
+        serve_http(endpoint, Metrics("x"), HealthChecks())

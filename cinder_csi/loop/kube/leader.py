@@ -4,17 +4,22 @@ One candidate holds the Lease and renews ``renewTime`` every ``retry_period``; t
 read it every ``retry_period`` and take it over once it has expired. Writes are optimistic
 (the Lease's resourceVersion), so two candidates can never both win the same round.
 
-When is a Lease someone else holds expired? client-go trusts only its own clock: expired
-once the record has not changed for ``leaseDurationSeconds`` since this process first saw
-it. That is immune to clock skew but makes a fresh process wait a whole lease even when
-the holder died an hour ago. So a second rule applies before any change has been seen: a
-record whose ``renewTime + leaseDurationSeconds`` lies in the past *and* which stayed
-unchanged for one retry period is expired too. Once a change has been seen the holder is
-alive and only the local clock counts.
+When is a Lease someone else holds expired? Only the local monotonic clock counts, as in
+client-go: expired once the record has not changed for ``leaseDurationSeconds`` since this
+process saw it change (or first saw it). Wall clocks of different replicas are never compared
+(``renewTime`` is written for people, not read): a candidate whose clock runs ahead used to
+take a live lease over after one retry period of silence (issue 10). The cost is that a fresh
+process waits a whole lease even when the holder died an hour ago; a clean stop releases the
+Lease so that a successor does not wait.
 
-The leader loses when it cannot renew within ``renew_deadline`` (well inside the lease, so
-it stops before anyone else may start) or sees another holder; ``on_stopped_leading`` is
-called at once. A clean stop releases the Lease so a successor does not wait.
+Fencing: the leader may start a CreateVolume, DeleteVolume or ControllerPublish only while
+``Fence.check`` passes, that is, until ``renew_deadline`` after the START of its last
+successful renewal, by its own monotonic clock. A candidate saw that renewal land after it
+started, and waits ``lease_duration`` after seeing it, so with ``renew_deadline <
+lease_duration`` the old leader has stopped starting calls before anyone may take over, however
+far apart the replicas' clocks are and even if this process's renewal thread is stuck. The
+leader also steps down when it cannot renew within ``renew_deadline`` or sees another holder;
+``on_stopped_leading`` is called at once.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from typing import Any, Protocol
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
+from cinder_csi.loop.errors import Fenced
 from cinder_csi.loop.kube.client import KubeRest
 from cinder_csi.loop.kube.objects import Obj
 
@@ -93,11 +99,17 @@ class Clock(Protocol):
 
 
 class SystemClock:
+    """The host's clocks; ``skew`` shifts the wall clock only (a seam for tests that give one
+    replica a clock running ahead or behind: the Lease must not care)."""
+
+    def __init__(self, skew: float = 0.0) -> None:
+        self.skew = timedelta(seconds=skew)
+
     def monotonic(self) -> float:
         return time.monotonic()
 
     def now(self) -> datetime:
-        return datetime.now(UTC)
+        return datetime.now(UTC) + self.skew
 
     def wait(self, stop: threading.Event, seconds: float) -> bool:
         return stop.wait(max(0.0, seconds))
@@ -152,6 +164,38 @@ class LeaderElectionConfig:
 
 
 
+class Fence:
+    """Whether this replica can still prove it holds the lease (see the module docstring).
+
+    Open until ``window`` (the renew deadline) after the start of the last successful renewal,
+    by the local monotonic clock; closed for good once leadership ends. Checked when a call is
+    about to start, so it holds even if the thread that renews is stuck."""
+
+    def __init__(self, window: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.window = window
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._until = float("-inf")
+
+    def renewed(self, attempt_started: float) -> None:
+        with self._lock:
+            self._until = max(self._until, attempt_started + self.window)
+
+    def close(self) -> None:
+        with self._lock:
+            self._until = float("-inf")
+
+    def remaining(self) -> float:
+        with self._lock:
+            return self._until - self._clock()
+
+    def check(self) -> None:
+        """Raise Fenced unless the lease is proven held right now."""
+        if self.remaining() <= 0:
+            raise Fenced("this replica cannot prove that it still holds the leader lease; "
+                         "no CreateVolume, DeleteVolume or ControllerPublish starts")
+
+
 class Attempt(enum.Enum):
     LEADING = "leading"  # we hold the lease now
     HELD = "held"  # someone else holds a valid lease
@@ -175,12 +219,12 @@ class LeaderElector:
         self._on_stopped = on_stopped_leading
         self._on_new_leader = on_new_leader
         self.clock: Clock = clock or SystemClock()
+        self.fence = Fence(config.renew_deadline, self.clock.monotonic)
         self._leading = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._record: tuple[Any, ...] | None = None
         self._observed_at = 0.0
-        self._changes_seen = 0
         self.leader = ""  # holder identity last observed
 
     @property
@@ -223,6 +267,7 @@ class LeaderElector:
         try:
             lost = self._renew_until_lost(stop)
         finally:
+            self.fence.close()
             leading_stop.set()
             self._leading.clear()
             try:
@@ -270,9 +315,13 @@ class LeaderElector:
     # ---- one round
 
     def try_acquire_or_renew(self, timeout: float) -> Attempt:
+        started = self.clock.monotonic()  # before the request: the fence counts from here
         for _ in range(2):  # a 409 means the record moved under us: read it again once
             try:
-                return self._attempt(timeout)
+                outcome = self._attempt(timeout)
+                if outcome is Attempt.LEADING:
+                    self.fence.renewed(started)
+                return outcome
             except ApiException as exc:
                 if exc.status != 409:
                     log.warning("lease %s/%s: %s %s", self.config.namespace, self.config.name,
@@ -293,7 +342,7 @@ class LeaderElector:
         spec: Obj = lease.get("spec") or {}
         self._observe(lease)
         holder = spec.get("holderIdentity") or ""
-        if holder and holder != self.identity and not self._expired(spec, now):
+        if holder and holder != self.identity and not self._expired(spec):
             return Attempt.HELD
         renewed = dict(spec)
         if holder != self.identity:
@@ -330,8 +379,6 @@ class LeaderElector:
             "leaseTransitions"))
         if record == self._record:
             return
-        if self._record is not None:
-            self._changes_seen += 1
         self._record = record
         self._observed_at = self.clock.monotonic()
         holder = str(spec.get("holderIdentity") or "")
@@ -340,16 +387,10 @@ class LeaderElector:
             if holder and self._on_new_leader is not None:
                 self._on_new_leader(holder)
 
-    def _expired(self, spec: Obj, now: datetime) -> bool:
+    def _expired(self, spec: Obj) -> bool:
+        """Unchanged for a whole lease since we saw it change, by our monotonic clock only."""
         duration = float(spec.get("leaseDurationSeconds") or self.config.lease_duration)
-        unchanged_for = self.clock.monotonic() - self._observed_at
-        if unchanged_for >= duration:
-            return True
-        if self._changes_seen:
-            return False
-        renewed = parse_time(spec.get("renewTime"))
-        stale = renewed is None or renewed + timedelta(seconds=duration) < now
-        return stale and unchanged_for >= self.config.retry_period
+        return self.clock.monotonic() - self._observed_at >= duration
 
     # ---- release
 

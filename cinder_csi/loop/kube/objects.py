@@ -3,8 +3,8 @@
 - API paths of the kinds the loop reads and writes;
 - readers: metadata, name, namespace, key (``namespace/name``), resourceVersion, finalizers,
   annotations, ``deleting`` (a deletionTimestamp is set);
-- ``get_or_none`` (a 404 is an answer, not an error), ``read_secret`` (a Secret's data as
-  text), ``timestamp`` (a time as the API writes it);
+- ``get_or_none`` (a 404 is an answer, not an error), ``list_all`` (a whole collection, paged),
+  ``read_secret`` (a Secret's data as text), ``timestamp`` (a time as the API writes it);
 - ``edit_metadata``: add/remove finalizers and set/remove annotations with optimistic
   concurrency; ``merge_metadata``: the same in one request that cannot conflict.
 
@@ -135,6 +135,22 @@ def get_or_none(rest: KubeRest, path: str) -> Obj | None:
         if exc.status == 404:
             return None
         raise
+
+
+def list_all(rest: KubeRest, path: str, *, page_size: int = 500) -> list[Obj]:
+    """Every object of a collection, page by page (one consistent snapshot of the server's,
+    or an ApiException: a 410 when the snapshot expired between pages)."""
+    items: list[Obj] = []
+    token = ""
+    while True:
+        query: dict[str, Any] = {"limit": page_size}
+        if token:
+            query["continue"] = token
+        page = rest.get(path, query=query)
+        items.extend(page.get("items") or [])
+        token = str((page.get("metadata") or {}).get("continue") or "")
+        if not token:
+            return items
 
 
 def read_secret(rest: KubeRest, namespace: str, name: str) -> dict[str, str]:

@@ -15,7 +15,8 @@ The guarantees controllers build on:
   50/s it capped provisioning at ~55 claims/s).
 
 Metrics carry client-go's workqueue names and ``name`` label; they live in the registry
-handed to :class:`WorkQueueMetrics`, never in a module-global one.
+handed to :class:`WorkQueueMetrics`, never in a module-global one, which also knows its
+queues so that a liveness check can ask each whether it is wedged (``stalled``).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class WorkQueueMetrics:
     """client-go's workqueue metrics, registered once per registry, shared by all queues."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
+        self.queues: list[WorkQueue] = []  # every queue reporting here (for liveness checks)
         labels = ["name"]
         self.depth = Gauge("workqueue_depth", "Current depth of workqueue", labels,
                            registry=registry)
@@ -83,11 +85,12 @@ class WorkQueue:
         qps: float = DEFAULT_QPS,
         burst: int = DEFAULT_BURST,
         metrics: WorkQueueMetrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.name = name
         self.backoff = ItemBackoff(backoff_base, backoff_cap)
         self.limiter = TokenBucket(qps, burst)
-        self._clock = time.monotonic
+        self._clock = clock
         self._cond = threading.Condition()
         self._ready: deque[str] = deque()
         self._dirty: set[str] = set()
@@ -96,10 +99,12 @@ class WorkQueue:
         self._waiting: list[tuple[float, int, str]] = []
         self._due: dict[str, float] = {}
         self._seq = 0
+        self._last_progress = self._clock()  # a key handed out or finished, or work arriving
         self._shutdown = threading.Event()
         self._workers: list[threading.Thread] = []
         self._metrics = metrics
         if metrics is not None:
+            metrics.queues.append(self)
             metrics.depth.labels(name).set_function(lambda: float(len(self)))
             metrics.unfinished.labels(name).set_function(self._unfinished_seconds)
             metrics.longest.labels(name).set_function(self._longest_seconds)
@@ -146,6 +151,8 @@ class WorkQueue:
             self._metrics.adds.labels(self.name).inc()
         if key in self._processing:
             return  # done() puts it back once the current worker lets go
+        if not self._ready:
+            self._last_progress = self._clock()  # an idle queue is not a stalled one
         self._ready.append(key)
         self._queued_at[key] = self._clock()
         self._cond.notify()
@@ -176,6 +183,7 @@ class WorkQueue:
                     key = self._ready.popleft()
                     self._dirty.discard(key)
                     self._processing[key] = now
+                    self._last_progress = now
                     queued = self._queued_at.pop(key, now)
                     if self._metrics is not None:
                         self._metrics.queue_duration.labels(self.name).observe(now - queued)
@@ -192,6 +200,7 @@ class WorkQueue:
 
     def done(self, key: str) -> None:
         with self._cond:
+            self._last_progress = self._clock()
             started = self._processing.pop(key, None)
             if started is not None and self._metrics is not None:
                 self._metrics.work_duration.labels(self.name).observe(self._clock() - started)
@@ -214,6 +223,23 @@ class WorkQueue:
     def processing(self) -> list[str]:
         with self._cond:
             return list(self._processing)
+
+    def stalled(self, after: float) -> str | None:
+        """Why the queue looks wedged, or None: a worker on one key for longer than
+        ``after`` seconds, or keys waiting while none was handed out or finished for that long
+        (every worker busy, or none left)."""
+        now = self._clock()
+        with self._cond:
+            if self._shutdown.is_set():
+                return None
+            if self._processing:
+                key, since = min(self._processing.items(), key=lambda item: item[1])
+                if now - since > after:
+                    return f"a worker has been on {key} for {now - since:.0f}s"
+            if self._ready and now - self._last_progress > after:
+                return (f"{len(self._ready)} keys waiting, none handed out or finished for "
+                        f"{now - self._last_progress:.0f}s")
+        return None
 
     @property
     def shutting_down(self) -> bool:

@@ -146,7 +146,9 @@ def invalid(rt: ResourceType, name: str, errors: list[FieldError]) -> ApiError:
     details: dict[str, Any] = {"name": name, "kind": rt.kind, "causes": causes}
     if rt.group:
         details["group"] = rt.group
-    return ApiError(422, "Invalid", f'{rt.kind} "{name}" is invalid: {summary}', details=details)
+    # A custom resource is named with its group ("VolumeSnapshot.snapshot.storage.k8s.io").
+    kind = f"{rt.kind}.{rt.group}" if rt.custom else rt.kind
+    return ApiError(422, "Invalid", f'{kind} "{name}" is invalid: {summary}', details=details)
 
 
 def forbidden(rt: ResourceType, name: str, why: str) -> ApiError:

@@ -53,7 +53,7 @@ class _Drop(_Rule):
 class _Conflict:
     plural: str
     namespace: str | None
-    name: str
+    name: str | None  # None: any object of the resource
     count: int
 
 
@@ -113,9 +113,10 @@ class Faults:
             self._expire.append(_Rule(count, path, "GET"))
 
     def conflict_on_update(
-        self, resource: str, name: str, *, namespace: str | None = None, count: int = 1
+        self, resource: str, name: str | None, *, namespace: str | None = None, count: int = 1
     ) -> None:
-        """The next ``count`` PUT/PATCH requests on this object get 409 Conflict."""
+        """The next ``count`` PUT/PATCH requests on this object (``name`` None: on any object
+        of ``resource``) get 409 Conflict."""
         with self._lock:
             self._conflicts.append(_Conflict(resource, namespace, name, count))
 
@@ -176,7 +177,7 @@ class Faults:
                 if (
                     rule.count > 0
                     and rule.plural == plural
-                    and rule.name == name
+                    and rule.name in (None, name)
                     and (rule.namespace is None or rule.namespace == namespace)
                 ):
                     rule.count -= 1

@@ -58,8 +58,16 @@ def merge_key(kind: str, path: str) -> str | None:
 
 
 def apply_patch(
-    kind: str, original: dict[str, Any], body: Any, content_type: str
+    kind: str, original: dict[str, Any], body: Any, content_type: str, *, custom: bool = False
 ) -> dict[str, Any]:
+    """``custom``: a custom resource, which has no patch strategies, so no strategic merge."""
+    if custom and content_type == STRATEGIC_PATCH:
+        raise ApiError(
+            415,
+            "UnsupportedMediaType",
+            f"the body of the request was in an unknown format - accepted media types include: "
+            f"{JSON_PATCH}, {MERGE_PATCH}, {APPLY_PATCH}",
+        )
     if content_type == MERGE_PATCH:
         if not isinstance(body, dict):
             raise bad_request("merge patch must be a JSON object")

@@ -23,6 +23,9 @@ class ResourceType:
     # Field selectors beyond metadata.name / metadata.namespace that the real server accepts.
     fields: tuple[str, ...] = ()
     categories: tuple[str, ...] = ()
+    # Served from a CustomResourceDefinition: JSON and merge patches only, messages name the
+    # kind with its group.
+    custom: bool = False
 
     @property
     def api_version(self) -> str:
@@ -134,6 +137,13 @@ RESOURCES: tuple[ResourceType, ...] = (
         delete_returns_object=False,
         create_on_update=True,
     ),
+    # external-snapshotter's CRDs (their checks are in ``snapshots``).
+    ResourceType("snapshot.storage.k8s.io", "v1", "VolumeSnapshot", "volumesnapshots", True,
+                 ("vs",), has_status=True, custom=True),
+    ResourceType("snapshot.storage.k8s.io", "v1", "VolumeSnapshotContent",
+                 "volumesnapshotcontents", False, ("vsc", "vscs"), has_status=True, custom=True),
+    ResourceType("snapshot.storage.k8s.io", "v1", "VolumeSnapshotClass",
+                 "volumesnapshotclasses", False, ("vsclass", "vsclasses"), custom=True),
 )
 
 

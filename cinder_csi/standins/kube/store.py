@@ -479,7 +479,7 @@ class Store:
             old = self._data[rt].get(_scope(rt, namespace, name))
             if old is None:
                 raise errors.not_found(rt, name)
-            patched = apply_patch(rt.kind, old, body, content_type)
+            patched = apply_patch(rt.kind, old, body, content_type, custom=rt.custom)
             meta = patched.get("metadata")
             if not isinstance(meta, dict):
                 raise errors.bad_request("metadata must be an object")

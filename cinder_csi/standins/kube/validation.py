@@ -11,6 +11,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from cinder_csi.standins.kube import snapshots
 from cinder_csi.standins.kube.errors import FieldError
 from cinder_csi.standins.kube.quantity import is_quantity, parse_quantity
 from cinder_csi.standins.kube.resources import ResourceType
@@ -337,6 +338,7 @@ _VALIDATORS: dict[str, Callable[[dict[str, Any]], list[FieldError]]] = {
     "Pod": _pod,
     "CSINode": _csinode,
     "Lease": _lease,
+    **snapshots.VALIDATORS,
 }
 
 
@@ -531,6 +533,7 @@ _UPDATE_VALIDATORS: dict[str, Callable[[dict[str, Any], dict[str, Any]], list[Fi
     "CSIDriver": _csidriver_update,
     "CSINode": _csinode_update,
     "Secret": _secret_update,
+    **snapshots.UPDATE_VALIDATORS,
 }
 
 
