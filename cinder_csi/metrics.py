@@ -11,12 +11,35 @@ import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
 
 LOG = logging.getLogger(__name__)
 
 # Same buckets as the upstream CSI sidecars (csi-lib-utils), so dashboards line up.
 OPERATION_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 25.0, 50.0, 120.0, 300.0, 600.0)
+
+# The buckets external-provisioner gives its controller_* operation histograms.
+CONTROLLER_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+
+class OperationMetrics:
+    """external-provisioner's triple for one operation: `<name>_total` (done),
+    `<name>_failed_total` (failed attempts) and `<name>_duration_seconds` (how long a success
+    took), all with the same labels."""
+
+    def __init__(self, name: str, labels: list[str], *, done: str, failed: str, duration: str,
+                 registry: CollectorRegistry) -> None:
+        self.total = Counter(f"{name}_total", done, labels, registry=registry)
+        self.failed = Counter(f"{name}_failed_total", failed, labels, registry=registry)
+        self.duration = Histogram(f"{name}_duration_seconds", duration, labels,
+                                  buckets=CONTROLLER_BUCKETS, registry=registry)
+
 
 # gRPC status names as Go spells them (codes.Code.String()), which is what the sidecars'
 # grpc_status_code label carries; Python's names differ (DEADLINE_EXCEEDED, CANCELLED).

@@ -40,7 +40,6 @@ from cinder_csi.loop.caches import BY_NODE, BY_PV
 from cinder_csi.loop.capabilities import (
     RPC,
     publish_readonly,
-    secret_ref,
     volume_capability,
 )
 from cinder_csi.loop.context import LoopContext
@@ -60,13 +59,13 @@ from cinder_csi.loop.kube.objects import (
     meta_of,
     name_of,
     pv_path,
-    read_secret,
     resource_version,
     timestamp,
     va_path,
 )
 from cinder_csi.loop.kube.workqueue import WorkQueue
 from cinder_csi.loop.protocol import ANN_VA_NODE_ID, attacher_finalizer
+from cinder_csi.loop.secrets import call_secrets
 from cinder_csi.metrics import OPERATION_BUCKETS
 
 log = logging.getLogger(__name__)
@@ -515,16 +514,8 @@ class AttachmentController:
             raise AttemptFailed(rpc_error_text(exc), code=rpc_code(exc)) from None
 
     def _secrets(self, pv: Obj) -> dict[str, str]:
-        ref = secret_ref(pv, "controllerPublishSecretRef")
-        if ref is None:
-            return {}
-        try:
-            values = read_secret(self.ctx.rest, *ref)
-        except API_ERRORS as exc:
-            raise AttemptFailed(f'failed to load secret "{ref[0]}/{ref[1]}": '
-                                f"{api_error_text(exc)}") from None
-        self.ctx.recorder.add_secrets(values.values())
-        return values
+        return call_secrets(self.ctx, pv, "controllerPublishSecretRef",
+                            lambda ns, name: f'failed to load secret "{ns}/{name}"')
 
     def _node_id(self, va: Obj, *, fallback: bool) -> str:
         """The driver's node ID from the CSINode; for detach, else from the VA annotation.

@@ -38,7 +38,6 @@ from typing import Any, NoReturn
 
 import grpc
 from kubernetes.client.exceptions import ApiException
-from prometheus_client import Counter, Histogram
 
 from cinder_csi import FEATURE_RECLAIM_POLICY, RECLAIM_POLICY_KEY
 from cinder_csi.csi import csi_pb2
@@ -91,6 +90,7 @@ from cinder_csi.loop.kube.throttle import ItemBackoff
 from cinder_csi.loop.kube.workqueue import WorkQueue
 from cinder_csi.loop.protocol import in_flight
 from cinder_csi.loop.unprovision import Unprovisioner
+from cinder_csi.metrics import OperationMetrics
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,6 @@ HOLDOFF_BASE, HOLDOFF_CAP = 1.0, 300.0  # a failed claim's hold-off: 1 s doublin
 # many seconds after it started (real Cinder creates take longer), saving a request per claim
 # that a fast cloud provisions at once, where "ProvisioningSucceeded" follows immediately.
 PROVISIONING_EVENT_DELAY = 2.0
-_DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
 # ---------------------------------------------------------------- what a claim says
@@ -138,17 +137,11 @@ def wants(claim: Mapping[str, Any], driver: str,
 # ---------------------------------------------------------------- failures
 
 
-class ProvisionMetrics:
-    def __init__(self, ctx: LoopContext) -> None:
-        labels = ["class", "source"]
-        self.total = Counter("controller_persistentvolumeclaim_provision_total",
-                             "Volumes provisioned by the watch loop", labels,
-                             registry=ctx.registry)
-        self.failed = Counter("controller_persistentvolumeclaim_provision_failed_total",
-                              "Failed provisioning attempts", labels, registry=ctx.registry)
-        self.duration = Histogram("controller_persistentvolumeclaim_provision_duration_seconds",
-                                  "Duration of successful provisioning", labels,
-                                  buckets=_DURATION_BUCKETS, registry=ctx.registry)
+def provision_metrics(ctx: LoopContext) -> OperationMetrics:
+    return OperationMetrics(
+        "controller_persistentvolumeclaim_provision", ["class", "source"],
+        done="Volumes provisioned by the watch loop", failed="Failed provisioning attempts",
+        duration="Duration of successful provisioning", registry=ctx.registry)
 
 
 class HoldOff:
@@ -193,7 +186,7 @@ class ClaimController:
         self.ctx = ctx
         self.default_fstype = default_fstype
         self.queue = WorkQueue("claims", metrics=ctx.queue_metrics)
-        self.metrics = ProvisionMetrics(ctx)
+        self.metrics = provision_metrics(ctx)
         self.holdoff = HoldOff(clock)
         self.sources = DataSources(ctx)
         self.unprovisioner = Unprovisioner(ctx, clock=clock)

@@ -13,7 +13,7 @@ static PV whose ``spec.csi.driver`` is the driver. For ours:
   until then, so the orphan sweep can never mistake its volume for a lost one;
 - Released + Delete: never while a VolumeAttachment names the PV (it may still be attached
   somewhere); DeleteVolume with the deletion secret (without, and a Warning Event, once that
-  Secret is gone: ``deletion_secrets``), then the PV object, then the finalizer;
+  Secret is gone: ``secrets.deletion_secrets``), then the PV object, then the finalizer;
 - Released + Retain: left Released.
 """
 
@@ -26,7 +26,6 @@ from typing import Any
 
 import grpc
 from kubernetes.client.exceptions import ApiException
-from prometheus_client import Counter, Histogram
 
 from cinder_csi import FEATURE_RECLAIM_POLICY, RECLAIM_POLICY_KEY
 from cinder_csi.csi import csi_pb2
@@ -34,7 +33,6 @@ from cinder_csi.loop import caches as inf
 from cinder_csi.loop import protocol as p
 from cinder_csi.loop.capabilities import RPC
 from cinder_csi.loop.context import LoopContext
-from cinder_csi.loop.deletion_secrets import deletion_secrets
 from cinder_csi.loop.errors import RetryAfter, rpc_code, rpc_error_text
 from cinder_csi.loop.kube.client import api_error_text
 from cinder_csi.loop.kube.informer import Handlers
@@ -50,11 +48,12 @@ from cinder_csi.loop.kube.objects import (
 )
 from cinder_csi.loop.kube.workqueue import WorkQueue
 from cinder_csi.loop.pvspec import SecretRef
+from cinder_csi.loop.secrets import deletion_secrets
+from cinder_csi.metrics import OperationMetrics
 
 log = logging.getLogger(__name__)
 
 _ATTACHED_RECHECK = 30.0  # VolumeAttachment deletions requeue the PV; this is a safety net
-_DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
 def is_ours(pv: Mapping[str, Any], driver: str) -> bool:
@@ -64,16 +63,11 @@ def is_ours(pv: Mapping[str, Any], driver: str) -> bool:
     return ((pv.get("spec") or {}).get("csi") or {}).get("driver") == driver
 
 
-class DeleteMetrics:
-    def __init__(self, ctx: LoopContext) -> None:
-        labels = ["class"]
-        self.total = Counter("controller_persistentvolume_delete_total",
-                             "Volumes deleted by the watch loop", labels, registry=ctx.registry)
-        self.failed = Counter("controller_persistentvolume_delete_failed_total",
-                              "Volume deletions that failed", labels, registry=ctx.registry)
-        self.duration = Histogram("controller_persistentvolume_delete_duration_seconds",
-                                  "Duration of volume deletions", labels,
-                                  buckets=_DURATION_BUCKETS, registry=ctx.registry)
+def delete_metrics(ctx: LoopContext) -> OperationMetrics:
+    return OperationMetrics(
+        "controller_persistentvolume_delete", ["class"],
+        done="Volumes deleted by the watch loop", failed="Volume deletions that failed",
+        duration="Duration of volume deletions", registry=ctx.registry)
 
 
 # ---------------------------------------------------------------- the controller
@@ -85,7 +79,7 @@ class VolumeController:
     def __init__(self, ctx: LoopContext) -> None:
         self.ctx = ctx
         self.queue = WorkQueue("volumes", metrics=ctx.queue_metrics)
-        self.metrics = DeleteMetrics(ctx)
+        self.metrics = delete_metrics(ctx)
 
     def register(self) -> None:
         self.ctx.informers.volumes.add_handler(Handlers(

@@ -30,7 +30,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from cinder_csi.csi import csi_pb2
 from cinder_csi.loop.caches import claim_class_name
-from cinder_csi.loop.capabilities import RPC, secret_ref, volume_capability
+from cinder_csi.loop.capabilities import RPC, volume_capability
 from cinder_csi.loop.context import LoopContext
 from cinder_csi.loop.errors import (
     AttemptFailed,
@@ -49,7 +49,6 @@ from cinder_csi.loop.kube.objects import (
     namespace_of,
     object_key,
     pv_path,
-    read_secret,
     resource_version,
     split_key,
     timestamp,
@@ -60,6 +59,7 @@ from cinder_csi.loop.protocol import (
     PVC_CONDITION_FS_RESIZE_PENDING,
     PVC_CONDITION_RESIZING,
 )
+from cinder_csi.loop.secrets import call_secrets
 from cinder_csi.metrics import OPERATION_BUCKETS
 
 log = logging.getLogger(__name__)
@@ -316,16 +316,8 @@ class ResizeController:
         return new_size, bool(response.node_expansion_required)
 
     def _secrets(self, pv: Obj) -> dict[str, str]:
-        ref = secret_ref(pv, "controllerExpandSecretRef")
-        if ref is None:
-            return {}
-        try:
-            values = read_secret(self.ctx.rest, *ref)
-        except API_ERRORS as exc:
-            raise AttemptFailed(f"error getting secret {ref[1]} in namespace {ref[0]}: "
-                                f"{api_error_text(exc)}") from None
-        self.ctx.recorder.add_secrets(values.values())
-        return values
+        return call_secrets(self.ctx, pv, "controllerExpandSecretRef",
+                            lambda ns, name: f"error getting secret {name} in namespace {ns}")
 
     def _update_pv(self, pv: Obj, new_size: int, fs_pending_claim: Obj | None) -> None:
         body: Obj = {"spec": {"capacity": {"storage": format_bytes(new_size)}}}

@@ -42,7 +42,6 @@ from cinder_csi.loop import pvspec
 from cinder_csi.loop.capabilities import RPC
 from cinder_csi.loop.context import LoopContext
 from cinder_csi.loop.csi_client import listed_volumes
-from cinder_csi.loop.deletion_secrets import deletion_secrets
 from cinder_csi.loop.errors import (
     IN_PROGRESS_CODES,
     DoNotRetrySoon,
@@ -54,6 +53,7 @@ from cinder_csi.loop.errors import (
 )
 from cinder_csi.loop.intent import Intent, recorded_intent
 from cinder_csi.loop.kube.objects import Obj, object_key
+from cinder_csi.loop.secrets import deletion_secrets
 
 log = logging.getLogger(__name__)
 
