@@ -88,6 +88,15 @@ def source_path(ref: SourceRef) -> str:
     return snapshot_path(ref.namespace, ref.name)
 
 
+def usable_source(obj: Obj | None, what: str) -> Obj:
+    """``obj`` if a volume can be made from it now; SourceError naming ``what`` if it is
+    missing or being deleted."""
+    if obj is None:
+        raise SourceError(f"{what} not found")
+    if deleting(obj):
+        raise SourceError(f"{what} is being deleted")
+    return obj
+
 class DataSources:
     """Resolves data sources; remembers once the snapshot API has been found."""
 
@@ -114,11 +123,8 @@ class DataSources:
         if source["namespace"] and source["namespace"] != ns:
             raise ParameterError("cloning from a claim in another namespace is not "
                                         "supported")
-        src = self.ctx.informers.claims.cache.get(f"{ns}/{source['name']}")
-        if src is None:
-            raise SourceError(f'source claim "{ns}/{source["name"]}" not found')
-        if deleting(src):
-            raise SourceError(f'source claim "{ns}/{source["name"]}" is being deleted')
+        src = usable_source(self.ctx.informers.claims.cache.get(f"{ns}/{source['name']}"),
+                            f'source claim "{ns}/{source["name"]}"')
         src_spec = src.get("spec") or {}
         volume_name = src_spec.get("volumeName")
         if (src.get("status") or {}).get("phase") != "Bound" or not volume_name:
@@ -151,11 +157,8 @@ class DataSources:
                               f"{SNAPSHOT_GROUP}/v1 API is not installed in this cluster "
                               "(install the snapshot CRDs and snapshot-controller)")
         ns = str(claim["metadata"]["namespace"])
-        snapshot = get_or_none(self.ctx.rest, snapshot_path(ns, source["name"]))
-        if snapshot is None:
-            raise SourceError(f'VolumeSnapshot "{ns}/{source["name"]}" not found')
-        if deleting(snapshot):
-            raise SourceError(f'VolumeSnapshot "{ns}/{source["name"]}" is being deleted')
+        snapshot = usable_source(get_or_none(self.ctx.rest, snapshot_path(ns, source["name"])),
+                                 f'VolumeSnapshot "{ns}/{source["name"]}"')
         status = snapshot.get("status") or {}
         content_name = status.get("boundVolumeSnapshotContentName")
         if not content_name or status.get("readyToUse") is False:
