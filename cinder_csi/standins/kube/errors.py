@@ -100,10 +100,13 @@ def _details(rt: ResourceType, name: str, **extra: Any) -> dict[str, Any]:
     return details
 
 
+def _about(rt: ResourceType, name: str, status: int, reason: str, message: str) -> ApiError:
+    """An error about one named object: its details name the object as the API server does."""
+    return ApiError(status, reason, message, details=_details(rt, name))
+
+
 def not_found(rt: ResourceType, name: str) -> ApiError:
-    return ApiError(
-        404, "NotFound", f'{rt.qualified} "{name}" not found', details=_details(rt, name)
-    )
+    return _about(rt, name, 404, "NotFound", f'{rt.qualified} "{name}" not found')
 
 
 def namespace_not_found(name: str) -> ApiError:
@@ -116,21 +119,12 @@ def namespace_not_found(name: str) -> ApiError:
 
 
 def already_exists(rt: ResourceType, name: str) -> ApiError:
-    return ApiError(
-        409,
-        "AlreadyExists",
-        f'{rt.qualified} "{name}" already exists',
-        details=_details(rt, name),
-    )
+    return _about(rt, name, 409, "AlreadyExists", f'{rt.qualified} "{name}" already exists')
 
 
 def conflict(rt: ResourceType, name: str, why: str) -> ApiError:
-    return ApiError(
-        409,
-        "Conflict",
-        f'Operation cannot be fulfilled on {rt.qualified} "{name}": {why}',
-        details=_details(rt, name),
-    )
+    return _about(rt, name, 409, "Conflict",
+                  f'Operation cannot be fulfilled on {rt.qualified} "{name}": {why}')
 
 
 STALE = (
@@ -152,12 +146,7 @@ def invalid(rt: ResourceType, name: str, errors: list[FieldError]) -> ApiError:
 
 
 def forbidden(rt: ResourceType, name: str, why: str) -> ApiError:
-    return ApiError(
-        403,
-        "Forbidden",
-        f'{rt.qualified} "{name}" is forbidden: {why}',
-        details=_details(rt, name),
-    )
+    return _about(rt, name, 403, "Forbidden", f'{rt.qualified} "{name}" is forbidden: {why}')
 
 
 def bad_request(message: str) -> ApiError:
