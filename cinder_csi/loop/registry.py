@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 import grpc
@@ -133,24 +133,21 @@ def describe_place(segment: Mapping[str, str]) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(segment.items()))
 
 
+@dataclass(eq=False)
 class RegistryVolume:
     """``ensure`` and ``status`` of the registry's claim. ``csi`` (the driver's controller)
     is needed only to check a pre-created volume."""
 
-    def __init__(
-        self,
-        rest: KubeRest,
-        spec: RegistrySpec,
-        *,
-        csi: CSIClient | None = None,
-        capabilities: DriverCapabilities | None = None,
-        recorder: EventRecorder | None = None,
-    ) -> None:
-        self.rest = rest
-        self.spec = spec
-        self.csi = csi
-        self.capabilities = capabilities or (DriverCapabilities(csi) if csi else None)
-        self.recorder = recorder
+    rest: KubeRest
+    spec: RegistrySpec
+    _: KW_ONLY
+    csi: CSIClient | None = None
+    capabilities: DriverCapabilities | None = None
+    recorder: EventRecorder | None = None
+
+    def __post_init__(self) -> None:
+        if self.capabilities is None and self.csi is not None:
+            self.capabilities = DriverCapabilities(self.csi)
 
     @property
     def _claim_path(self) -> str:

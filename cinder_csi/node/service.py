@@ -99,21 +99,15 @@ class NodeOptions:
     default_call_timeout: float = DEFAULT_TIMEOUT_S
 
 
+@dataclass(eq=False, kw_only=True)
 class NodeService(csi_pb2_grpc.NodeServicer):
-    def __init__(
-        self,
-        *,
-        metadata: MetadataSource,
-        finder: DeviceFinder,
-        mounter: Mounter,
-        options: NodeOptions | None = None,
-        locks: OperationLocks | None = None,
-    ) -> None:
-        self.metadata = metadata
-        self.finder = finder
-        self.mounter = mounter
-        self.options = options or NodeOptions()
-        self.locks = locks or OperationLocks()
+    metadata: MetadataSource
+    finder: DeviceFinder
+    mounter: Mounter
+    options: NodeOptions = field(default_factory=NodeOptions)
+    locks: OperationLocks = field(default_factory=OperationLocks)
+
+    def __post_init__(self) -> None:
         self._root = os.path.realpath(self.options.kubelet_root)
 
     @contextmanager

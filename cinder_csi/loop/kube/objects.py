@@ -17,7 +17,7 @@ import base64
 import binascii
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 from kubernetes.client.exceptions import ApiException
 
@@ -177,24 +177,25 @@ def annotation_changes(obj: Mapping[str, Any], wanted: Mapping[str, str | None]
             if existing.get(k) != v and not (v is None and k not in existing)}
 
 
-def edit_metadata(
-    rest: KubeRest,
-    obj: Obj,
-    *,
-    add_finalizers: Iterable[str] = (),
-    remove_finalizers: Iterable[str] = (),
-    annotations: Mapping[str, str | None] | None = None,
-    path: str | None = None,
-    retry_conflicts: bool = True,
-) -> Obj | None:
+class MetadataChange(TypedDict, total=False):
+    """What ``edit_metadata`` and ``merge_metadata`` change: finalizers to add and to remove,
+    annotations to set (None: remove)."""
+
+    add_finalizers: Iterable[str]
+    remove_finalizers: Iterable[str]
+    annotations: Mapping[str, str | None] | None
+
+
+def edit_metadata(rest: KubeRest, obj: Obj, *, path: str | None = None,
+                  retry_conflicts: bool = True, **change: Unpack[MetadataChange]) -> Obj | None:
     """Add/remove finalizers and set/remove (None) annotations on ``obj``.
 
     A merge patch carrying the object's resourceVersion: the finalizer list is replaced as a
     whole, so a concurrent writer must make us re-read (409) rather than be overwritten. Returns
     the updated object (``obj`` itself when nothing needed changing), None when it is gone.
     """
-    adds, removes = list(add_finalizers), set(remove_finalizers)
-    wanted = dict(annotations or {})
+    adds, removes = list(change.get("add_finalizers", ())), set(change.get("remove_finalizers", ()))
+    wanted = dict(change.get("annotations") or {})
     target = path or object_path(obj)
     current = obj
     for _ in range(CONFLICT_RETRIES):
@@ -223,15 +224,8 @@ def edit_metadata(
     raise RuntimeError(f"{target}: still conflicting after {CONFLICT_RETRIES} attempts")
 
 
-def merge_metadata(
-    rest: KubeRest,
-    obj: Obj,
-    *,
-    add_finalizers: Iterable[str] = (),
-    remove_finalizers: Iterable[str] = (),
-    annotations: Mapping[str, str | None] | None = None,
-    path: str | None = None,
-) -> Obj | None:
+def merge_metadata(rest: KubeRest, obj: Obj, *, path: str | None = None,
+                   **change: Unpack[MetadataChange]) -> Obj | None:
     """``edit_metadata`` in one strategic merge patch, for built-in kinds (PV, PVC, VA).
 
     ObjectMeta merges finalizers item by item (``patchStrategy: merge``), so the patch names
@@ -243,9 +237,9 @@ def merge_metadata(
     and so takes no new finalizer.
     """
     finalizers = finalizers_of(obj)
-    adds = [f for f in dict.fromkeys(add_finalizers) if f not in finalizers]
-    removes = [f for f in dict.fromkeys(remove_finalizers) if f in finalizers]
-    changed = annotation_changes(obj, annotations or {})
+    adds = [f for f in dict.fromkeys(change.get("add_finalizers", ())) if f not in finalizers]
+    removes = [f for f in dict.fromkeys(change.get("remove_finalizers", ())) if f in finalizers]
+    changed = annotation_changes(obj, change.get("annotations") or {})
     if not adds and not removes and not changed:
         return obj
     meta: Obj = {}
