@@ -7,7 +7,6 @@ from typing import Any
 
 from cinder_csi.cloud.collection import CinderCollection
 from cinder_csi.cloud.models import BACKUP_ERROR_STATES, Backup
-from cinder_csi.cloud.session import ServiceSession
 from cinder_csi.deadline import Deadline
 
 # Backup metadata needs 3.43; a backup's availability zone 3.51.
@@ -16,10 +15,11 @@ BACKUP_ZONE_MICROVERSION = "3.51"
 
 
 class BackupApi(CinderCollection[Backup]):
-    def __init__(self, session: ServiceSession) -> None:
-        # The newest fields of a backup (metadata, zone) are shown from 3.51 on.
-        super().__init__(session, kind="backup", parse=Backup.from_api,
-                         failures=BACKUP_ERROR_STATES, microversion=BACKUP_ZONE_MICROVERSION)
+    kind = "backup"
+    parse = staticmethod(Backup.from_api)
+    failures = BACKUP_ERROR_STATES
+    # The newest fields of a backup (metadata, zone) are shown from 3.51 on.
+    microversion = BACKUP_ZONE_MICROVERSION
 
     def create(
         self,

@@ -29,27 +29,22 @@ R = TypeVar("R", bound=Record)
 
 
 class CinderCollection(Generic[R]):
-    def __init__(
-        self,
-        session: ServiceSession,
-        *,
-        kind: str,  # "snapshot": the path is /snapshots, the body key "snapshot"
-        parse: Callable[[dict[str, Any]], R],
-        failures: frozenset[str],
-        microversion: str | None = None,
-    ) -> None:
+    """Each kind of resource says, as class attributes, what tells it apart."""
+
+    kind: str  # "snapshot": the path is /snapshots, the body key "snapshot"
+    parse: Callable[[dict[str, Any]], R]
+    failures: frozenset[str]  # statuses a wait for another status ends on
+    microversion: str | None = None  # the one its fields are shown with
+
+    def __init__(self, session: ServiceSession) -> None:
         self._session = session
-        self._kind = kind
-        self._parse = parse
-        self._failures = failures
-        self._microversion = microversion
 
     def get(self, item_id: str, deadline: Deadline) -> R:
         resp = self._session.request(
-            "GET", f"/{self._kind}s/{item_id}", what=f"{self._kind} {item_id}",
-            deadline=deadline, microversion=self._microversion,
+            "GET", f"/{self.kind}s/{item_id}", what=f"{self.kind} {item_id}",
+            deadline=deadline, microversion=self.microversion,
         )
-        return self._parse(resp.body[self._kind])
+        return self.parse(resp.body[self.kind])
 
     def find(self, item_id: str, deadline: Deadline) -> R | None:
         return none_if_missing(lambda: self.get(item_id, deadline))
@@ -93,17 +88,17 @@ class CinderCollection(Generic[R]):
 
     def _fetch_page(self, params: dict[str, str], deadline: Deadline) -> Page[R]:
         resp = self._session.request(
-            "GET", f"/{self._kind}s/detail", what=f"{self._kind} list", deadline=deadline,
-            params=params, microversion=self._microversion,
+            "GET", f"/{self.kind}s/detail", what=f"{self.kind} list", deadline=deadline,
+            params=params, microversion=self.microversion,
         )
-        items = tuple(self._parse(b) for b in resp.body.get(f"{self._kind}s", ()))
-        more = has_next(resp.body, f"{self._kind}s_links")
+        items = tuple(self.parse(b) for b in resp.body.get(f"{self.kind}s", ()))
+        more = has_next(resp.body, f"{self.kind}s_links")
         return Page(items=items, next_marker=items[-1].id if items and more else None)
 
     def delete(self, item_id: str, deadline: Deadline) -> None:
         """Ask Cinder to delete; one already gone counts as deleted."""
         none_if_missing(lambda: self._session.request(
-            "DELETE", f"/{self._kind}s/{item_id}", what=f"delete {self._kind} {item_id}",
+            "DELETE", f"/{self.kind}s/{item_id}", what=f"delete {self.kind} {item_id}",
             deadline=deadline,
         ))
 
@@ -118,8 +113,8 @@ class CinderCollection(Generic[R]):
         """The item once its status is one of ``statuses``; one of the collection's failure
         states ends the wait with FailedPrecondition, the deadline with Timeout (see
         cloud/waits.py)."""
-        return until_status(lambda: self.get(item_id, deadline), f"{self._kind} {item_id}",
-                            statuses, deadline, failures=self._failures, what=what)
+        return until_status(lambda: self.get(item_id, deadline), f"{self.kind} {item_id}",
+                            statuses, deadline, failures=self.failures, what=what)
 
     def wait_for_delete(self, item_id: str, deadline: Deadline) -> None:
-        until_deleted(lambda: self.find(item_id, deadline), f"{self._kind} {item_id}", deadline)
+        until_deleted(lambda: self.find(item_id, deadline), f"{self.kind} {item_id}", deadline)

@@ -7,14 +7,13 @@ from typing import Any
 
 from cinder_csi.cloud.collection import CinderCollection
 from cinder_csi.cloud.models import SNAPSHOT_ERROR_STATES, Snapshot
-from cinder_csi.cloud.session import ServiceSession
 from cinder_csi.deadline import Deadline
 
 
 class SnapshotApi(CinderCollection[Snapshot]):
-    def __init__(self, session: ServiceSession) -> None:
-        super().__init__(session, kind="snapshot", parse=Snapshot.from_api,
-                         failures=SNAPSHOT_ERROR_STATES)
+    kind = "snapshot"
+    parse = staticmethod(Snapshot.from_api)
+    failures = SNAPSHOT_ERROR_STATES
 
     def create(
         self,

@@ -7,7 +7,7 @@ from typing import Any
 
 from cinder_csi.cloud.collection import CinderCollection
 from cinder_csi.cloud.models import VOLUME_ERROR_STATES, Volume, VolumeType
-from cinder_csi.cloud.session import ServiceSession, none_if_missing
+from cinder_csi.cloud.session import none_if_missing
 from cinder_csi.deadline import Deadline
 
 # In-use extend needs 3.42; name/metadata filters need 3.34; a volume from a backup 3.47.
@@ -18,9 +18,9 @@ ATTACHMENTS_MICROVERSION = "3.27"
 
 
 class VolumeApi(CinderCollection[Volume]):
-    def __init__(self, session: ServiceSession) -> None:
-        super().__init__(session, kind="volume", parse=Volume.from_api,
-                         failures=VOLUME_ERROR_STATES)
+    kind = "volume"
+    parse = staticmethod(Volume.from_api)
+    failures = VOLUME_ERROR_STATES
 
     def create(
         self,
