@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from cinder_csi.cloud.collection import CinderCollection
+from cinder_csi.cloud.collection import CinderCollection, Kind
 from cinder_csi.cloud.models import BACKUP_ERROR_STATES, Backup
 from cinder_csi.deadline import Deadline
 
@@ -15,11 +15,7 @@ BACKUP_ZONE_MICROVERSION = "3.51"
 
 
 class BackupApi(CinderCollection[Backup]):
-    kind = "backup"
-    parse = staticmethod(Backup.from_api)
-    failures = BACKUP_ERROR_STATES
-    # The newest fields of a backup (metadata, zone) are shown from 3.51 on.
-    microversion = BACKUP_ZONE_MICROVERSION
+    kind = Kind("backup", Backup.from_api, BACKUP_ERROR_STATES, BACKUP_ZONE_MICROVERSION)
 
     def create(
         self,

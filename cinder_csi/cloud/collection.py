@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 from cinder_csi.cloud.listing import has_next, page_params
@@ -28,23 +29,28 @@ class Record(Protocol):
 R = TypeVar("R", bound=Record)
 
 
-class CinderCollection(Generic[R]):
-    """Each kind of resource says, as class attributes, what tells it apart."""
+@dataclass(frozen=True)
+class Kind(Generic[R]):
+    """What tells one kind of Cinder resource apart."""
 
-    kind: str  # "snapshot": the path is /snapshots, the body key "snapshot"
+    name: str  # "snapshot": the path is /snapshots, the body key "snapshot"
     parse: Callable[[dict[str, Any]], R]
     failures: frozenset[str]  # statuses a wait for another status ends on
     microversion: str | None = None  # the one its fields are shown with
+
+
+class CinderCollection(Generic[R]):
+    kind: Kind[R]  # each subclass says which
 
     def __init__(self, session: ServiceSession) -> None:
         self._session = session
 
     def get(self, item_id: str, deadline: Deadline) -> R:
         resp = self._session.request(
-            "GET", f"/{self.kind}s/{item_id}", what=f"{self.kind} {item_id}",
-            deadline=deadline, microversion=self.microversion,
+            "GET", f"/{self.kind.name}s/{item_id}", what=f"{self.kind.name} {item_id}",
+            deadline=deadline, microversion=self.kind.microversion,
         )
-        return self.parse(resp.body[self.kind])
+        return self.kind.parse(resp.body[self.kind.name])
 
     def find(self, item_id: str, deadline: Deadline) -> R | None:
         return none_if_missing(lambda: self.get(item_id, deadline))
@@ -88,17 +94,17 @@ class CinderCollection(Generic[R]):
 
     def _fetch_page(self, params: dict[str, str], deadline: Deadline) -> Page[R]:
         resp = self._session.request(
-            "GET", f"/{self.kind}s/detail", what=f"{self.kind} list", deadline=deadline,
-            params=params, microversion=self.microversion,
+            "GET", f"/{self.kind.name}s/detail", what=f"{self.kind.name} list", deadline=deadline,
+            params=params, microversion=self.kind.microversion,
         )
-        items = tuple(self.parse(b) for b in resp.body.get(f"{self.kind}s", ()))
-        more = has_next(resp.body, f"{self.kind}s_links")
+        items = tuple(self.kind.parse(b) for b in resp.body.get(f"{self.kind.name}s", ()))
+        more = has_next(resp.body, f"{self.kind.name}s_links")
         return Page(items=items, next_marker=items[-1].id if items and more else None)
 
     def delete(self, item_id: str, deadline: Deadline) -> None:
         """Ask Cinder to delete; one already gone counts as deleted."""
         none_if_missing(lambda: self._session.request(
-            "DELETE", f"/{self.kind}s/{item_id}", what=f"delete {self.kind} {item_id}",
+            "DELETE", f"/{self.kind.name}s/{item_id}", what=f"delete {self.kind.name} {item_id}",
             deadline=deadline,
         ))
 
@@ -113,8 +119,8 @@ class CinderCollection(Generic[R]):
         """The item once its status is one of ``statuses``; one of the collection's failure
         states ends the wait with FailedPrecondition, the deadline with Timeout (see
         cloud/waits.py)."""
-        return until_status(lambda: self.get(item_id, deadline), f"{self.kind} {item_id}",
-                            statuses, deadline, failures=self.failures, what=what)
+        return until_status(lambda: self.get(item_id, deadline), f"{self.kind.name} {item_id}",
+                            statuses, deadline, failures=self.kind.failures, what=what)
 
     def wait_for_delete(self, item_id: str, deadline: Deadline) -> None:
-        until_deleted(lambda: self.find(item_id, deadline), f"{self.kind} {item_id}", deadline)
+        until_deleted(lambda: self.find(item_id, deadline), f"{self.kind.name} {item_id}", deadline)

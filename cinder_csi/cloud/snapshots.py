@@ -5,15 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from cinder_csi.cloud.collection import CinderCollection
+from cinder_csi.cloud.collection import CinderCollection, Kind
 from cinder_csi.cloud.models import SNAPSHOT_ERROR_STATES, Snapshot
 from cinder_csi.deadline import Deadline
 
 
 class SnapshotApi(CinderCollection[Snapshot]):
-    kind = "snapshot"
-    parse = staticmethod(Snapshot.from_api)
-    failures = SNAPSHOT_ERROR_STATES
+    kind = Kind("snapshot", Snapshot.from_api, SNAPSHOT_ERROR_STATES)
 
     def create(
         self,

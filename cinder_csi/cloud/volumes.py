@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from cinder_csi.cloud.collection import CinderCollection
+from cinder_csi.cloud.collection import CinderCollection, Kind
 from cinder_csi.cloud.models import VOLUME_ERROR_STATES, Volume, VolumeType
 from cinder_csi.cloud.session import none_if_missing
 from cinder_csi.deadline import Deadline
@@ -18,9 +18,7 @@ ATTACHMENTS_MICROVERSION = "3.27"
 
 
 class VolumeApi(CinderCollection[Volume]):
-    kind = "volume"
-    parse = staticmethod(Volume.from_api)
-    failures = VOLUME_ERROR_STATES
+    kind = Kind("volume", Volume.from_api, VOLUME_ERROR_STATES)
 
     def create(
         self,
