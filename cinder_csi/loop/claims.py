@@ -29,7 +29,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import grpc
-from kubernetes.client.exceptions import ApiException
 from prometheus_client import Counter, Histogram
 
 from cinder_csi.csi import csi_pb2
@@ -58,6 +57,7 @@ from cinder_csi.loop.errors import (
     rpc_code,
     rpc_error_text,
 )
+from cinder_csi.loop.kube.apierror import ApiException
 from cinder_csi.loop.kube.informer import Handlers
 from cinder_csi.loop.kube.objects import (
     PV_PATH,

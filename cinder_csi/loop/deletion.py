@@ -19,7 +19,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import grpc
-from kubernetes.client.exceptions import ApiException
 from prometheus_client import Counter, Histogram
 
 from cinder_csi.csi import csi_pb2
@@ -27,6 +26,7 @@ from cinder_csi.loop import caches as inf
 from cinder_csi.loop import protocol as p
 from cinder_csi.loop.context import LoopContext
 from cinder_csi.loop.errors import RetryAfter, rpc_error_text
+from cinder_csi.loop.kube.apierror import ApiException
 from cinder_csi.loop.kube.client import api_error_text
 from cinder_csi.loop.kube.informer import Handlers
 from cinder_csi.loop.kube.objects import (

@@ -11,10 +11,10 @@ from typing import Any
 
 import openstack as openstacksdk
 import pytest
-from kubernetes.client.exceptions import ApiException
 
 from cinder_csi import TOPOLOGY_KEY
 from cinder_csi.loop.csi_client import CSIClient
+from cinder_csi.loop.kube.apierror import ApiException
 from cinder_csi.loop.kube.client import KubeOptions, KubeRest, build_clients
 from cinder_csi.loop.kube.events import EventRecorder
 from cinder_csi.loop.registry import REGISTRY_ANNOTATION, RegistrySpec, RegistryVolume

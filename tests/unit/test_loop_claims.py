@@ -9,7 +9,6 @@ from typing import Any, cast
 
 import grpc
 import pytest
-from kubernetes.client.exceptions import ApiException
 from prometheus_client import CollectorRegistry
 
 from cinder_csi.csi import csi_pb2
@@ -18,6 +17,7 @@ from cinder_csi.loop import protocol as p
 from cinder_csi.loop.claims import HOLDOFF_CAP, PROVISIONING_EVENT_DELAY, ClaimController
 from cinder_csi.loop.context import LoopContext
 from cinder_csi.loop.errors import DoNotRetrySoon, ProvisionFailed, RetryAfter
+from cinder_csi.loop.kube.apierror import ApiException
 from cinder_csi.loop.kube.client import STRATEGIC_MERGE_PATCH
 from cinder_csi.loop.kube.events import Deferred
 from cinder_csi.loop.kube.informer import Cache

@@ -9,8 +9,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from kubernetes.client.exceptions import ApiException
 
+from cinder_csi.loop.kube.apierror import ApiException
 from cinder_csi.loop.kube.informer import Cache, Handlers, Informer
 from cinder_csi.loop.kube.objects import object_key, split_key
 

@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import urllib3
-from kubernetes.client.exceptions import ApiException
 
+from cinder_csi.loop.kube.apierror import ApiException
 from cinder_csi.loop.kube.objects import Obj, object_key, resource_version
 from cinder_csi.loop.kube.throttle import ItemBackoff
 
