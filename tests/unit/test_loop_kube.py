@@ -168,15 +168,14 @@ class FakePoolManager:
 
 
 def direct_rest(pool: FakePool, host: str = "https://api.example:6443/prefix") -> Any:
-    from cinder_csi.loop.kube.client import KubeRest, Transport, new_connection
+    from cinder_csi.loop.kube.client import ApiConnection, KubeRest, Transport
     from cinder_csi.loop.kube.kubeconfig import ClusterAccess, StaticHeader
 
     access = ClusterAccess(server=host, credentials=StaticHeader("Bearer s3cret"))
-    conn = new_connection(access, CountingBucket(), max_retries=3, user_agent="agent/1",
-                          pool_size=4)
     manager = FakePoolManager(pool)
-    conn.transport._new_manager = lambda cert: manager  # type: ignore[method-assign,assignment]
-    assert isinstance(conn.transport, Transport)
+    transport = Transport(access, pool_size=4, make_manager=lambda cert: manager)  # type: ignore[arg-type,return-value]
+    conn = ApiConnection(access, ThrottledRest(transport, CountingBucket(), max_retries=3),
+                         transport, "agent/1")
     rest = KubeRest(conn, timeout=7.0)
     rest.get("/healthz")  # the first request builds the pool
     assert manager.hosts == [host]

@@ -175,9 +175,12 @@ class Transport:
     """The urllib3 pool(s) to one API server, rebuilt when an exec plugin's client
     certificate changes; ``request`` sends one exchange (``ThrottledRest``'s inner)."""
 
-    def __init__(self, access: ClusterAccess, *, pool_size: int) -> None:
+    def __init__(self, access: ClusterAccess, *, pool_size: int,
+                 make_manager: Callable[[tuple[bytes, bytes] | None], urllib3.PoolManager]
+                 | None = None) -> None:
         self.access = access
         self.pool_size = pool_size
+        self._make_manager = make_manager or self.new_manager
         self._lock = threading.Lock()
         self._cert: tuple[bytes, bytes] | None = None
         self._manager: urllib3.PoolManager | None = None
@@ -195,7 +198,7 @@ class Transport:
         with self._lock:
             if self._manager is None or cert != self._cert:
                 old, self._cert = self._manager, cert
-                self._manager = self._new_manager(cert)
+                self._manager = self._make_manager(cert)
                 # Through a proxy, requests go by full URL through the manager.
                 self._pool = (None if self.access.proxy
                               else self._manager.connection_from_url(self.access.server))
@@ -203,7 +206,7 @@ class Transport:
                     old.clear()
             return self._manager, self._pool
 
-    def _new_manager(self, cert: tuple[bytes, bytes] | None) -> urllib3.PoolManager:
+    def new_manager(self, cert: tuple[bytes, bytes] | None) -> urllib3.PoolManager:
         kwargs: dict[str, Any] = {"num_pools": 4, "maxsize": self.pool_size}
         if self.access.server.startswith("https"):
             kwargs["ssl_context"] = ssl_context(self.access.tls, cert)
