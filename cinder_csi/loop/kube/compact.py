@@ -36,8 +36,6 @@ UNIQUE = frozenset({"metadata", "name", "uid", "resourceVersion", "creationTimes
 INTERNED_MAX = 64  # longer strings (messages, certificates) rarely repeat
 SHARED_MAX = 4096  # distinct shared subtrees kept per informer before starting afresh
 
-_SCALARS = (str, int, float, bool, type(None))
-
 
 class Compactor:
     """A ``json.JSONDecoder(object_pairs_hook=...)`` hook; see the module docstring."""
@@ -49,54 +47,65 @@ class Compactor:
 
     def __call__(self, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         intern = sys.intern
+        ids = self._ids
         out: dict[str, Any] = {}
-        shareable = True
+        # The canonical form, built while the dict may still be shared: key, token, key, ...
+        # where a token is a string itself, a shared container's id(), or (type, value) for
+        # other scalars (JSON's 1, 1.0 and true differ, though Python's are equal).
+        form: list[Any] | None = ["{"]
         for key, value in pairs:
             if key in DROPPED:
                 continue
             key = intern(key)
             cls = value.__class__
             if key in UNIQUE:
-                shareable = False
+                form = None
             elif cls is str:
                 if len(value) <= INTERNED_MAX:
                     value = intern(value)
-            elif cls is list:
-                value = self._list(value)
-                shareable = shareable and id(value) in self._ids
-            elif cls is dict:
-                shareable = shareable and id(value) in self._ids
+                if form is not None:
+                    form += (key, value)
+            elif cls is dict or cls is list:
+                if cls is list:
+                    value = self._list(value)
+                if form is not None:
+                    if id(value) in ids:
+                        form += (key, id(value))
+                    else:
+                        form = None
+            elif form is not None:
+                form += (key, (cls, value))
             out[key] = value
-        if not shareable:
+        if form is None:
             return out
-        shared: dict[str, Any] = self._share(
-            ("{", *[(k, self._token(v)) for k, v in out.items()]), out)
+        shared: dict[str, Any] = self._share(tuple(form), out)
         return shared
 
     def _list(self, items: list[Any]) -> list[Any]:
         intern = sys.intern
-        shareable = True
+        ids = self._ids
+        form: list[Any] | None = ["["]
         for i, value in enumerate(items):
             cls = value.__class__
             if cls is str:
                 if len(value) <= INTERNED_MAX:
-                    items[i] = intern(value)
-            elif cls is list:
-                items[i] = self._list(value)
-                shareable = shareable and id(items[i]) in self._ids
-            elif cls is dict:
-                shareable = shareable and id(value) in self._ids
-        if not shareable:
+                    value = items[i] = intern(value)
+                if form is not None:
+                    form.append(value)
+            elif cls is dict or cls is list:
+                if cls is list:
+                    value = items[i] = self._list(value)
+                if form is not None:
+                    if id(value) in ids:
+                        form.append(id(value))
+                    else:
+                        form = None
+            elif form is not None:
+                form.append((cls, value))
+        if form is None:
             return items
-        shared: list[Any] = self._share(("[", *[self._token(v) for v in items]), items)
+        shared: list[Any] = self._share(tuple(form), items)
         return shared
-
-    def _token(self, value: Any) -> Any:
-        """What identifies ``value`` in a canonical form: scalars by type and value (1, 1.0
-        and True are equal in Python, not in JSON), shared containers by identity."""
-        if value.__class__ in _SCALARS:
-            return (value.__class__, value)
-        return id(value)
 
     def _share(self, form: tuple[Any, ...], fresh: Any) -> Any:
         shared = self._shared.get(form)
