@@ -200,10 +200,9 @@ class _WatchFailed(Exception):
 class Informer:
     """List+watch of one resource type; see the module docstring for the guarantees.
 
-    ``list_func`` is a generated list method of the kubernetes client (for example
-    ``CoreV1Api(api).list_persistent_volume`` or ``functools.partial(
-    CoreV1Api(api).list_namespaced_persistent_volume_claim, "ns")``); it is called with
-    ``_preload_content=False`` for both the list and the watch.
+    ``list_func`` is ``KubeRest.lister(path)`` (or anything taking the keywords of the
+    generated client's list methods); it is called with ``_preload_content=False`` for both
+    the list and the watch, and answers an unread ``urllib3`` response.
     """
 
     def __init__(
