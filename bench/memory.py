@@ -7,6 +7,7 @@
   shaped as the loop writes them; the loop lists and watches them like any others).
 
 Each is a process of its own; RSS and its peak (VmHWM) come from /proc after a settling pause.
+For the loop, the note also gives its thread count and what their stacks hold resident.
 Targets: the loop at most 100 MB with 10,000 claims and PVs, the node plugin at most 50 MB.
 
 Usage: python -m bench memory [--claims 10000] [--settle 5] [--runs 2]
@@ -15,6 +16,8 @@ Usage: python -m bench memory [--claims 10000] [--settle 5] [--runs 2]
 from __future__ import annotations
 
 import argparse
+import re
+import resource
 import tempfile
 import time
 from collections.abc import Sequence
@@ -77,14 +80,32 @@ def populate(kube: KubeStandIn, claims: int) -> None:
             "status", {}).update(phase="Bound"), subresource="status")
 
 
+def thread_stacks(pid: int) -> tuple[int, float]:
+    """(threads, MB their stacks hold resident): the anonymous mappings of exactly the
+    default stack size (``ulimit -s``), which is what glibc gives each new thread."""
+    threads = len(list(Path(f"/proc/{pid}/task").iterdir()))
+    stack_kb = resource.getrlimit(resource.RLIMIT_STACK)[0] // 1024
+    resident_kb = 0
+    size_kb, anonymous = 0, False
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        head = re.match(r"([0-9a-f]+)-([0-9a-f]+) \S+ \S+ \S+ \S+\s*(\S*)", line)
+        if head:
+            size_kb = (int(head[2], 16) - int(head[1], 16)) // 1024
+            anonymous = not head[3]
+        elif line.startswith("Rss:") and anonymous and size_kb == stack_kb:
+            resident_kb += int(line.split()[1])
+    return threads, resident_kb / 1024
+
+
 def loop_rss(root: Path, kube: KubeStandIn, controller_socket: Path, settle: float
-             ) -> tuple[float, float]:
-    """(RSS, peak RSS) in MB of a fresh loop once its caches are filled and it has settled."""
+             ) -> tuple[float, float, int, float]:
+    """(RSS, peak RSS, threads, MB of thread stacks) of a fresh loop once its caches are
+    filled and it has settled."""
     loop = start_loop(root, controller_socket, kube.write_kubeconfig(root / "kubeconfig"))
     try:
         time.sleep(settle)
         found = sample(loop.pid)
-        return found.rss_mb, found.peak_rss_mb
+        return (found.rss_mb, found.peak_rss_mb, *thread_stacks(loop.pid))
     finally:
         loop.stop()
 
@@ -100,6 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = Report("memory", ["process", "state", "RSS MB (runs)", "peak RSS MB",
                                "target", "ratio to target"])
     figures: dict[str, Any] = {}
+    threads: list[tuple[int, float]] = []
     rows: dict[tuple[str, str, float | None], list[tuple[float, float]]] = {}
 
     def keep(process: str, state: str, target: float | None, rss: float, peak: float) -> None:
@@ -123,10 +145,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 keep("controller", "idle", None, got.rss_mb, got.peak_rss_mb)
             for _ in range(args.runs):
                 with KubeStandIn(controllers=(), event_window=5 * args.claims + 1000) as kube:
-                    keep("loop", "empty cluster", None, *loop_rss(root, kube, socket, args.settle))
+                    empty = loop_rss(root, kube, socket, args.settle)
+                    keep("loop", "empty cluster", None, *empty[:2])
                     populate(kube, args.claims)
-                    keep("loop", f"{args.claims} claims + PVs cached", TARGET_LOOP_MB,
-                         *loop_rss(root, kube, socket, args.settle))
+                    full = loop_rss(root, kube, socket, args.settle)
+                    keep("loop", f"{args.claims} claims + PVs cached", TARGET_LOOP_MB, *full[:2])
+                    threads.append((full[2], full[3]))
         finally:
             for child in reversed(children):
                 child.stop()
@@ -136,10 +160,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                    f"{target:.0f} MB" if target else "-",
                    f"{max(rss) / target:.2f}x" if target else "-")
         figures[f"{process}/{state}"] = {"rss_mb": rss, "peak_mb": [v[1] for v in values]}
+    figures["loop/threads"] = [{"threads": n, "stacks_mb": mb} for n, mb in threads]
     report.figures = figures
     report.note(f"RSS read {args.settle:.0f} s after start (the loop: after its caches "
                 f"synced); {args.runs} runs; reference: Go external-provisioner "
                 f"{GO_SIDECAR['rss_mb_after_run']} MB after 300 claims (quoted)")
+    if threads:
+        report.note(f"the loop's threads: {threads[-1][0]}, their stacks "
+                    f"{max(mb for _, mb in threads):.1f} MB resident")
     report.finish()
     return 0
 

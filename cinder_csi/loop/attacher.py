@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from kubernetes.client.exceptions import ApiException
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from cinder_csi.csi import csi_pb2
@@ -44,6 +43,7 @@ from cinder_csi.loop.capabilities import (
 )
 from cinder_csi.loop.context import LoopContext
 from cinder_csi.loop.errors import AttemptFailed, CapabilityError, rpc_code, rpc_error_text
+from cinder_csi.loop.kube.apierror import ApiException
 from cinder_csi.loop.kube.client import (
     API_ERRORS,
     MERGE_PATCH,

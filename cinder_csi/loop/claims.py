@@ -37,7 +37,6 @@ from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 
 import grpc
-from kubernetes.client.exceptions import ApiException
 
 from cinder_csi import FEATURE_RECLAIM_POLICY, RECLAIM_POLICY_KEY
 from cinder_csi.csi import csi_pb2
@@ -68,6 +67,7 @@ from cinder_csi.loop.errors import (
     rpc_error_text,
 )
 from cinder_csi.loop.intent import Intent, SourceRef, recorded_intent
+from cinder_csi.loop.kube.apierror import ApiException
 from cinder_csi.loop.kube.client import API_ERRORS
 from cinder_csi.loop.kube.informer import Handlers
 from cinder_csi.loop.kube.objects import (

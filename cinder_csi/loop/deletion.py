@@ -25,7 +25,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import grpc
-from kubernetes.client.exceptions import ApiException
 
 from cinder_csi import FEATURE_RECLAIM_POLICY, RECLAIM_POLICY_KEY
 from cinder_csi.csi import csi_pb2
@@ -34,6 +33,7 @@ from cinder_csi.loop import protocol as p
 from cinder_csi.loop.capabilities import RPC
 from cinder_csi.loop.context import LoopContext
 from cinder_csi.loop.errors import RetryAfter, rpc_code, rpc_error_text
+from cinder_csi.loop.kube.apierror import ApiException
 from cinder_csi.loop.kube.client import api_error_text
 from cinder_csi.loop.kube.informer import Handlers
 from cinder_csi.loop.kube.objects import (

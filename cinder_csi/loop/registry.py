@@ -23,7 +23,6 @@ from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 import grpc
-from kubernetes.client.exceptions import ApiException
 
 from cinder_csi import DEFAULT_DRIVER_NAME, TOPOLOGY_KEY
 from cinder_csi.csi import csi_pb2
@@ -31,6 +30,7 @@ from cinder_csi.loop.capabilities import RPC, DriverCapabilities
 from cinder_csi.loop.context import LoopContext
 from cinder_csi.loop.csi_client import CSIClient, listed_volumes
 from cinder_csi.loop.errors import QuantityError, RegistryInvalid, rpc_code, rpc_error_text
+from cinder_csi.loop.kube.apierror import ApiException
 from cinder_csi.loop.kube.client import API_ERRORS, KubeRest
 from cinder_csi.loop.kube.events import EventRecorder
 from cinder_csi.loop.kube.informer import Handlers

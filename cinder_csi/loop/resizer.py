@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from kubernetes.client.exceptions import ApiException
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from cinder_csi.csi import csi_pb2
@@ -40,6 +39,7 @@ from cinder_csi.loop.errors import (
     rpc_code,
     rpc_error_text,
 )
+from cinder_csi.loop.kube.apierror import ApiException
 from cinder_csi.loop.kube.client import API_ERRORS, MERGE_PATCH, api_error_text
 from cinder_csi.loop.kube.informer import Handlers
 from cinder_csi.loop.kube.objects import (

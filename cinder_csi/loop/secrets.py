@@ -14,11 +14,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from kubernetes.client.exceptions import ApiException
-
 from cinder_csi.loop.capabilities import secret_ref
 from cinder_csi.loop.context import LoopContext
 from cinder_csi.loop.errors import AttemptFailed
+from cinder_csi.loop.kube.apierror import ApiException
 from cinder_csi.loop.kube.client import API_ERRORS, api_error_text
 from cinder_csi.loop.kube.objects import Obj, read_secret
 from cinder_csi.loop.pvspec import SecretRef

@@ -11,10 +11,10 @@ from typing import Any
 
 import openstack as openstacksdk
 import pytest
-from kubernetes.client.exceptions import ApiException
 
 from cinder_csi import TOPOLOGY_KEY
 from cinder_csi.loop.csi_client import CSIClient
+from cinder_csi.loop.kube.apierror import ApiException
 from cinder_csi.loop.kube.client import KubeOptions, KubeRest, build_clients
 from cinder_csi.loop.kube.events import EventRecorder
 from cinder_csi.loop.registry import REGISTRY_ANNOTATION, RegistrySpec, RegistryVolume
@@ -113,6 +113,11 @@ def test_precreated_volume_is_adopted_and_survives_claim_deletion(env: Env) -> N
     env.rest.delete(f"/api/v1/namespaces/{NS}/persistentvolumeclaims/image-registry-storage")
     wait_until(lambda: claim(env) is None or None, timeout=10, what="the claim to go")
     assert [v["id"] for v in env.openstack.volumes()] == [volume.id]  # data kept
+    # The loop's registry duty runs ensure() again when the PV changes; here the test waits
+    # for the PV controller to release the PV, then calls it (else a race: still Bound).
+    pv_path = f"/api/v1/persistentvolumes/registry-{volume.id}"
+    wait_until(lambda: env.rest.get(pv_path)["status"].get("phase") == "Released",
+               timeout=10, what="the PV controller to release the PV")
 
     registry.ensure()
     again = wait_until(lambda: (c := claim(env)) and c["status"].get("phase") == "Bound" and c,

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from kubernetes.client.exceptions import ApiException
 from prometheus_client import CollectorRegistry
 
 from cinder_csi.csi import csi_pb2
@@ -37,6 +36,7 @@ from cinder_csi.loop.caches import (
     volume_handle,
 )
 from cinder_csi.loop.context import LoopContext
+from cinder_csi.loop.kube.apierror import ApiException
 from cinder_csi.loop.kube.client import MERGE_PATCH, STRATEGIC_MERGE_PATCH
 from cinder_csi.loop.kube.events import EventRecorder
 from cinder_csi.loop.kube.informer import EventHandler, Informer

@@ -8,7 +8,6 @@ from typing import Any
 
 import grpc
 import pytest
-from kubernetes.client.exceptions import ApiException
 
 from cinder_csi.csi import csi_pb2
 from cinder_csi.loop.capabilities import (
@@ -19,6 +18,7 @@ from cinder_csi.loop.capabilities import (
     volume_capability,
 )
 from cinder_csi.loop.errors import CapabilityError
+from cinder_csi.loop.kube.apierror import ApiException
 from cinder_csi.loop.kube.objects import read_secret
 from tests.unit.loop_fakes import RPC, FakeCSI, FakeRest, RpcError
 

@@ -9,7 +9,6 @@ from typing import Any, cast
 
 import grpc
 import pytest
-from kubernetes.client.exceptions import ApiException
 from prometheus_client import CollectorRegistry
 
 from cinder_csi import FEATURE_LISTED_NAMES, FEATURE_RECLAIM_POLICY, RECLAIM_POLICY_KEY
@@ -25,6 +24,7 @@ from cinder_csi.loop.errors import (
     RetryAfter,
 )
 from cinder_csi.loop.intent import Intent
+from cinder_csi.loop.kube.apierror import ApiException
 from cinder_csi.loop.kube.client import STRATEGIC_MERGE_PATCH
 from cinder_csi.loop.kube.events import Deferred
 from cinder_csi.loop.kube.informer import Cache

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 import urllib3
-from kubernetes.client.exceptions import ApiException
 
+from cinder_csi.loop.kube.apierror import ApiException
 from cinder_csi.loop.kube.events import EventRecorder, object_reference, redact, truncate
 
 PVC = {

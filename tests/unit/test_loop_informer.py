@@ -9,8 +9,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from kubernetes.client.exceptions import ApiException
 
+from cinder_csi.loop.kube.apierror import ApiException
 from cinder_csi.loop.kube.informer import Cache, Handlers, Informer
 from cinder_csi.loop.kube.objects import object_key, split_key
 
@@ -297,21 +297,92 @@ def test_indexes_follow_updates_and_deletes() -> None:
 def test_decoding_shares_keys_and_short_values_and_drops_managed_fields() -> None:
     import json as json_module
 
-    from cinder_csi.loop.kube.informer import compact_object
+    from cinder_csi.loop.kube.compact import Compactor
 
-    decoder = json_module.JSONDecoder(object_pairs_hook=compact_object)
+    decoder = json_module.JSONDecoder(object_pairs_hook=Compactor())
     body = {"metadata": {"name": "pv-" + "a" * 3, "managedFields": [{"manager": "x"}],
-                         "annotations": {"note": "n" * 100,
-                                         "kubectl.kubernetes.io/last-applied-configuration":
+                         "note": "n" * 100,
+                         "annotations": {"kubectl.kubernetes.io/last-applied-configuration":
                                          "{}"}},
             "spec": {"accessModes": ["ReadWriteOnce"], "volumeMode": "Filesystem"}}
     first = decoder.decode(json_module.dumps(body))
     second = decoder.decode(json_module.dumps(body))
     assert "managedFields" not in first["metadata"]
-    assert first == {**body, "metadata": {"name": "pv-aaa", "annotations": {"note": "n" * 100}}}
-    key_one = next(k for k in first["spec"] if k == "volumeMode")
-    key_two = next(k for k in second["spec"] if k == "volumeMode")
+    assert first == {**body, "metadata": {"name": "pv-aaa", "note": "n" * 100,
+                                          "annotations": {}}}
+    key_one = next(k for k in first["metadata"] if k == "name")
+    key_two = next(k for k in second["metadata"] if k == "name")
     assert key_one is key_two  # one string for every object's key
     assert first["spec"]["volumeMode"] is second["spec"]["volumeMode"]
-    assert first["metadata"]["annotations"]["note"] is not second["metadata"]["annotations"][
-        "note"]  # long values are left alone
+    assert first["metadata"]["note"] is not second["metadata"]["note"]  # long ones: left alone
+
+
+def test_equal_subtrees_are_shared_and_unique_ones_are_not() -> None:
+    import json as json_module
+
+    from cinder_csi.loop.kube.compact import Compactor
+
+    def pv(i: int) -> dict[str, Any]:
+        return {"metadata": {"name": f"pv-{i}", "uid": f"u-{i}",
+                             "annotations": {"pv.kubernetes.io/provisioned-by": "d"}},
+                "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                         "claimRef": {"name": f"c-{i}", "namespace": "ns"},
+                         "csi": {"driver": "d", "volumeHandle": f"vol-{i}",
+                                 "volumeAttributes": {"id": "x"}},
+                         "flags": {"a": 1, "b": True, "c": 1.0, "d": None}},
+                "status": {"phase": "Bound"}}
+
+    decoder = json_module.JSONDecoder(object_pairs_hook=Compactor())
+    one, two = (decoder.decode(json_module.dumps(pv(i))) for i in (1, 2))
+    assert (one, two) == (pv(1), pv(2))  # what readers see is what the server sent
+    for path in (("metadata", "annotations"), ("spec", "capacity"), ("spec", "accessModes"),
+                 ("spec", "csi", "volumeAttributes"), ("spec", "flags"), ("status",)):
+        a, b = one, two
+        for step in path:
+            a, b = a[step], b[step]
+        assert a is b, path
+    # Anything holding a name, uid or volume handle is the object's own, and so are its
+    # parents: each object keeps its own root, metadata, spec, claimRef and csi.
+    for a, b in ((one, two), (one["metadata"], two["metadata"]), (one["spec"], two["spec"]),
+                 (one["spec"]["claimRef"], two["spec"]["claimRef"]),
+                 (one["spec"]["csi"], two["spec"]["csi"])):
+        assert a is not b
+    # JSON's 1, 1.0 and true differ, though Python's are equal: never shared across types.
+    other = decoder.decode('{"spec": {"flags": {"a": true, "b": 1, "c": 1, "d": null}}}')
+    assert other["spec"]["flags"] is not one["spec"]["flags"]
+    assert [type(v) for v in other["spec"]["flags"].values()] == [
+        bool, int, int, type(None)]
+
+
+def test_the_shared_table_starts_afresh_when_full() -> None:
+    import json as json_module
+
+    from cinder_csi.loop.kube.compact import Compactor
+
+    decoder = json_module.JSONDecoder(object_pairs_hook=Compactor(limit=3))
+    first = decoder.decode('{"a": {"x": "1"}}')["a"]
+    for i in range(5):  # more distinct subtrees than the table holds
+        decoder.decode(json_module.dumps({"b": {"x": str(i + 10)}}))
+    again = decoder.decode('{"a": {"x": "1"}}')["a"]
+    assert again == first and again is not first  # forgotten, so a copy of its own
+    assert decoder.decode('{"a": {"x": "1"}}')["a"] is again
+
+
+def test_index_with_one_or_many_objects_per_value() -> None:
+    def by_zone(obj: dict[str, Any]) -> list[str]:
+        return list(obj["zones"])
+
+    cache = Cache({"zone": by_zone})
+    cache.put("a", {"zones": ["z1", "z2"]})
+    assert cache.index_keys("zone", "z1") == ["a"]
+    cache.put("b", {"zones": ["z1"]})
+    assert cache.index_keys("zone", "z1") == ["a", "b"]
+    cache.put("a", {"zones": ["z2"]})  # a leaves z1: one left, and still found
+    assert cache.index_keys("zone", "z1") == ["b"]
+    assert cache.index_keys("zone", "z2") == ["a"]
+    cache.put("b", {"zones": ["z1"]})  # the same value again changes nothing
+    assert cache.index_keys("zone", "z1") == ["b"]
+    cache.pop("b")
+    assert cache.index_keys("zone", "z1") == []
+    assert sorted(cache.index_values("zone")) == ["z2"]
+    assert [o["zones"] for o in cache.by_index("zone", "z2")] == [["z2"]]

@@ -113,14 +113,17 @@ def test_build_clients_from_kubeconfig(tmp_path: Path) -> None:
     )
     clients = build_clients(KubeOptions(kubeconfig=str(kubeconfig), qps=7, burst=9))
     try:
-        assert clients.main.configuration.host == "http://127.0.0.1:1"
+        assert clients.main.access.server == "http://127.0.0.1:1"
         assert clients.main.rest_client.limiter.qps == 7
         assert clients.main.rest_client.limiter.burst == 9
-        # Leader election: another configuration and pool, and no throttle.
-        assert clients.leader_election.configuration is not clients.main.configuration
+        # Leader election: another transport and pool, and no throttle.
+        assert clients.leader_election.transport is not clients.main.transport
+        assert (clients.leader_election.transport.pool_manager
+                is not clients.main.transport.pool_manager)
         assert clients.leader_election.rest_client.limiter.unlimited
         assert clients.leader_election.rest_client.max_retries == 0
-        assert clients.main.configuration.api_key["BearerToken"] == "Bearer abc"
+        assert clients.main.headers()["authorization"] == "Bearer abc"
+        assert clients.leader_election.headers()["User-Agent"].endswith("-leader-election")
     finally:
         clients.close()
 
@@ -165,25 +168,23 @@ class FakePoolManager:
 
 
 def direct_rest(pool: FakePool, host: str = "https://api.example:6443/prefix") -> Any:
-    from kubernetes import client as k8s
+    from cinder_csi.loop.kube.client import ApiConnection, KubeRest, Transport
+    from cinder_csi.loop.kube.kubeconfig import ClusterAccess, StaticHeader
 
-    from cinder_csi.loop.kube.client import KubeRest
-
-    cfg = k8s.Configuration()
-    cfg.host = host
-    cfg.api_key = {"BearerToken": "Bearer s3cret"}
-    api = k8s.ApiClient(cfg)
+    access = ClusterAccess(server=host, credentials=StaticHeader("Bearer s3cret"))
     manager = FakePoolManager(pool)
-    api.rest_client = ThrottledRest(type("Inner", (), {"pool_manager": manager})(),
-                                    CountingBucket(), max_retries=3)
-    api.user_agent = "agent/1"
-    rest = KubeRest(api, timeout=7.0)
+    transport = Transport(access, pool_size=4, make_manager=lambda cert: manager)  # type: ignore[arg-type,return-value]
+    conn = ApiConnection(access, ThrottledRest(transport, CountingBucket(), max_retries=3),
+                         transport, "agent/1")
+    rest = KubeRest(conn, timeout=7.0)
+    rest.get("/healthz")  # the first request builds the pool
     assert manager.hosts == [host]
+    pool.calls.clear()
     return rest
 
 
 def test_direct_requests_carry_auth_agent_body_and_the_servers_path() -> None:
-    pool = FakePool((200, b'{"kind": "PersistentVolumeClaim"}', {}))
+    pool = FakePool((200, b"", {}), (200, b'{"kind": "PersistentVolumeClaim"}', {}))
     rest = direct_rest(pool)
     answer = rest.patch("/api/v1/namespaces/ns/persistentvolumeclaims/c",
                         {"metadata": {"finalizers": ["x"]}},
@@ -202,12 +203,13 @@ def test_direct_requests_carry_auth_agent_body_and_the_servers_path() -> None:
 
 
 def test_direct_requests_wait_out_429_and_raise_api_errors() -> None:
-    from kubernetes.client.exceptions import ApiException
+    from cinder_csi.loop.kube.apierror import ApiException
 
-    pool = FakePool((429, b"", {"Retry-After": "0"}), (404, b'{"reason": "NotFound"}', {}))
+    pool = FakePool((200, b"", {}), (429, b"", {"Retry-After": "0"}),
+                    (404, b'{"reason": "NotFound"}', {}))
     rest = direct_rest(pool)
     with pytest.raises(ApiException) as raised:
         rest.get("/api/v1/persistentvolumes/pv")
     assert raised.value.status == 404
     assert len(pool.calls) == 2  # the 429 was retried, under the limiter
-    assert rest.api_client.rest_client.limiter.taken == 2
+    assert rest.connection.rest_client.limiter.taken == 3  # with direct_rest's first

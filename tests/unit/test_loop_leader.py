@@ -11,11 +11,11 @@ from typing import Any
 import grpc
 import pytest
 import urllib3
-from kubernetes.client.exceptions import ApiException
 
 from cinder_csi.csi import csi_pb2
 from cinder_csi.loop.csi_client import CSIClient
 from cinder_csi.loop.errors import Fenced
+from cinder_csi.loop.kube.apierror import ApiException
 from cinder_csi.loop.kube.leader import (
     Attempt,
     Fence,

@@ -5,8 +5,9 @@ equivalent of client-go's ``--kube-api-qps/--kube-api-burst``) and rides out 429
 5xx-with-Retry-After answers the way client-go does. Leader election gets a second client
 with its own connection pool and no throttle, so a busy controller cannot starve renewals.
 
-:class:`KubeRest` speaks raw JSON dicts over the client's low-level ``call_api`` so objects
-are not squeezed through the generated model classes (unknown fields survive).
+:class:`KubeRest` sends raw JSON dicts straight over urllib3 with the auth of
+:mod:`cinder_csi.loop.kube.kubeconfig`: no generated model classes (unknown fields survive),
+and no ``kubernetes`` package in the process (importing it costs some 20 MB).
 """
 
 from __future__ import annotations
@@ -14,17 +15,19 @@ from __future__ import annotations
 import json
 import logging
 import os
+import ssl
+import tempfile
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import urllib3
-from kubernetes import client as k8s
-from kubernetes import config as k8s_config
-from kubernetes.client.exceptions import ApiException
 
+from cinder_csi.loop.kube.apierror import ApiException
+from cinder_csi.loop.kube.kubeconfig import TLS, ClusterAccess, from_kubeconfig, in_cluster
 from cinder_csi.loop.kube.throttle import TokenBucket
 
 log = logging.getLogger(__name__)
@@ -63,27 +66,39 @@ class KubeOptions:
     user_agent: str = "cinder-csi-provisioner"
 
 
-def load_configuration(options: KubeOptions) -> Any:
-    """A fresh ``kubernetes.client.Configuration``; never touches the process-wide default."""
-    cfg = k8s.Configuration()
-    # The config loaders carry no annotations; they fill in ``cfg`` and return nothing.
+def load_access(options: KubeOptions) -> ClusterAccess:
+    """The kubeconfig given, else in-cluster config, else $KUBECONFIG or ~/.kube/config."""
     if options.kubeconfig:
-        k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
-            config_file=options.kubeconfig,
-            context=options.context,
-            client_configuration=cfg,
-            persist_config=False,
-        )
-    elif os.environ.get("KUBERNETES_SERVICE_HOST"):
-        k8s_config.load_incluster_config(  # type: ignore[no-untyped-call]
-            client_configuration=cfg
-        )
-    else:
-        k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
-            context=options.context, client_configuration=cfg, persist_config=False
-        )
-    cfg.connection_pool_maxsize = options.pool_size
-    return cfg
+        return from_kubeconfig(options.kubeconfig, options.context)
+    if os.environ.get("KUBERNETES_SERVICE_HOST"):
+        return in_cluster()
+    return from_kubeconfig(None, options.context)
+
+
+def ssl_context(tls: TLS, client_cert: tuple[bytes, bytes] | None = None) -> ssl.SSLContext:
+    """Server verification (or none, when insecure) and the client certificate, if any."""
+    ctx = ssl.create_default_context(
+        cafile=tls.ca_file, cadata=tls.ca_data.decode() if tls.ca_data else None)
+    if tls.insecure:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    pair = client_cert or (tls.cert_data, tls.key_data)
+    if client_cert or tls.cert_file or tls.cert_data:
+        with tempfile.TemporaryDirectory(prefix="kube-tls-") as tmp:
+            # load_cert_chain reads files only; they live just long enough to be read.
+            cert = (tls.cert_file if not client_cert and tls.cert_file
+                    else _private_file(Path(tmp, "cert"), pair[0] or b""))
+            key = (tls.key_file if not client_cert and tls.key_file
+                   else _private_file(Path(tmp, "key"), pair[1] or b""))
+            ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+def _private_file(path: Path, data: bytes) -> str:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+    return str(path)
 
 
 def retry_after(resp: Any) -> float | None:
@@ -110,11 +125,8 @@ def _discard(resp: Any) -> None:
 
 
 class ThrottledRest:
-    """Stands in for ``ApiClient.rest_client``: token first, then the request, then Retry-After.
-
-    Wrapping the REST layer (not the generated API classes) covers every call the client
-    makes, including watches and ``_preload_content=False`` requests.
-    """
+    """Token first, then the request, then Retry-After: around every exchange of a
+    connection, watches included."""
 
     def __init__(
         self,
@@ -159,26 +171,99 @@ class ThrottledRest:
         self._inner.close()
 
 
-def new_api_client(
-    configuration: Any,
-    limiter: TokenBucket,
-    *,
-    max_retries: int,
-    user_agent: str,
-) -> Any:
-    """A ``kubernetes.client.ApiClient`` whose every request goes through ``limiter``."""
-    api: Any = k8s.ApiClient(configuration)
-    api.rest_client = ThrottledRest(api.rest_client, limiter, max_retries=max_retries)
-    api.user_agent = user_agent
-    return api
+class Transport:
+    """The urllib3 pool(s) to one API server, rebuilt when an exec plugin's client
+    certificate changes; ``request`` sends one exchange (``ThrottledRest``'s inner)."""
+
+    def __init__(self, access: ClusterAccess, *, pool_size: int,
+                 make_manager: Callable[[tuple[bytes, bytes] | None], urllib3.PoolManager]
+                 | None = None) -> None:
+        self.access = access
+        self.pool_size = pool_size
+        self._make_manager = make_manager or self.new_manager
+        self._lock = threading.Lock()
+        self._cert: tuple[bytes, bytes] | None = None
+        self._manager: urllib3.PoolManager | None = None
+        self._pool: Any = None
+        parts = urlsplit(access.server)
+        self.origin = f"{parts.scheme}://{parts.netloc}"
+        self.prefix = parts.path.rstrip("/")  # a server URL with a path
+
+    @property
+    def pool_manager(self) -> urllib3.PoolManager:
+        return self._current()[0]
+
+    def _current(self) -> tuple[urllib3.PoolManager, Any]:
+        cert = self.access.credentials.client_cert()
+        with self._lock:
+            if self._manager is None or cert != self._cert:
+                old, self._cert = self._manager, cert
+                self._manager = self._make_manager(cert)
+                # Through a proxy, requests go by full URL through the manager.
+                self._pool = (None if self.access.proxy
+                              else self._manager.connection_from_url(self.access.server))
+                if old is not None:
+                    old.clear()
+            return self._manager, self._pool
+
+    def new_manager(self, cert: tuple[bytes, bytes] | None) -> urllib3.PoolManager:
+        kwargs: dict[str, Any] = {"num_pools": 4, "maxsize": self.pool_size}
+        if self.access.server.startswith("https"):
+            kwargs["ssl_context"] = ssl_context(self.access.tls, cert)
+            if self.access.tls.insecure:
+                kwargs.update(cert_reqs="CERT_NONE", assert_hostname=False)
+            if self.access.tls.server_name:
+                kwargs["server_hostname"] = self.access.tls.server_name
+        if self.access.proxy:
+            return urllib3.ProxyManager(self.access.proxy, **kwargs)
+        return urllib3.PoolManager(**kwargs)
+
+    def urlopen(self, method: str, path: str, **kwargs: Any) -> Any:
+        """One exchange to ``path`` (query included) on the server."""
+        manager, pool = self._current()
+        if pool is None:
+            return manager.urlopen(method, self.origin + self.prefix + path, **kwargs)
+        return pool.urlopen(method, self.prefix + path, **kwargs)
+
+    def request(self, method: str, url: str, **kwargs: Any) -> Any:
+        return self.urlopen(method, url, **kwargs)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._manager is not None:
+                self._manager.clear()
+
+
+@dataclass
+class ApiConnection:
+    """One API server: its transport under a limiter, its auth, our User-Agent."""
+
+    access: ClusterAccess
+    rest_client: ThrottledRest
+    transport: Transport
+    user_agent: str
+
+    def headers(self) -> dict[str, str]:
+        return {"User-Agent": self.user_agent, **self.access.credentials.headers()}
+
+    def close(self) -> None:
+        self.rest_client.close()
+
+
+def new_connection(access: ClusterAccess, limiter: TokenBucket, *, max_retries: int,
+                   user_agent: str, pool_size: int) -> ApiConnection:
+    """A connection whose every request goes through ``limiter``."""
+    transport = Transport(access, pool_size=pool_size)
+    return ApiConnection(access, ThrottledRest(transport, limiter, max_retries=max_retries),
+                         transport, user_agent)
 
 
 @dataclass
 class KubeClients:
     """The main (throttled) client and the leader-election (unthrottled) client."""
 
-    main: Any
-    leader_election: Any
+    main: ApiConnection
+    leader_election: ApiConnection
     limiter: TokenBucket
     options: KubeOptions = field(default_factory=KubeOptions)
 
@@ -194,20 +279,15 @@ class KubeClients:
 
 
 def build_clients(options: KubeOptions) -> KubeClients:
+    access = load_access(options)
+    log.debug("kube API server %s from %s", access.server, access.source)
     limiter = TokenBucket(options.qps, options.burst)
-    main = new_api_client(
-        load_configuration(options),
-        limiter,
-        max_retries=options.max_retry_after,
-        user_agent=options.user_agent,
-    )
-    # Own Configuration (so its own pool) and no retries: the elector has its own timing.
-    leader = new_api_client(
-        load_configuration(options),
-        TokenBucket(0, 1),
-        max_retries=0,
-        user_agent=f"{options.user_agent}-leader-election",
-    )
+    main = new_connection(access, limiter, max_retries=options.max_retry_after,
+                          user_agent=options.user_agent, pool_size=options.pool_size)
+    # Own transport (so its own pool) and no retries: the elector has its own timing.
+    leader = new_connection(access, TokenBucket(0, 1), max_retries=0,
+                            user_agent=f"{options.user_agent}-leader-election",
+                            pool_size=options.pool_size)
     return KubeClients(main=main, leader_election=leader, limiter=limiter, options=options)
 
 
@@ -234,26 +314,16 @@ class _Outgoing:
 
 
 class KubeRest:
-    """Raw JSON requests through an ApiClient: dicts in, dicts out, ApiException on non-2xx.
+    """Raw JSON requests to one API server: dicts in, dicts out, ApiException on non-2xx.
 
-    Requests go straight to the urllib3 pool of the client's API server, under the client's
-    limiter and with its auth headers: the generated client's serialisation and the pool
-    manager's URL handling cost more CPU than the exchange itself. A client behind a proxy,
-    or one not built by ``new_api_client``, takes the generated client's own path.
+    Requests go straight to the connection's urllib3 pool, under its limiter and with its
+    auth headers; a 401 makes the credential refresh (exec plugin, token file) before the
+    next request.
     """
 
-    def __init__(self, api_client: Any, *, timeout: float = 10.0) -> None:
-        self.api_client = api_client
+    def __init__(self, connection: ApiConnection, *, timeout: float = 10.0) -> None:
+        self.connection = connection
         self.timeout = timeout
-        self._throttled: ThrottledRest | None = None
-        self._pool: Any = None
-        self._prefix = ""
-        rest = getattr(api_client, "rest_client", None)
-        cfg = getattr(api_client, "configuration", None)
-        if isinstance(rest, ThrottledRest) and cfg is not None and not cfg.proxy:
-            self._throttled = rest
-            self._pool = rest.pool_manager.connection_from_url(cfg.host)
-            self._prefix = urlsplit(cfg.host).path.rstrip("/")  # a server URL with a path
 
     def request(
         self,
@@ -265,20 +335,11 @@ class KubeRest:
         content_type: str = "application/json",
         timeout: Timeout = None,
     ) -> JSON:
-        outgoing = _Outgoing.of(method, path, query, body, content_type, timeout)
-        if self._pool is not None:
-            resp = self._direct(outgoing)
-            data = resp.data  # read in full: the connection is back in the pool
-        else:
-            resp = self._send(outgoing)
-            try:
-                data = resp.read()
-            finally:
-                resp.response.release_conn()
+        resp = self._open(_Outgoing.of(method, path, query, body, content_type, timeout),
+                          preload=True)
+        data = resp.data  # read in full: the connection is back in the pool
         if not 200 <= resp.status <= 299:
-            raise ApiException.from_response(
-                http_resp=resp, body=data.decode("utf-8", "replace"), data=None
-            )
+            raise self._failed(resp, data)
         if not data:
             return {}
         decoded: JSON = json.loads(data)
@@ -286,8 +347,7 @@ class KubeRest:
 
     def lister(self, path: str) -> Callable[..., Any]:
         """A list function for ``Informer`` over ``path`` (a collection), taking the keywords
-        of the generated client's list methods, so the informers need none of the generated
-        API classes (which cost some 20 MB of memory)."""
+        of the generated client's list methods."""
 
         def list_or_watch(*, watch: bool = False, resource_version: str | None = None,
                           allow_watch_bookmarks: bool | None = None,
@@ -319,45 +379,30 @@ class KubeRest:
         timeout: Timeout = None,
     ) -> Any:
         """GET with the body left unread (an ``urllib3.HTTPResponse``), for watches."""
-        resp = self._send(_Outgoing.of("GET", path, query, None, "application/json", timeout))
+        resp = self._open(_Outgoing.of("GET", path, query, None, "application/json", timeout),
+                          preload=False)
         if not 200 <= resp.status <= 299:
             data = resp.read()
-            resp.response.release_conn()
-            raise ApiException.from_response(
-                http_resp=resp, body=data.decode("utf-8", "replace"), data=None
-            )
-        return resp.response
+            resp.release_conn()
+            raise self._failed(resp, data)
+        return resp
 
-    def _direct(self, out: _Outgoing) -> Any:
-        assert self._throttled is not None
-        headers = {**self.api_client.default_headers, **out.headers}
+    def _failed(self, resp: Any, data: bytes) -> ApiException:
+        if resp.status == 401:
+            self.connection.access.credentials.invalidate()
+        return ApiException.from_response(http_resp=resp, body=data.decode("utf-8", "replace"))
+
+    def _open(self, out: _Outgoing, *, preload: bool) -> Any:
+        headers = {**self.connection.headers(), **out.headers}
         data = json.dumps(out.body).encode() if out.body is not None else None
-        params = list(out.params)
-        # The client's own auth (a bearer token it may refresh, or none with client certs).
-        self.api_client.update_params_for_auth(headers, params, ["BearerToken"], out.path,
-                                               out.method, out.body)
-        url = self._prefix + out.path + (f"?{urlencode(params)}" if params else "")
+        path = out.path + (f"?{urlencode(out.params)}" if out.params else "")
         limit = out.timeout if out.timeout is not None else self.timeout
         pool_timeout = (urllib3.Timeout(connect=limit[0], read=limit[1])
                         if isinstance(limit, tuple) else urllib3.Timeout(total=limit))
-        pool = self._pool
-        return self._throttled.send(out.method, url, lambda: pool.urlopen(
-            out.method, url, body=data, headers=headers, timeout=pool_timeout,
-            preload_content=True, redirect=False))
-
-    def _send(self, out: _Outgoing) -> Any:
-        method_, url, header_params, body_, post = self.api_client.param_serialize(
-            out.method,
-            out.path,
-            query_params=list(out.params) or None,
-            header_params=dict(out.headers),
-            body=out.body,
-            auth_settings=["BearerToken"],
-        )
-        return self.api_client.call_api(
-            method_, url, header_params=header_params, body=body_, post_params=post,
-            _request_timeout=out.timeout if out.timeout is not None else self.timeout,
-        )
+        transport = self.connection.transport
+        return self.connection.rest_client.send(out.method, path, lambda: transport.urlopen(
+            out.method, path, body=data, headers=headers, timeout=pool_timeout,
+            preload_content=preload, redirect=False))
 
     def get(self, path: str, **kw: Any) -> JSON:
         return self.request("GET", path, **kw)

@@ -31,8 +31,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import urllib3
-from kubernetes.client.exceptions import ApiException
 
+from cinder_csi.loop.kube.apierror import ApiException
 from cinder_csi.loop.kube.client import MERGE_PATCH, KubeRest
 from cinder_csi.loop.kube.objects import timestamp
 

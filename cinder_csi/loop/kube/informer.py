@@ -8,11 +8,10 @@ whole cache every ``resync_period``; a slow handler delays only the dispatcher, 
 watch.
 
 Objects are the raw JSON dicts the server sent (``_preload_content=False``), so unknown
-fields survive. Treat them as read-only; copy before changing. Decoding interns keys and
-short string values, which repeat across thousands of objects of one kind (a cache of
-10,000 claims and PVs takes 2.5x less memory), and drops ``metadata.managedFields`` and
-kubectl's last-applied-configuration annotation, which the loop never reads and which often
-double an object on a real cluster.
+fields survive. Treat them as read-only; copy before changing: decoding
+(:class:`~cinder_csi.loop.kube.compact.Compactor`) shares keys, short values and whole equal
+subtrees between the objects of one informer, and drops ``metadata.managedFields`` and
+kubectl's last-applied-configuration annotation, which the loop never reads.
 
 Exactly-once per resourceVersion: an event whose object has the resourceVersion already in
 the cache is dropped (a replay after a reconnect), and the watch always resumes from the last
@@ -35,8 +34,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import urllib3
-from kubernetes.client.exceptions import ApiException
 
+from cinder_csi.loop.kube.apierror import ApiException
+from cinder_csi.loop.kube.compact import Compactor
 from cinder_csi.loop.kube.objects import Obj, object_key, resource_version
 from cinder_csi.loop.kube.throttle import ItemBackoff
 
@@ -47,23 +47,6 @@ ListFunc = Callable[..., Any]
 
 ADDED, MODIFIED, DELETED = "ADDED", "MODIFIED", "DELETED"
 BOOKMARK, ERROR = "BOOKMARK", "ERROR"
-_INTERNED_MAX = 64  # longer strings (messages, certificates) rarely repeat
-
-
-# Never read by the loop, and often the bulk of an object: the server's field ownership, and
-# kubectl apply's copy of the whole object in an annotation.
-_DROPPED = frozenset({"managedFields", "kubectl.kubernetes.io/last-applied-configuration"})
-
-
-def compact_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A decoded JSON object with shared keys and short string values, without the fields
-    in ``_DROPPED``."""
-    intern = sys.intern
-    return {intern(key): (intern(value) if value.__class__ is str
-                          and len(value) <= _INTERNED_MAX else value)
-            for key, value in pairs if key not in _DROPPED}
-
-
 class EventHandler(Protocol):
     def on_add(self, obj: Obj) -> None: ...
     def on_update(self, old: Obj, new: Obj) -> None: ...
@@ -98,8 +81,12 @@ class Cache:
         self.lock = threading.RLock()
         self._items: dict[str, Obj] = {}
         self._indexers = dict(indexers or {})
-        self._indices: dict[str, dict[str, set[str]]] = {n: {} for n in self._indexers}
-        self._values: dict[str, dict[str, tuple[str, ...]]] = {n: {} for n in self._indexers}
+        # value -> the keys of the objects it indexes: one key as a str, more as a set (most
+        # values index one object: a set each would cost 200 bytes per object).
+        self._indices: dict[str, dict[str, str | set[str]]] = {n: {} for n in self._indexers}
+        # key -> the values it is indexed under: one as a str, more as a tuple.
+        self._values: dict[str, dict[str, str | tuple[str, ...]]] = {
+            n: {} for n in self._indexers}
 
     # ---- reads
 
@@ -124,11 +111,17 @@ class Cache:
 
     def index_keys(self, index: str, value: str) -> list[str]:
         with self.lock:
-            return sorted(self._indices[index].get(value, ()))
+            return self._members(index, value)
 
     def by_index(self, index: str, value: str) -> list[Obj]:
         with self.lock:
-            return [self._items[k] for k in sorted(self._indices[index].get(value, ()))]
+            return [self._items[k] for k in self._members(index, value)]
+
+    def _members(self, index: str, value: str) -> list[str]:
+        members = self._indices[index].get(value)
+        if members is None:
+            return []
+        return [members] if members.__class__ is str else sorted(members)
 
     def index_values(self, index: str) -> list[str]:
         with self.lock:
@@ -154,19 +147,34 @@ class Cache:
     def _reindex(self, key: str, obj: Obj | None) -> None:
         for name, func in self._indexers.items():
             index = self._indices[name]
-            for value in self._values[name].pop(key, ()):
+            before = self._values[name].pop(key, ())
+            for value in (before,) if before.__class__ is str else before:
                 members = index.get(value)
-                if members is not None:
-                    members.discard(key)
-                    if not members:
+                if members is None:
+                    continue
+                if members.__class__ is str:
+                    if members == key:
                         del index[value]
+                else:
+                    assert isinstance(members, set)
+                    members.discard(key)
+                    if len(members) == 1:
+                        index[value] = members.pop()
             if obj is None:
                 continue
             values = tuple(dict.fromkeys(func(obj)))
             if values:
-                self._values[name][key] = values
+                self._values[name][key] = values[0] if len(values) == 1 else values
                 for value in values:
-                    index.setdefault(value, set()).add(key)
+                    members = index.get(value)
+                    if members is None:
+                        index[value] = key
+                    elif members.__class__ is str:
+                        if members != key:
+                            index[value] = {members, key}
+                    else:
+                        assert isinstance(members, set)
+                        members.add(key)
 
 
 @dataclass(frozen=True)
@@ -192,10 +200,9 @@ class _WatchFailed(Exception):
 class Informer:
     """List+watch of one resource type; see the module docstring for the guarantees.
 
-    ``list_func`` is a generated list method of the kubernetes client (for example
-    ``CoreV1Api(api).list_persistent_volume`` or ``functools.partial(
-    CoreV1Api(api).list_namespaced_persistent_volume_claim, "ns")``); it is called with
-    ``_preload_content=False`` for both the list and the watch.
+    ``list_func`` is ``KubeRest.lister(path)`` (or anything taking the keywords of the
+    generated client's list methods); it is called with ``_preload_content=False`` for both
+    the list and the watch, and answers an unread ``urllib3`` response.
     """
 
     def __init__(
@@ -219,7 +226,7 @@ class Informer:
         self._watch_timeout = watch_timeout
         self._request_timeout = request_timeout
         self._backoff = ItemBackoff(backoff_base, backoff_cap)
-        self._decoder = json.JSONDecoder(object_pairs_hook=compact_object)
+        self._decoder = json.JSONDecoder(object_pairs_hook=Compactor())
         self._handlers: list[EventHandler] = []
         self._notes: queue.Queue[object] = queue.Queue()
         self._stop = threading.Event()
@@ -328,12 +335,13 @@ class Informer:
             ))
             meta = body.get("metadata") or {}
             kind = str(body.get("kind", ""))
+            item_kind = sys.intern(kind[: -len("List")]) if kind.endswith("List") else None
             api_version = body.get("apiVersion")
             for item in body.get("items") or []:
                 # List items carry no kind/apiVersion; add them so every cached object looks
                 # like a watched one (Events and owner references need them).
-                if kind.endswith("List"):
-                    item.setdefault("kind", kind[: -len("List")])
+                if item_kind:
+                    item.setdefault("kind", item_kind)
                 if api_version:
                     item.setdefault("apiVersion", api_version)
                 items.append(item)

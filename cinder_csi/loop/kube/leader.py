@@ -40,9 +40,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import urllib3
-from kubernetes.client.exceptions import ApiException
 
 from cinder_csi.loop.errors import Fenced
+from cinder_csi.loop.kube.apierror import ApiException
 from cinder_csi.loop.kube.client import KubeRest
 from cinder_csi.loop.kube.objects import Obj
 

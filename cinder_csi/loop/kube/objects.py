@@ -19,8 +19,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
-from kubernetes.client.exceptions import ApiException
-
+from cinder_csi.loop.kube.apierror import ApiException
 from cinder_csi.loop.kube.client import MERGE_PATCH, STRATEGIC_MERGE_PATCH
 
 if TYPE_CHECKING:
