@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ from pathlib import Path
 import grpc
 
 from cinder_csi.csi import csi_pb2, csi_pb2_grpc
+from tests.processes import sigkill, terminate
 
 START_TIMEOUT_S = 60.0
 
@@ -88,20 +88,11 @@ class ControllerProcess:
     def kill(self) -> None:
         """SIGKILL: no clean-up of any kind, like a node losing power."""
         self._close_channel()
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(timeout=30)
+        sigkill(self.process)
 
     def stop(self) -> None:
         self._close_channel()
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=30)
+        terminate(self.process)
 
     def _close_channel(self) -> None:
         if self.channel is not None:

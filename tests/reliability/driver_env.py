@@ -12,7 +12,6 @@ Every process started here is stopped by its context manager, even when the test
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -33,6 +32,7 @@ import pytest
 from cinder_csi.csi import csi_pb2, csi_pb2_grpc
 from cinder_csi.standins.kube.client import wait_until as poll_until
 from cinder_csi.standins.openstack import OpenStackStandIn
+from tests.processes import sigkill, terminate
 
 T = TypeVar("T")
 C = grpc.StatusCode
@@ -125,24 +125,17 @@ class PluginProcess:
 
     def kill(self) -> None:
         """SIGKILL, as a crash or an OOM kill would end it."""
-        if self.channel is not None:
-            self.channel.close()
-            self.channel = None
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(timeout=30)
+        self._close_channel()
+        sigkill(self.process)
 
     def stop(self) -> None:
+        self._close_channel()
+        terminate(self.process, grace=20)
+
+    def _close_channel(self) -> None:
         if self.channel is not None:
             self.channel.close()
             self.channel = None
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=30)
 
     def http_get(self, path: str, timeout: float = 5.0) -> tuple[int, str]:
         assert self.http_port is not None, "started without --http-endpoint"

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from typing import Any
 from cinder_csi.loop import protocol as p
 from cinder_csi.standins.kube import ApiError
 from tests.integration.cluster_env import ClusterEnv, wait_until
+from tests.processes import sigkill, terminate
 from tests.reliability.driver_env import free_port
 
 Obj = dict[str, Any]
@@ -94,18 +94,10 @@ class LoopProcess:
         wait_until(ready, timeout=timeout, what=f"{self.name}'s watch loop running")
 
     def kill9(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait()
+        sigkill(self.process)
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.kill9()
+        terminate(self.process)
 
     def output(self) -> str:
         """Everything every start of this process wrote: log files and stderr."""
