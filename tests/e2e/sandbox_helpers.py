@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -15,7 +17,7 @@ from typing import TypeVar
 
 import grpc
 
-from tests.integration.node_env import unmount_below
+from tests.integration.node_env import loop_devices_backed_by, unmount_below
 
 T = TypeVar("T")
 
@@ -35,6 +37,9 @@ def start_sandbox(state_dir: Path, *extra: str) -> RunningSandbox:
         [sys.executable, "-m", "cinder_csi.cli", "sandbox", "--state-dir", str(state_dir),
          "--log-level", "DEBUG", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        # Its own process group: a sandbox killed after a failed stop takes its controller,
+        # node plugins and loop with it instead of leaving them running.
+        start_new_session=True,
     )
     output: list[str] = []
     deadline = time.monotonic() + 90
@@ -48,7 +53,7 @@ def start_sandbox(state_dir: Path, *extra: str) -> RunningSandbox:
             # Keep reading, or a chatty sandbox would block on a full pipe.
             threading.Thread(target=_drain, args=(process, output), daemon=True).start()
             return RunningSandbox(process, state_dir, output)
-    process.kill()
+    _kill_group(process)
     raise AssertionError("sandbox did not print ready:\n" + "\n".join(output))
 
 
@@ -58,13 +63,19 @@ def _drain(process: subprocess.Popen[str], output: list[str]) -> None:
         output.append(line.rstrip("\n"))
 
 
+def _kill_group(process: subprocess.Popen[str]) -> None:
+    """SIGKILL the sandbox and every process it started (its process group)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+
+
 def stop_sandbox(sandbox: RunningSandbox) -> int:
     sandbox.process.send_signal(signal.SIGTERM)
     try:
         sandbox.process.wait(timeout=60)
     except subprocess.TimeoutExpired:
-        sandbox.process.kill()
-        sandbox.process.wait()
+        _kill_group(sandbox.process)
     time.sleep(0.2)  # the drain thread reads the last lines
     return sandbox.process.returncode
 
@@ -78,7 +89,11 @@ def running_sandbox(root: Path, *extra: str) -> Iterator[RunningSandbox]:
     finally:
         if sandbox.process.poll() is None:
             stop_sandbox(sandbox)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(sandbox.process.pid, signal.SIGKILL)  # children a crash left behind
         unmount_below(root)
+        for line in loop_devices_backed_by(root):
+            subprocess.run(["losetup", "-d", line.split(":", 1)[0]], check=False)
 
 
 def until(probe: Callable[[], T | None], what: str, timeout: float = 60) -> T:
