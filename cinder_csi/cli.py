@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from cinder_csi import DEFAULT_DRIVER_NAME, errors, version
 from cinder_csi.deadline import DEFAULT_TIMEOUT_S
 from cinder_csi.logs import setup_logging
+from cinder_csi.signals import SignalStop
 
 if TYPE_CHECKING:
     from cinder_csi.csi.server import CSIServer
@@ -441,9 +442,11 @@ def run_provisioner(args: argparse.Namespace) -> int:
 
     options = replace(loop_options(args, args.csi_address), http_endpoint=args.http_endpoint)
     stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-    return WatchLoop(options).run(stop)
+    on_signal = SignalStop(stop)
+    try:
+        return WatchLoop(options).run(stop)
+    finally:
+        on_signal.restore()
 
 
 def run_registry(args: argparse.Namespace) -> int:

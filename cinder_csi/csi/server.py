@@ -12,7 +12,6 @@ import threading
 from collections.abc import Callable, Iterable
 from concurrent import futures
 from dataclasses import dataclass
-from types import FrameType
 from typing import Any, Literal
 
 import grpc
@@ -21,6 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from cinder_csi.csi import csi_pb2_grpc
 from cinder_csi.csi.interceptors import chain
 from cinder_csi.metrics import Metrics
+from cinder_csi.signals import SignalStop
 
 LOG = logging.getLogger(__name__)
 
@@ -194,14 +194,8 @@ class CSIServer:
 
         Returns None when the server was stopped some other way. Main thread only.
         """
-        received: list[signal.Signals] = []
         wake = threading.Event()
-
-        def on_signal(signum: int, _frame: FrameType | None) -> None:
-            received.append(signal.Signals(signum))
-            wake.set()
-
-        previous = {sig: signal.signal(sig, on_signal) for sig in signals}
+        on_signal = SignalStop(wake, signals)
         try:
             if self._server is None:
                 self.start()
@@ -209,9 +203,8 @@ class CSIServer:
                 if self._stopped.is_set():
                     break
         finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-        if received:
-            LOG.info("received %s", received[0].name)
+            on_signal.restore()
+        if on_signal.received is not None:
+            LOG.info("received %s", on_signal.received.name)
         self.stop()
-        return received[0] if received else None
+        return on_signal.received

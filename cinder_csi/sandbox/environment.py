@@ -18,7 +18,6 @@ import argparse
 import importlib.util
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,7 @@ from cinder_csi.errors import CinderCSIError
 from cinder_csi.host import Mounter, MountTable
 from cinder_csi.logs import setup_logging
 from cinder_csi.sandbox.demo import DemoTarget, run_demo
+from cinder_csi.signals import SignalStop
 from cinder_csi.standins.kube import KubeStandIn
 from cinder_csi.standins.openstack import OpenStackStandIn
 
@@ -333,8 +333,7 @@ def run(args: argparse.Namespace) -> int:
     # The terminal shows progress; the stand-ins' own logs go next to the children's.
     setup_logging(args.log_level, args.log_file or sandbox.state_dir / "logs" / "sandbox.log")
     stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
+    on_signal = SignalStop(stop)
     print(f"state directory: {sandbox.state_dir}", flush=True)
     code = 0
     try:
@@ -363,7 +362,8 @@ def run(args: argparse.Namespace) -> int:
             stop.wait()
     finally:
         print("stopping", flush=True)
-        sandbox.stop()
+        sandbox.stop()  # a second Ctrl-C meanwhile changes nothing
+        on_signal.restore()
         left = sandbox.leftovers()
         if left:
             print("stopped, but these are left: " + "; ".join(left), flush=True)

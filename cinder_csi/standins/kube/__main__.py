@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
-import threading
+import time
 from collections.abc import Sequence
 from types import FrameType
 
@@ -50,10 +50,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     controllers = [c for c in args.controllers.split(",") if c]
-    done = threading.Event()
+    # The handler takes no lock (an Event's set() in a handler can hang the main thread inside
+    # that Event's wait()): it records the signal, and the main thread polls.
+    done: list[int] = []
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        done.set()
+        done.append(signum)
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
@@ -63,7 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             kube.add_node(name, labels)
         path = kube.write_kubeconfig(args.kubeconfig)
         log.info("serving %s, kubeconfig %s", kube.url, path)
-        done.wait()
+        while not done:
+            time.sleep(0.2)
     return 0
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 import signal
-import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
@@ -39,10 +39,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     standin = OpenStackStandIn(args.state_dir, host=args.host, port=args.port,
                                region=args.region, availability_zones=zones)
-    stopping = threading.Event()
+    # The handler takes no lock (an Event's set() in a handler can hang the main thread inside
+    # that Event's wait()): it records the signal, and the main thread polls.
+    stopping: list[int] = []
 
     def _on_signal(signum: int, frame: FrameType | None) -> None:
-        stopping.set()
+        stopping.append(signum)
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
@@ -52,7 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, zone in servers:
             server_id = standin.add_server(name, zone, by_id_dir=args.by_id_dir)
             print(f"server {name} {server_id} {zone}", flush=True)
-        stopping.wait()
+        while not stopping:
+            time.sleep(0.2)
     finally:
         standin.stop()
     return 0
