@@ -12,12 +12,12 @@ from pathlib import Path
 import grpc
 
 from cinder_csi.csi import csi_pb2, csi_pb2_grpc
-from tests.processes import sigkill, terminate
+from tests.processes import ServingProcess
 
 START_TIMEOUT_S = 60.0
 
 
-class ControllerProcess:
+class ControllerProcess(ServingProcess):
     """`python -m cinder_csi.cli controller ...` with its log in ``workdir``."""
 
     def __init__(self, workdir: Path, args: Sequence[str], *, name: str = "controller") -> None:
@@ -25,8 +25,7 @@ class ControllerProcess:
         self.socket = workdir / f"{name}.sock"
         self.log = workdir / f"{name}.log"
         self.args = list(args)
-        self.process: subprocess.Popen[bytes] | None = None
-        self.channel: grpc.Channel | None = None
+        super().__init__()
         self.started_at = 0.0
         self.starts = 0
 
@@ -82,22 +81,6 @@ class ControllerProcess:
     def uptime(self) -> float:
         return time.monotonic() - self.started_at if self.alive() else 0.0
 
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL: no clean-up of any kind, like a node losing power."""
-        self._close_channel()
-        sigkill(self.process)
-
-    def stop(self) -> None:
-        self._close_channel()
-        terminate(self.process)
-
-    def _close_channel(self) -> None:
-        if self.channel is not None:
-            self.channel.close()
-            self.channel = None
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""

@@ -32,7 +32,7 @@ import pytest
 from cinder_csi.csi import csi_pb2, csi_pb2_grpc
 from cinder_csi.standins.kube.client import wait_until as poll_until
 from cinder_csi.standins.openstack import OpenStackStandIn
-from tests.processes import sigkill, terminate
+from tests.processes import ServingProcess
 
 T = TypeVar("T")
 C = grpc.StatusCode
@@ -63,8 +63,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class PluginProcess:
+class PluginProcess(ServingProcess):
     """One `cinder-csi controller|node` child process, serving on a unix socket."""
+
+    stop_grace = 20.0
 
     def __init__(self, argv: Sequence[str], socket_path: Path, log_path: Path,
                  env: Mapping[str, str] | None = None, http_port: int | None = None) -> None:
@@ -73,8 +75,7 @@ class PluginProcess:
         self.log_path = log_path
         self.env = dict(os.environ if env is None else env)
         self.http_port = http_port
-        self.process: subprocess.Popen[bytes] | None = None
-        self.channel: grpc.Channel | None = None
+        super().__init__()
 
     def start(self, timeout: float = 60.0) -> PluginProcess:
         if self.socket.exists():
@@ -120,22 +121,6 @@ class PluginProcess:
         assert self.process is not None
         return self.process.pid
 
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL, as a crash or an OOM kill would end it."""
-        self._close_channel()
-        sigkill(self.process)
-
-    def stop(self) -> None:
-        self._close_channel()
-        terminate(self.process, grace=20)
-
-    def _close_channel(self) -> None:
-        if self.channel is not None:
-            self.channel.close()
-            self.channel = None
 
     def http_get(self, path: str, timeout: float = 5.0) -> tuple[int, str]:
         assert self.http_port is not None, "started without --http-endpoint"
