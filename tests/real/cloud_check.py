@@ -56,6 +56,23 @@ class Cloud:
     def __post_init__(self) -> None:
         self.project_id = str(self.user.current_project_id)
 
+    def wait_schedulable(self, timeout: float = 120.0) -> list[str]:
+        """Wait until Cinder's scheduler knows a backend pool with free capacity; its names.
+
+        A rig just started reports its services up before cinder-volume's first capability
+        report has reached the scheduler; a create then fails with "Could not find any
+        available weighted backend" (met once in CI on the first test).
+        """
+        def pools() -> list[str] | None:
+            answer = self.admin.block_storage.get("/scheduler-stats/get_pools?detail=True")
+            if answer.status_code != 200:
+                return None
+            ready = [str(pool.get("name")) for pool in answer.json().get("pools", [])
+                     if (pool.get("capabilities") or {}).get("free_capacity_gb")]
+            return ready or None
+        return until(pools, "Cinder's scheduler to know a backend pool with free capacity",
+                     timeout=timeout, interval=1.0)
+
     # ---- reads
 
     def volume(self, volume_id: str) -> Any | None:

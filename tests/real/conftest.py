@@ -69,6 +69,7 @@ def cloud(real: real_env.RealEnv) -> Cloud:
 
 @pytest.fixture(scope="session")
 def session(cloud: Cloud, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
+    cloud.wait_schedulable()
     swept = cloud.sweep(prefixes=(STALE_PREFIX,))
     if swept:
         log.warning("removed leftovers of an earlier real-tier run: %s", swept)
