@@ -2,18 +2,21 @@
 
 For a claim that names our driver (see ``wants``): resolve the class, its parameters and
 secret references, the topology and the data source into an ``Intent`` (``loop/intent.py``);
-protect the data source; record the intent on the claim (one patch: finalizer, the name
-``pvc-<uid>`` and the whole resolved request); CreateVolume; create the PV; clear the intent.
+protect the data source; record the intent in the provisioning journal (``loop/journal.py``,
+many claims per write), or on the claim when the journal cannot take it (one patch:
+finalizer, the name ``pvc-<uid>`` and the whole resolved request); CreateVolume; create the
+PV; clear the intent (from the journal: with its next write).
 
 Crash-safety rules (what upstream lacks, external-provisioner#486; keep them when optimising):
 
-- the intent is recorded BEFORE the first CreateVolume, in ONE patch with its finalizer;
+- the intent is recorded BEFORE the first CreateVolume: in the journal, returning only once
+  the server has it; on the claim, in ONE patch with its finalizer;
 - a claim that carries a recorded intent is never resolved again (unless a reschedule picked
   another node): a restart resumes from the recording (CreateVolume is idempotent by name),
   whatever happened meanwhile to the class, its Secrets, the source or the node;
-- a claim deleted mid-way keeps the finalizer until its PV exists, or until ``Unprovisioner``
-  has deleted every volume under its name or proven that none exists; never because an error
-  looked final;
+- a claim deleted mid-way keeps its journal entry (or its finalizer) until its PV exists, or
+  until ``Unprovisioner`` has deleted every volume under its name or proven that none exists;
+  never because an error looked final;
 - the data source's protection finalizer is put on before the intent and taken off only after
   the intent is cleared.
 
@@ -67,6 +70,7 @@ from cinder_csi.loop.errors import (
     rpc_error_text,
 )
 from cinder_csi.loop.intent import Intent, SourceRef, recorded_intent
+from cinder_csi.loop.journal import JournalEntry, in_the_making
 from cinder_csi.loop.kube.apierror import ApiException
 from cinder_csi.loop.kube.client import API_ERRORS
 from cinder_csi.loop.kube.informer import Handlers
@@ -207,6 +211,9 @@ class ClaimController:
         ))
 
     def run(self) -> None:
+        if self.ctx.journal is not None:  # what an earlier run left in the making
+            for entry in self.ctx.journal.entries():
+                self.queue.add(entry.claim_key)
         try:  # protection a crash left on a snapshot whose claim went meanwhile
             for ref in self.sources.protected_snapshots():
                 self.queue.add(source_key(ref))
@@ -220,7 +227,7 @@ class ClaimController:
         source = source_ref(claim)
         if source and (claim.get("spec") or {}).get("volumeName"):
             self.queue.add(source_key(source))
-        if in_flight(claim) or (
+        if in_the_making(claim, self.ctx.journal) or (
             not (claim.get("spec") or {}).get("volumeName")
             and provisioner_of(claim) == self.ctx.driver
         ):
@@ -243,6 +250,8 @@ class ClaimController:
         source = source_ref(claim)
         if source:
             self.queue.add(source_key(source))
+        if self.ctx.journal is not None and self.ctx.journal.has(p.pv_name_for(uid)):
+            self.queue.add(object_key(claim))  # deleted in the making: _settle_journal
 
     # ---- reconcile
 
@@ -252,11 +261,12 @@ class ClaimController:
             self.sources.sync_source(source)
             return
         claim = self.ctx.informers.claims.cache.get(key)
+        self._settle_journal(key, claim)
         if claim is None:
             return
         uid = str(claim["metadata"]["uid"])
         pv_name = p.pv_name_for(uid)
-        started = in_flight(claim)
+        started = in_the_making(claim, self.ctx.journal)
         if not started and uid in self._cleared:
             with self._lock:
                 self._cleared.discard(uid)  # the cache shows our clearing now
@@ -275,7 +285,7 @@ class ClaimController:
             # Crash-safety: finished from the recorded intent alone. Its volume is deleted or
             # proven never made before the finalizer goes; nothing is resolved again.
             if not self._pv_exists(pv_name, claim, ask_api=True):
-                self.unprovisioner.finish(claim, pv_name)
+                self.unprovisioner.finish(claim, pv_name, self._recorded(claim, pv_name))
             self._clear_intent(claim)
             return
         # Otherwise the usual rules hold (a WaitForFirstConsumer claim sent back to the
@@ -291,6 +301,31 @@ class ClaimController:
             raise RetryAfter(wait, f"claim {key} failed recently")
         self._provision(claim, pv_name)
         self.holdoff.forget(uid)
+
+    def _settle_journal(self, key: str, claim: Obj | None) -> None:
+        """Journal entries under ``key`` whose claim is gone (deleted in the making, maybe
+        while the loop was down): its volume is deleted or proven never made, unless its PV
+        exists (then the PV controller and its reclaim policy take it from here)."""
+        journal = self.ctx.journal
+        if journal is None:
+            return
+        live = str(claim["metadata"].get("uid")) if claim is not None else None
+        for entry in journal.entries_of(key):
+            if entry.uid == live:
+                continue
+            stub = entry.claim_stub()
+            if not self._pv_exists(entry.key, stub, ask_api=True):
+                self.unprovisioner.finish(stub, entry.key, entry.intent)
+            journal.forget(entry.key)
+            if entry.intent.source is not None:
+                self.queue.add(source_key(entry.intent.source))
+
+    def _recorded(self, claim: Obj, pv_name: str) -> Intent | None:
+        """The intent recorded for ``claim``: in the journal, else on the claim."""
+        entry = self.ctx.journal.get(pv_name) if self.ctx.journal is not None else None
+        if entry is not None and entry.uid == claim["metadata"].get("uid"):
+            return entry.intent
+        return recorded_intent(claim)
 
     def _recently_provisioned(self, uid: str) -> bool:
         now = self._clock()
@@ -373,7 +408,7 @@ class ClaimController:
     def _intent_for(self, claim: Obj, pv_name: str) -> Intent | None:
         """The recorded intent, or a freshly resolved one; None when the claim is not ours."""
         selected = annotations_of(claim).get(p.ANN_SELECTED_NODE) or ""
-        recorded = recorded_intent(claim)
+        recorded = self._recorded(claim, pv_name)
         if recorded is not None and recorded.selected_node == selected:
             return recorded  # crash-safety: never resolved again (see the module docstring)
         # Nothing recorded yet, or the scheduler picked another node after a reschedule (no
@@ -474,11 +509,21 @@ class ClaimController:
     # ---- intent
 
     def _record_intent(self, claim: Obj, intent: Intent) -> Obj | None:
-        """Protect the source, then record the intent: finalizer, name and request in ONE
-        patch (never split: a crash between two writes would leave a claim that cannot be
-        finished). A no-op when exactly this intent is recorded already."""
+        """Protect the source, then record the intent: in the journal, or else on the claim
+        (finalizer, name and request in ONE patch: a crash between two writes would leave a
+        claim that cannot be finished). A no-op when exactly this intent is recorded already.
+        None when the claim is gone."""
         if intent.source is not None:
             self.sources.protect(intent.source)
+        journal = self.ctx.journal
+        uid = str(claim["metadata"].get("uid"))
+        if journal is not None and not in_flight(claim) and journal.record(JournalEntry(
+                namespace_of(claim), name_of(claim), uid, intent)):
+            current = self.ctx.informers.claims.cache.get(object_key(claim))
+            if current is None or current["metadata"].get("uid") != uid:
+                self._settle_journal(object_key(claim), current)  # gone before CreateVolume
+                return None
+            return claim
         with self._lock:
             self._cleared.discard(str(claim["metadata"].get("uid")))
         # A strategic merge patch with a uid precondition: it cannot conflict with the PV
@@ -490,19 +535,26 @@ class ClaimController:
         """Clear the intent, then let the source's protection go (in that order). ``intent``:
         the one just provisioned from, which spares reading the recording back."""
         uid = str(claim["metadata"].get("uid"))
+        entry = None
+        if self.ctx.journal is not None:
+            entry = self.ctx.journal.get(p.pv_name_for(uid))
+            self.ctx.journal.forget(p.pv_name_for(uid))  # written with the next recording
         with self._lock:
-            if uid in self._cleared:
-                return  # cleared already; the cache has not caught up with our write yet
+            done = uid in self._cleared  # on the claim already; the cache lags behind
+        if in_flight(claim) and not done:
+            self._clear_claim(claim, uid)
+        recorded = intent or (entry.intent if entry else None) or recorded_intent(claim)
+        for source in {source_ref(claim), recorded.source if recorded else None}:
+            if source is not None:
+                self.queue.add(source_key(source))
+
+    def _clear_claim(self, claim: Obj, uid: str) -> None:
         cleared = merge_metadata(
             self.ctx.rest, claim, remove_finalizers=[p.FINALIZER_PROVISIONING],
             annotations={p.ANN_PROVISIONING: None, p.ANN_PROVISIONING_REQUEST: None})
         if cleared is not None and cleared is not claim:
             with self._lock:
                 self._cleared.add(uid)
-        recorded = intent if intent is not None else recorded_intent(claim)
-        for source in {source_ref(claim), recorded.source if recorded else None}:
-            if source is not None:
-                self.queue.add(source_key(source))
 
     def _create_pv(self, claim: Obj, pv: Obj) -> None:
         name = str(pv["metadata"]["name"])

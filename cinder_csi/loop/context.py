@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 from cinder_csi.loop.caches import Informers
 from cinder_csi.loop.capabilities import DriverCapabilities
 from cinder_csi.loop.csi_client import CSIClient
+from cinder_csi.loop.journal import IntentJournal
 from cinder_csi.loop.kube.client import KubeRest
 from cinder_csi.loop.kube.events import EventRecorder
 from cinder_csi.loop.kube.workqueue import WorkQueueMetrics
@@ -37,6 +38,8 @@ class LoopContext:
     # earlier leader) can still be running in the driver: until then, finding no volume by
     # name proves nothing (a CreateVolume already sent may still make one).
     earlier_calls_end: float = 0.0
+    # Where intents are recorded before CreateVolume (loop/journal.py); None: on each claim.
+    journal: IntentJournal | None = None
     # The driver's controller capabilities, asked once for every duty.
     capabilities: DriverCapabilities = field(init=False)
 

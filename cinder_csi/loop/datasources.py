@@ -25,6 +25,7 @@ from cinder_csi.loop import pvspec
 from cinder_csi.loop.context import LoopContext
 from cinder_csi.loop.errors import NotOurs, ParameterError, SourceError
 from cinder_csi.loop.intent import SourceRef
+from cinder_csi.loop.journal import in_the_making
 from cinder_csi.loop.kube.objects import (
     Obj,
     claim_path,
@@ -34,7 +35,6 @@ from cinder_csi.loop.kube.objects import (
     get_or_none,
     namespace_of,
 )
-from cinder_csi.loop.protocol import in_flight
 
 SNAPSHOT_GROUP = "snapshot.storage.k8s.io"
 SNAPSHOT_API = f"/apis/{SNAPSHOT_GROUP}/v1"
@@ -210,7 +210,7 @@ class DataSources:
         for claim in self.ctx.informers.claims.cache.objects():
             if (source_ref(claim) == ref
                     and not (claim.get("spec") or {}).get("volumeName")
-                    and (in_flight(claim) or not deleting(claim))):
+                    and (in_the_making(claim, self.ctx.journal) or not deleting(claim))):
                 return  # a volume from it may still be in the making
         # No retry on conflict: a provisioning may have just started; re-check from scratch.
         edit_metadata(self.ctx.rest, source, remove_finalizers=[finalizer],

@@ -1,4 +1,8 @@
-"""The provisioning intent: everything the loop resolved for a claim, recorded on the claim.
+"""The provisioning intent: everything the loop resolved for a claim, recorded before CreateVolume.
+
+Where it is recorded: in the provisioning journal (``loop/journal.py``), many claims per
+write, or, when the journal cannot be used, on the claim itself as described below. Both are
+honoured everywhere.
 
 Crash-safety rule this module exists for: once a claim carries our intent, the loop can finish
 it either way — make the PV, or delete the volume — without resolving anything again. The
@@ -6,7 +10,7 @@ StorageClass, its Secrets, the VolumeSnapshot or clone source and the selected n
 gone by then (deleted while the controller was down: issue 10 measured 30 of 30 volumes leaked
 that way).
 
-So, in ONE patch, before the first CreateVolume (``ClaimController._record_intent``):
+On the claim, in ONE patch, before the first CreateVolume (``ClaimController._record_intent``):
 
 - ``ANN_PROVISIONING`` = the CSI/PV name (``pvc-<uid>``), which the orphan sweep reads;
 - ``ANN_PROVISIONING_REQUEST`` = this ``Intent`` as JSON: the CreateVolume request *without*
@@ -100,7 +104,10 @@ class Intent:
     # ---- the annotation
 
     def to_json(self) -> str:
-        return json.dumps({
+        return json.dumps(self.as_dict(), sort_keys=True, separators=(",", ":"))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
             "version": INTENT_VERSION,
             "request": json_format.MessageToDict(self.request,
                                                  preserving_proto_field_name=True),
@@ -112,12 +119,17 @@ class Intent:
             "source": ({"kind": self.source.kind, "namespace": self.source.namespace,
                         "name": self.source.name} if self.source else None),
             "selectedNode": self.selected_node,
-        }, sort_keys=True, separators=(",", ":"))
+        }
 
     @classmethod
     def from_json(cls, text: str) -> Intent:
         """Raises ValueError for anything but an intent this version wrote."""
-        data = json.loads(text)
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Intent:
+        """Raises ValueError (json_format.ParseError for the request) for anything but an
+        intent this version wrote."""
         if not isinstance(data, dict) or data.get("version") != INTENT_VERSION:
             raise ValueError(f"not an intent of version {INTENT_VERSION}")
         request = json_format.ParseDict(data.get("request") or {},

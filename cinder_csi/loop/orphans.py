@@ -4,17 +4,18 @@ Every ``interval`` (and once at start) one pass lists the driver's volumes (CSI 
 every page), then, from the API server and not from a cache, every claim and every PV. A
 volume is an orphan when its volume_context says it belongs to this cluster and is named
 ``pvc-...``, no PV has it as volumeHandle, and no claim is provisioning it
-(``ANN_PROVISIONING``). Orphans seen for ``grace`` are reported: a Warning Event
-``OrphanedVolume`` (about the PV that should exist) and the gauge ``cinder_csi_orphaned_volumes``.
+(an entry of the provisioning journal, read from the API server too, or ``ANN_PROVISIONING``).
+Orphans seen for ``grace`` are reported: a Warning Event ``OrphanedVolume`` (about the PV that
+should exist) and the gauge ``cinder_csi_orphaned_volumes``.
 
 With ``delete_orphans`` an orphan is deleted only when all of these hold, each a lesson of
 issue 10 (``--delete-orphans`` could delete data):
 
 - the pass is whole: the ListVolumes listing and both API listings completed (a failed or
   partial one ends the pass and forgets every sighting, so RBAC errors or an overloaded API
-  server can never make PVs look missing). The claim listing comes after ListVolumes and
-  before the PV listing, so a volume made and given a PV meanwhile is seen with its claim's
-  intent or with its PV;
+  server can never make PVs look missing). The claim and journal listings come after
+  ListVolumes and before the PV listing, so a volume made and given a PV meanwhile is seen
+  with its claim's intent or with its PV;
 - it was an orphan in consecutive whole passes spanning ``grace``, at least two of them;
 - it is ``available`` and published to no node (volume_context status, published_node_ids);
 - the driver recorded reclaim policy ``Delete`` on it when the loop created it. A volume
@@ -53,6 +54,7 @@ from cinder_csi.loop.capabilities import RPC
 from cinder_csi.loop.context import LoopContext
 from cinder_csi.loop.csi_client import listed_volumes
 from cinder_csi.loop.errors import Fenced, rpc_code, rpc_error_text
+from cinder_csi.loop.journal import IntentJournal
 from cinder_csi.loop.kube.client import API_ERRORS, api_error_text
 from cinder_csi.loop.kube.objects import PV_PATH, annotations_of, list_all
 
@@ -173,6 +175,8 @@ class OrphanSweep:
         listed = self._listed()
         in_flight = {annotations_of(claim).get(p.ANN_PROVISIONING)
                      for claim in self._list_api(CLAIMS_PATH, "claims")}
+        if self.ctx.journal is not None:
+            in_flight |= self._journaled(self.ctx.journal)
         handles = {str(((pv.get("spec") or {}).get("csi") or {}).get("volumeHandle"))
                    for pv in self._list_api(PV_PATH, "PersistentVolumes")}
         candidates = {v.volume_id: v for v in listed
@@ -226,6 +230,14 @@ class OrphanSweep:
             return list_all(self.ctx.rest, path, page_size=self.page_size)
         except API_ERRORS as exc:
             raise IncompletePass(f"listing {what} failed: {api_error_text(exc)}") from None
+
+    @staticmethod
+    def _journaled(journal: IntentJournal) -> set[str]:
+        try:
+            return journal.names_on_server()
+        except API_ERRORS as exc:
+            raise IncompletePass("reading the provisioning journal failed: "
+                                 f"{api_error_text(exc)}") from None
 
     def _report(self, volume: Listed) -> None:
         why = volume.why_kept()

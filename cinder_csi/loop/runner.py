@@ -24,7 +24,14 @@ from prometheus_client import CollectorRegistry
 from cinder_csi.loop.caches import build_informers
 from cinder_csi.loop.context import Controller, LoopContext
 from cinder_csi.loop.csi_client import CSIClient, CSIMetrics
-from cinder_csi.loop.kube.client import KubeClients, KubeOptions, build_clients
+from cinder_csi.loop.journal import IntentJournal, configmap_name
+from cinder_csi.loop.kube.client import (
+    API_ERRORS,
+    KubeClients,
+    KubeOptions,
+    api_error_text,
+    build_clients,
+)
 from cinder_csi.loop.kube.events import EventRecorder
 from cinder_csi.loop.kube.leader import (
     KubeLeaseStore,
@@ -155,6 +162,9 @@ class WatchLoop:
                 provisioner_identity=f"{default_identity()}-{driver}",
                 cluster=options.cluster, cluster_explicit=options.cluster_explicit,
             )
+            if "claims" in options.duties:
+                ctx.journal = IntentJournal(clients.rest(), self._namespace(),
+                                            configmap_name(driver))
             self._ctx = ctx
             if options.leader_election:
                 return self._run_elected(ctx, clients, stop)
@@ -166,8 +176,12 @@ class WatchLoop:
             csi.close()
             clients.close()
 
+    def _namespace(self) -> str:
+        """Where the Lease and the provisioning journal live."""
+        return self.options.leader_election_namespace or default_namespace()
+
     def _run_elected(self, ctx: LoopContext, clients: KubeClients, stop: threading.Event) -> int:
-        namespace = self.options.leader_election_namespace or default_namespace()
+        namespace = self._namespace()
         name = lease_name(ctx.driver)
         options = self.options
         elector = LeaderElector(
@@ -200,7 +214,7 @@ class WatchLoop:
             controller.register()
         ctx.informers.start()
         try:
-            if not self._wait_for_sync(ctx, stop):
+            if not self._wait_for_sync(ctx, stop) or not self._load_journal(ctx, stop):
                 return
             threads = _start(controllers)
             self.ready.set()
@@ -212,8 +226,25 @@ class WatchLoop:
                 thread.join(timeout=30)
         finally:
             ctx.stop.set()
+            if ctx.journal is not None:
+                ctx.journal.stop()  # writes the removals still pending
             ctx.informers.stop()
             ctx.recorder.stop()
+
+    @staticmethod
+    def _load_journal(ctx: LoopContext, stop: threading.Event) -> bool:
+        """What earlier runs left in the journal, read before any duty starts (until read,
+        nothing may be provisioned or swept); False when stopped first."""
+        journal = ctx.journal
+        while journal is not None and not stop.is_set():
+            try:
+                journal.load()
+                return True
+            except API_ERRORS as exc:
+                log.warning("reading the provisioning journal %s/%s failed, retrying: %s",
+                            journal.namespace, journal.name, api_error_text(exc))
+                stop.wait(2.0)
+        return not stop.is_set()
 
 
     def _sync_health(self) -> str | None:

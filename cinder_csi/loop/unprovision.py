@@ -2,8 +2,8 @@
 made, before the claim may go.
 
 external-provisioner forgets such volumes (kubernetes-csi/external-provisioner#486); issue 10
-measured 30 of 30 leaked when the StorageClass went too. The claim keeps our intent finalizer
-until ``Unprovisioner.finish`` returns, which it does only when:
+measured 30 of 30 leaked when the StorageClass went too. The claim's intent (its journal
+entry, or its finalizer) stays until ``Unprovisioner.finish`` returns, which it does only when:
 
 - every volume under the claim's CSI name (``pvc-<uid>``), looked up through ListVolumes (our
   driver reports each volume's Cinder name in volume_context), was deleted with DeleteVolume;
@@ -14,14 +14,14 @@ until ``Unprovisioner.finish`` returns, which it does only when:
 
 It needs nothing the claim resolved before: the provisioner Secret comes by reference from the
 recorded intent (``loop/intent.py``); when that Secret is gone, DeleteVolume is tried without
-secrets and an Event says so, and the finalizer stays until a call succeeds.
+secrets and an Event says so, and the intent stays until a call succeeds.
 
 A driver that does not report names (another CSI driver, an older one) cannot prove absence by
 listing: the recorded request is sent again (CreateVolume is idempotent by name) and the volume
-it answers with is deleted. If even that is impossible, the finalizer stays and a Warning
-Event tells the operator what to check before removing it by hand.
+it answers with is deleted. If even that is impossible, the finalizer (or journal entry) stays
+and a Warning Event tells the operator what to check before removing it by hand.
 
-Never does the finalizer go because a StorageClass, Secret, snapshot or node is gone, or
+Never does the intent go because a StorageClass, Secret, snapshot or node is gone, or
 because a CreateVolume failed: a failed call may still have left a volume behind.
 """
 
@@ -51,7 +51,7 @@ from cinder_csi.loop.errors import (
     rpc_code,
     rpc_error_text,
 )
-from cinder_csi.loop.intent import Intent, recorded_intent
+from cinder_csi.loop.intent import Intent
 from cinder_csi.loop.kube.objects import Obj, object_key
 from cinder_csi.loop.secrets import deletion_secrets
 
@@ -83,10 +83,10 @@ class Unprovisioner:
         with self._lock:
             self._creates_end.pop(name, None)
 
-    def finish(self, claim: Obj, name: str) -> None:
+    def finish(self, claim: Obj, name: str, intent: Intent | None) -> None:
         """Return once no volume named ``name`` exists (deleted, or proven never made);
-        raise to be called again later. The caller then clears the claim's intent."""
-        intent = recorded_intent(claim)
+        raise to be called again later. ``intent``: what was recorded for the claim (``claim``
+        may be a stub of one already gone). The caller then clears the intent."""
         calls_end = self._calls_end(name)  # before listing: the listing must start after it
         found = self._named(name)
         if found is None:  # the driver cannot look names up: make it say the id
@@ -148,10 +148,16 @@ class Unprovisioner:
         message = (f"cannot tell whether volume {name} of this deleted claim exists: the driver "
                    f"does not report volume names in ListVolumes and {why}. Check the storage "
                    f"backend for a volume named {name}, delete it if present, then remove the "
-                   f"finalizer {', '.join(f for f in claim['metadata'].get('finalizers', []))}"
-                   " from the claim by hand")
+                   + (f"finalizer {', '.join(claim['metadata']['finalizers'])} from the claim"
+                      if claim["metadata"].get("finalizers") else
+                      f"key {name} from the provisioning journal (ConfigMap "
+                      f"{self._journal_name()})") + " by hand")
         self.ctx.recorder.warning(claim, "ProvisioningFailed", message)
         raise DoNotRetrySoon(message)
+
+    def _journal_name(self) -> str:
+        journal = self.ctx.journal
+        return f"{journal.namespace}/{journal.name}" if journal is not None else "none"
 
     # ---- deleting
 

@@ -30,9 +30,11 @@ from prometheus_client import CollectorRegistry
 from cinder_csi import DEFAULT_DRIVER_NAME, TOPOLOGY_KEY
 from cinder_csi.csi import csi_pb2
 from cinder_csi.csi.server import CSIServer
+from cinder_csi.loop import protocol as p
 from cinder_csi.loop.caches import build_informers
 from cinder_csi.loop.context import Controller, LoopContext
 from cinder_csi.loop.csi_client import CSIClient, CSIMetrics
+from cinder_csi.loop.journal import IntentJournal, configmap_name
 from cinder_csi.loop.kube.client import KubeClients, KubeOptions, build_clients
 from cinder_csi.loop.kube.events import EventRecorder
 from cinder_csi.loop.kube.workqueue import WorkQueueMetrics
@@ -44,6 +46,7 @@ from tests.integration.conftest import CLUSTER, ControllerHandle, start_controll
 from tests.integration.node_env import loop_devices_backed_by, unmount_below
 
 DRIVER = DEFAULT_DRIVER_NAME
+JOURNAL_NAMESPACE = "default"  # where the runner's loop keeps it outside a pod
 STANDARD = "standard"
 Obj = dict[str, Any]
 ControllerFactory = Callable[[LoopContext], Controller]
@@ -64,12 +67,17 @@ class LoopHandle:
     threads: list[threading.Thread] = field(default_factory=list)
 
     def kill(self, timeout: float = 15.0) -> None:
-        """Like a crash: CSI calls in flight are cut (CANCELLED) before the workers stop."""
+        """Like a crash: CSI calls in flight are cut (CANCELLED) before the workers stop, and
+        the journal's pending removals are never written."""
         self.ctx.csi.close()
+        if self.ctx.journal is not None:
+            self.ctx.journal.stop(flush=False)
         self.stop(timeout)
 
     def stop(self, timeout: float = 15.0) -> None:
         self.ctx.stop.set()
+        if self.ctx.journal is not None:
+            self.ctx.journal.stop()
         for thread in self.threads:
             thread.join(timeout)
         self.ctx.informers.stop()
@@ -111,10 +119,14 @@ class ClusterEnv:
     # ---- the loop
 
     def loop_context(self, stop: threading.Event | None = None, *, workers: int = 16,
-                     qps: float = 500.0, burst: int = 1000) -> tuple[LoopContext, KubeClients]:
-        """A fresh LoopContext with its own clients, informers, recorder and registry.
+                     qps: float = 500.0, burst: int = 1000,
+                     journal: bool = True) -> tuple[LoopContext, KubeClients]:
+        """A fresh LoopContext with its own clients, informers, recorder and registry; with
+        ``journal``, intents go to the provisioning journal (as the runner's loop does), else
+        on each claim.
 
-        The caller registers handlers, starts informers and recorder (run_loop does all that).
+        The caller registers handlers, starts informers and recorder and loads the journal
+        (run_loop does all that).
         """
         clients = build_clients(KubeOptions(kubeconfig=str(self.kubeconfig), qps=qps,
                                             burst=burst))
@@ -133,6 +145,8 @@ class ClusterEnv:
             stop=stop if stop is not None else threading.Event(),
             cluster=self.cluster, cluster_explicit=True,
         )
+        if journal:
+            ctx.journal = IntentJournal(rest, JOURNAL_NAMESPACE, configmap_name(self.driver))
         return ctx, clients
 
     def start_loop(self, factories: Sequence[ControllerFactory], *, synced: bool = True,
@@ -147,6 +161,8 @@ class ClusterEnv:
         ctx.informers.start()
         if synced:
             assert ctx.informers.wait_for_sync(20), "informers did not sync"
+        if ctx.journal is not None:
+            ctx.journal.load()
         ctx.recorder.start()
         for controller in controllers:
             thread = threading.Thread(target=controller.run, name=f"loop-{controller.name}",
@@ -236,6 +252,32 @@ class ClusterEnv:
 
     def pv(self, name: str) -> Obj | None:
         return self.kube.store.peek("persistentvolumes", name)
+
+    def journal(self) -> dict[str, str]:
+        """The provisioning journal as the API server holds it: CSI name -> entry."""
+        configmap = self.kube.store.peek("configmaps", configmap_name(self.driver),
+                                         namespace=JOURNAL_NAMESPACE)
+        return dict((configmap or {}).get("data") or {})
+
+    def write_journal(self, entries: dict[str, str]) -> None:
+        """Entries in the provisioning journal, as an earlier run of the loop left them."""
+        name = configmap_name(self.driver)
+        if self.kube.store.peek("configmaps", name, namespace=JOURNAL_NAMESPACE) is None:
+            self.kube.store.create("configmaps", {
+                "metadata": {"name": name, "namespace": JOURNAL_NAMESPACE}, "data": entries},
+                namespace=JOURNAL_NAMESPACE)
+        else:
+            self.kube.store.patch("configmaps", name, {"data": entries},
+                                  namespace=JOURNAL_NAMESPACE)
+
+    def in_the_making(self, name: str, namespace: str = "default") -> bool:
+        """The claim has an intent recorded, in the journal or on itself."""
+        claim = self.claim(name, namespace)
+        if claim is None:
+            return False
+        annotations = claim["metadata"].get("annotations") or {}
+        return (p.ANN_PROVISIONING in annotations
+                or p.pv_name_for(claim["metadata"]["uid"]) in self.journal())
 
     def wait_bound(self, name: str, namespace: str = "default", timeout: float = 30.0) -> Obj:
         def bound() -> Obj | None:

@@ -14,11 +14,14 @@ import pytest
 from cinder_csi.loop import protocol as p
 from cinder_csi.loop.claims import ClaimController
 from cinder_csi.loop.deletion import VolumeController
+from cinder_csi.loop.intent import Intent
+from cinder_csi.loop.journal import JournalEntry
 from tests.integration.cluster_env import (
     CLUSTER,
     DRIVER,
     TOPOLOGY_KEY,
     ClusterEnv,
+    LoopHandle,
     cluster_env,
     wait_until,
 )
@@ -79,11 +82,12 @@ def test_claim_bound_to_one_volume_with_every_pv_field(env: ClusterEnv) -> None:
         assert csi["fsType"] == "xfs"
         assert csi["volumeAttributes"][p.PROVISIONER_IDENTITY_KEY] == \
             loop.ctx.provisioner_identity
-        # The intent is gone once the PV exists (the claim may be Bound a moment before).
-        current = wait_until(lambda: None if intent_recorded(env, "data") else env.claim("data"),
-                             timeout=10, what="intent cleared")
+        # The intent went to the journal: the claim itself is never written by the loop.
+        current = env.claim("data")
+        assert current is not None
         assert p.ANN_PROVISIONING not in (current["metadata"].get("annotations") or {})
         assert p.FINALIZER_PROVISIONING not in current["metadata"].get("finalizers", [])
+        assert not loop.ctx.journal.has(name)  # done with, at once; off the server below
         env.wait_event("data", "ProvisioningSucceeded")
         assert pv["status"]["phase"] == "Bound"
         # The pv finalizer is not re-added or duplicated by the volume controller.
@@ -91,6 +95,7 @@ def test_claim_bound_to_one_volume_with_every_pv_field(env: ClusterEnv) -> None:
         again = env.pv(name)
         assert again is not None
         assert again["metadata"]["finalizers"].count(p.FINALIZER_PV_DELETION) == 1
+    assert env.journal() == {}  # its removal was written when the loop stopped
 
 
 def test_slow_provisioning_is_announced_while_it_lasts(env: ClusterEnv) -> None:
@@ -236,60 +241,90 @@ def test_loop_secret_is_passed_and_recorded(env: ClusterEnv) -> None:
 
 
 def intent_recorded(env: ClusterEnv, name: str) -> dict[str, Any] | None:
-    claim = env.claim(name)
-    if claim and p.ANN_PROVISIONING in (claim["metadata"].get("annotations") or {}):
-        return claim
-    return None
+    """The claim, when the API server has an intent recorded for it (journal or claim)."""
+    return env.claim(name) if env.in_the_making(name) else None
 
 
-def test_restart_mid_flight_resumes(env: ClusterEnv) -> None:
+def wait_intent_done(env: ClusterEnv, loop: LoopHandle, claim_name: str) -> None:
+    """Until the loop is done with the claim's intent: on the claim, the server shows it;
+    in the journal, the loop's view does (the removal is written with the next write, or
+    when the loop stops)."""
+    claim = env.claim(claim_name)
+    assert claim is not None
+    journal = loop.ctx.journal
+    name = f"pvc-{claim['metadata']['uid']}"
+    wait_until(lambda: (not journal.has(name)) if journal is not None
+               else intent_recorded(env, claim_name) is None, timeout=10, what="intent done")
+
+
+# Where the loop records intents: the journal (what the runner does), or each claim (when the
+# journal cannot be used). Every crash-safety test runs with both.
+RECORDING = pytest.mark.parametrize("journal", [True, False], ids=["journal", "on-claim"])
+
+
+@RECORDING
+def test_restart_mid_flight_resumes(env: ClusterEnv, journal: bool) -> None:
     env.openstack.faults.slow("create", 3)
-    loop = env.start_loop(LOOP)
+    loop = env.start_loop(LOOP, journal=journal)
     env.create_claim("resume")
     claim = wait_until(lambda: intent_recorded(env, "resume"), timeout=10,
                        what="intent recorded")
     name = f"pvc-{claim['metadata']['uid']}"
-    assert claim["metadata"]["annotations"][p.ANN_PROVISIONING] == name
-    assert p.FINALIZER_PROVISIONING in claim["metadata"]["finalizers"]
+    if journal:
+        assert name in env.journal()
+        assert p.FINALIZER_PROVISIONING not in claim["metadata"].get("finalizers", [])
+    else:
+        assert claim["metadata"]["annotations"][p.ANN_PROVISIONING] == name
+        assert p.FINALIZER_PROVISIONING in claim["metadata"]["finalizers"]
     time.sleep(0.3)  # CreateVolume is under way in the cloud
     env.stop_loop(loop, kill=True)  # its CreateVolume is cut off, as by a crash
     assert env.pv(name) is None
     assert intent_recorded(env, "resume")
-    with env.run_loop(LOOP):
+    with env.run_loop(LOOP, journal=journal) as again:
         bound = env.wait_bound("resume", timeout=30)
         assert bound["spec"]["volumeName"] == name
-        wait_until(lambda: intent_recorded(env, "resume") is None, timeout=10,
-                   what="intent cleared")
+        wait_intent_done(env, again, "resume")
+    assert intent_recorded(env, "resume") is None
     assert len(live_volumes(env, name)) == 1
 
 
-def crashed_after_create(env: ClusterEnv, claim_name: str) -> tuple[str, str]:
-    """The state a crash right after CreateVolume leaves: intent on the claim, a volume, no PV."""
+def crashed_after_create(env: ClusterEnv, claim_name: str, journal: bool) -> tuple[str, str]:
+    """The state a crash right after CreateVolume leaves: the intent recorded (in the journal
+    or on the claim), a volume, no PV."""
     claim = env.create_claim(claim_name)
     name = f"pvc-{claim['metadata']['uid']}"
-    env.kube.store.patch("persistentvolumeclaims", claim_name, {"metadata": {
-        "annotations": {p.ANN_PROVISIONING: name},
-        "finalizers": [*claim["metadata"].get("finalizers", []), p.FINALIZER_PROVISIONING],
-    }}, namespace="default")
-    volume = env.csi.controller.CreateVolume(create_request(name, 1), timeout=30).volume
+    request = create_request(name, 1)
+    if journal:
+        entry = JournalEntry("default", claim_name, claim["metadata"]["uid"], Intent(
+            request=request, storage_class="standard", reclaim_policy="Delete",
+            fs_type="ext4"))
+        env.write_journal({name: entry.encode()})
+    else:
+        env.kube.store.patch("persistentvolumeclaims", claim_name, {"metadata": {
+            "annotations": {p.ANN_PROVISIONING: name},
+            "finalizers": [*claim["metadata"].get("finalizers", []), p.FINALIZER_PROVISIONING],
+        }}, namespace="default")
+    volume = env.csi.controller.CreateVolume(request, timeout=30).volume
     return name, str(volume.volume_id)
 
 
-def test_restart_adopts_volume_made_before_the_crash(env: ClusterEnv) -> None:
-    name, volume_id = crashed_after_create(env, "adopt")
-    with env.run_loop(LOOP):
+@RECORDING
+def test_restart_adopts_volume_made_before_the_crash(env: ClusterEnv, journal: bool) -> None:
+    name, volume_id = crashed_after_create(env, "adopt", journal)
+    with env.run_loop(LOOP, journal=journal) as loop:
         bound = env.wait_bound("adopt")
+        wait_intent_done(env, loop, "adopt")
         pv = env.pv(name)
         assert pv is not None
         assert bound["spec"]["volumeName"] == name
         assert pv["spec"]["csi"]["volumeHandle"] == volume_id
-        wait_until(lambda: intent_recorded(env, "adopt") is None, timeout=10,
-                   what="intent cleared")
+    assert intent_recorded(env, "adopt") is None
     assert [v["id"] for v in live_volumes(env, name)] == [volume_id]
 
 
-def test_restart_with_pv_made_only_cleans_up(env: ClusterEnv) -> None:
-    name, volume_id = crashed_after_create(env, "almost")
+@RECORDING
+def test_restart_with_pv_made_only_cleans_up(env: ClusterEnv, journal: bool) -> None:
+    name, volume_id = crashed_after_create(env, "almost", journal)
     claim = env.claim("almost")
     assert claim is not None
     env.kube.store.create("persistentvolumes", {
@@ -305,19 +340,20 @@ def test_restart_with_pv_made_only_cleans_up(env: ClusterEnv) -> None:
     })
     creates_before = sum(1 for r in env.openstack.requests()
                          if r.method == "POST" and r.path.endswith("/volumes"))
-    with env.run_loop(LOOP):
+    with env.run_loop(LOOP, journal=journal) as loop:
         env.wait_bound("almost")
-        wait_until(lambda: intent_recorded(env, "almost") is None, timeout=10,
-                   what="intent cleared")
+        wait_intent_done(env, loop, "almost")
+    assert intent_recorded(env, "almost") is None
     creates_after = sum(1 for r in env.openstack.requests()
                         if r.method == "POST" and r.path.endswith("/volumes"))
     assert creates_after == creates_before
     assert [v["id"] for v in live_volumes(env, name)] == [volume_id]
 
 
-def test_claim_deleted_mid_provisioning_leaks_nothing(env: ClusterEnv) -> None:
+@RECORDING
+def test_claim_deleted_mid_provisioning_leaks_nothing(env: ClusterEnv, journal: bool) -> None:
     env.openstack.faults.slow("create", 3)
-    with env.run_loop(LOOP):
+    with env.run_loop(LOOP, journal=journal):
         env.create_claim("short-lived")
         wait_until(lambda: intent_recorded(env, "short-lived"), timeout=10,
                    what="intent recorded")
@@ -325,6 +361,33 @@ def test_claim_deleted_mid_provisioning_leaks_nothing(env: ClusterEnv) -> None:
         wait_until(lambda: env.claim("short-lived") is None, timeout=30, what="claim gone")
         wait_until(lambda: not live_volumes(env) and not env.kube.store.view(
             "persistentvolumes"), timeout=30, what="volume and PV gone")
+    assert env.journal() == {}
+
+
+@RECORDING
+def test_claim_deleted_while_the_loop_is_down_leaks_nothing(env: ClusterEnv,
+                                                           journal: bool) -> None:
+    """The crash-safety case: killed after CreateVolume went out, the claim and its class
+    deleted before the loop is back. Its volume is deleted from the recorded intent alone."""
+    env.create_class("gone-class")
+    env.openstack.faults.slow("create", 2)
+    loop = env.start_loop(LOOP, journal=journal)
+    claim = env.create_claim("doomed", storage_class="gone-class")
+    name = f"pvc-{claim['metadata']['uid']}"
+    wait_until(lambda: intent_recorded(env, "doomed"), timeout=10, what="intent recorded")
+    time.sleep(0.3)  # CreateVolume is under way in the cloud
+    env.stop_loop(loop, kill=True)
+    env.core.delete_namespaced_persistent_volume_claim("doomed", "default")
+    env.kube.store.delete("storageclasses", "gone-class")
+    if journal:  # nothing holds the claim: the journal remembers it
+        wait_until(lambda: env.claim("doomed") is None, timeout=10, what="claim gone")
+    wait_until(lambda: live_volumes(env, name), timeout=30, what="the volume made meanwhile")
+    with env.run_loop(LOOP, journal=journal):
+        wait_until(lambda: not live_volumes(env, name) and env.claim("doomed") is None,
+                   timeout=60, what="volume deleted, claim gone")
+        env.wait_event("doomed", "ProvisioningCancelled", timeout=10)
+    assert env.journal() == {}
+    assert env.pv(name) is None
 
 
 # ---------------------------------------------------------------- user errors

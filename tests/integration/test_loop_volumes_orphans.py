@@ -92,6 +92,22 @@ def test_claim_being_provisioned_is_not_an_orphan(env: ClusterEnv) -> None:
     assert found == []
 
 
+def test_journal_entries_are_not_orphans(env: ClusterEnv) -> None:
+    """Volumes named by the provisioning journal on the server (an entry this loop has not
+    loaded, one it cannot read) are in the making, not orphans."""
+    later, unreadable = "pvc-0f0f0f0f-0000-4000-8000-000000000001", "pvc-unreadable"
+    make_volume(env, later)
+    make_volume(env, unreadable)
+    handle = env.start_loop([functools.partial(OrphanSweep, interval=3600, start_delay=3600,
+                                               grace=0)])
+    sweeper = handle.controllers[0]
+    assert isinstance(sweeper, OrphanSweep)
+    env.write_journal({later: "{}", unreadable: "not an entry"})  # after the loop loaded it
+    assert sweeper.sweep() == []
+    env.write_journal({later: None, unreadable: None})  # type: ignore[dict-item]
+    assert sorted(name for _, name in sweeper.sweep()) == sorted([later, unreadable])
+
+
 def test_orphans_deleted_when_asked(env: ClusterEnv) -> None:
     orphan = make_volume(env, "pvc-00000000-0000-0000-0000-000000000003")
     sweeper, found = sweep(env, grace=0, delete_orphans=True)

@@ -160,8 +160,9 @@ def audit(env: ClusterEnv, *, retained: Iterable[str] = (), in_flight: bool = Fa
     its claim's intent or its PV in what we read."""
     kept = set(retained)
     volumes = live_volumes(env)
-    intents = {str((c.get("metadata", {}).get("annotations") or {}).get(p.ANN_PROVISIONING))
-               for c in env.kube.store.view("persistentvolumeclaims")} if in_flight else set()
+    intents = ({str((c.get("metadata", {}).get("annotations") or {}).get(p.ANN_PROVISIONING))
+                for c in env.kube.store.view("persistentvolumeclaims")} | set(env.journal())
+               if in_flight else set())
     pvs = env.kube.store.view("persistentvolumes")
     handles = {((pv.get("spec") or {}).get("csi") or {}).get("volumeHandle") for pv in pvs}
     ids = {v["id"] for v in volumes}

@@ -30,7 +30,6 @@ import grpc
 import pytest
 
 from cinder_csi.csi import csi_pb2
-from cinder_csi.loop import protocol as p
 from tests.integration.cluster_env import ClusterEnv, cluster_env
 from tests.reliability.harness import (
     LoopProcess,
@@ -223,8 +222,7 @@ class Campaign:
             cls = self.world.claims[claim]
             secret = self.world.classes.get(cls)
             store = self.env.kube.store
-            started = p.ANN_PROVISIONING_REQUEST in (
-                ((self.env.claim(claim) or {}).get("metadata") or {}).get("annotations") or {})
+            started = self.env.in_the_making(claim, NAMESPACE)
             return ((secret is not None
                      and store.peek("secrets", secret, namespace=NAMESPACE) is None)
                     or (not started and store.peek("storageclasses", cls) is None)

@@ -24,6 +24,7 @@ from cinder_csi.loop.errors import (
     RetryAfter,
 )
 from cinder_csi.loop.intent import Intent
+from cinder_csi.loop.journal import IntentJournal, JournalEntry, configmap_name
 from cinder_csi.loop.kube.apierror import ApiException
 from cinder_csi.loop.kube.client import STRATEGIC_MERGE_PATCH
 from cinder_csi.loop.kube.events import Deferred
@@ -723,3 +724,96 @@ def test_populator_data_sources_are_left_alone(world: World) -> None:
     world.add_claim(dataSourceRef={"apiGroup": "example.com", "kind": "Widget", "name": "w"})
     world.sync()
     assert world.csi.requests == [] and world.recorder.events == []
+
+
+# ---------------------------------------------------------------- the provisioning journal
+
+JOURNAL_PATH = f"/api/v1/namespaces/default/configmaps/{configmap_name(DRIVER)}"
+
+
+def with_journal(world: World, data: dict[str, str] | None = None) -> IntentJournal:
+    """The loop as the runner builds it: intents go to the journal (loaded, as at a start)."""
+    if data is not None:
+        world.rest.put(JOURNAL_PATH, {"metadata": {"name": configmap_name(DRIVER)},
+                                      "data": data})
+    journal = IntentJournal(cast(Any, world.rest), "default", configmap_name(DRIVER),
+                            linger=0.0, flush_after=3600)
+    journal.load()
+    world.ctx.journal = journal
+    return journal
+
+
+def journal_data(world: World) -> dict[str, str]:
+    return dict(world.rest.objects.get(JOURNAL_PATH, {}).get("data") or {})
+
+
+def test_journal_holds_the_intent_before_create_and_the_claim_is_never_written(
+        world: World) -> None:
+    journal = with_journal(world)
+    world.add_claim()
+    seen: list[dict[str, str]] = []
+    world.csi.on_create = lambda: seen.append(journal_data(world))
+    world.sync()
+    [at_create] = seen
+    recorded = JournalEntry.decode("pvc-uid-data", at_create["pvc-uid-data"])
+    assert (recorded.namespace, recorded.name, recorded.uid) == ("default", "data", "uid-data")
+    assert recorded.intent.request == world.csi.requests[0]
+    assert not recorded.intent.request.secrets
+    assert [c for c in world.rest.calls if c[1] == claim_path("data")] == []
+    assert world.pv() is not None and not intent(world.claim())
+    assert not journal.has("pvc-uid-data")  # done with at once...
+    assert "pvc-uid-data" in journal_data(world)  # ...off the server with the next write
+    journal.stop()
+    assert journal_data(world) == {}
+
+
+def test_forbidden_journal_records_on_the_claim(world: World) -> None:
+    journal = with_journal(world)
+    world.add_claim()
+    original = world.rest.create
+
+    def refuse(path: str, body: Obj, **kw: Any) -> Obj:
+        if "/configmaps" in path:
+            raise ApiException(status=403, reason="Forbidden")
+        return original(path, body, **kw)
+
+    world.rest.create = refuse  # type: ignore[method-assign]
+    seen: list[Obj] = []
+    world.csi.on_create = lambda: seen.append(copy.deepcopy(world.claim()))
+    world.sync()
+    assert p.FINALIZER_PROVISIONING in seen[0]["metadata"]["finalizers"]  # on the claim
+    assert world.pv() is not None and not intent(world.claim())
+    journal.stop()
+
+
+def test_claim_deleted_while_down_is_finished_from_the_journal(world: World) -> None:
+    """The claim and its class went while the loop was down; the journal entry alone deletes
+    the volume a CreateVolume made, and then goes."""
+    request = csi_pb2.CreateVolumeRequest(name="pvc-uid-data")
+    entry = JournalEntry("default", "data", "uid-data", Intent(
+        request=request, storage_class="standard", reclaim_policy="Delete", fs_type="ext4"))
+    journal = with_journal(world, {"pvc-uid-data": entry.encode()})
+    world.informers.classes.cache.pop("standard")
+    world.csi.volumes["vol-1"] = "pvc-uid-data"
+    world.sync()  # no claim under that key any more
+    assert [d.volume_id for d in world.csi.deleted] == ["vol-1"]
+    assert world.csi.requests == []  # never created again
+    assert not journal.has("pvc-uid-data")
+    assert world.recorder.events[-1][1] == "ProvisioningCancelled"
+    journal.stop()
+    assert journal_data(world) == {}
+
+
+def test_claim_deleted_with_its_pv_made_leaves_it_to_the_pv(world: World) -> None:
+    """A crash after the PV and before the entry's removal: the PV's reclaim policy decides."""
+    request = csi_pb2.CreateVolumeRequest(name="pvc-uid-data")
+    entry = JournalEntry("default", "data", "uid-data", Intent(
+        request=request, storage_class="standard", reclaim_policy="Retain", fs_type="ext4"))
+    journal = with_journal(world, {"pvc-uid-data": entry.encode()})
+    world.rest.put("/api/v1/persistentvolumes/pvc-uid-data", {
+        "metadata": {"name": "pvc-uid-data"},
+        "spec": {"claimRef": {"uid": "uid-data"}, "csi": {"volumeHandle": "vol-1"}}})
+    world.csi.volumes["vol-1"] = "pvc-uid-data"
+    world.sync()
+    assert world.csi.deleted == [] and not journal.has("pvc-uid-data")
+    journal.stop()

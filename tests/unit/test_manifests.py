@@ -81,7 +81,9 @@ CONTROLLER_GRANTS: dict[tuple[str, str], set[str]] = {
     ("snapshot.storage.k8s.io", "volumesnapshots"): {"get", "list", "patch"},
     ("snapshot.storage.k8s.io", "volumesnapshotcontents"): {"get"},
 }
-LEASE_GRANTS = {("coordination.k8s.io", "leases"): {"get", "create", "update"}}
+LEASE_GRANTS = {("coordination.k8s.io", "leases"): {"get", "create", "update"},
+                # the provisioning journal beside the Lease (loop/journal.py)
+                ("", "configmaps"): {"get", "create", "patch"}}
 # What the overlay changes: the sidecars' additions, and the registry duty's grant removed.
 SIDECAR_EXTRA_GRANTS: dict[tuple[str, str], set[str]] = {
     ("snapshot.storage.k8s.io", "volumesnapshots"): {"get", "list"},

@@ -57,7 +57,8 @@ class ApiError(Exception):
 
 @dataclass(frozen=True)
 class FieldError:
-    """One validation failure; ``kind`` is Required, Invalid, Forbidden, NotSupported, Duplicate."""
+    """One validation failure; ``kind`` is Required, Invalid, Forbidden, NotSupported, Duplicate,
+    TooLong."""
 
     kind: str
     field: str
@@ -73,6 +74,8 @@ class FieldError:
             text = "Forbidden"
         elif self.kind == "Duplicate":
             text = f"Duplicate value: {_render(self.value)}"
+        elif self.kind == "TooLong":
+            text = "Too long"
         elif self.kind == "NotSupported":
             text = f"Unsupported value: {_render(self.value)}"
             if self.supported:

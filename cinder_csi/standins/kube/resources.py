@@ -122,6 +122,7 @@ RESOURCES: tuple[ResourceType, ...] = (
     ResourceType(
         "", "v1", "Secret", "secrets", True, delete_returns_object=False, fields=("type",)
     ),
+    ResourceType("", "v1", "ConfigMap", "configmaps", True, ("cm",), delete_returns_object=False),
     ResourceType("storage.k8s.io", "v1", "StorageClass", "storageclasses", False, ("sc",)),
     ResourceType(
         "storage.k8s.io", "v1", "VolumeAttachment", "volumeattachments", False, has_status=True

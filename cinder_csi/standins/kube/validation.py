@@ -330,7 +330,33 @@ def _lease(obj: dict[str, Any]) -> list[FieldError]:
     return []
 
 
+_CONFIG_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
+CONFIGMAP_MAX_BYTES = 1024 * 1024  # keys and values of data and binaryData together
+
+
+def _configmap(obj: dict[str, Any]) -> list[FieldError]:
+    errors = []
+    size = 0
+    for section in ("data", "binaryData"):
+        for key, value in _dict(obj.get(section)).items():
+            if not _CONFIG_KEY.match(key) or len(key) > 253:
+                errors.append(FieldError(
+                    "Invalid", f"{section}[{key}]", "a valid config key must consist of "
+                    "alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME', "
+                    "or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')", key))
+            if not isinstance(value, str):
+                errors.append(FieldError("Invalid", f"{section}[{key}]", "must be a string",
+                                         value))
+                continue
+            size += len(key) + len(value.encode())
+    if size > CONFIGMAP_MAX_BYTES:
+        errors.append(FieldError("TooLong", "[]",
+                                 f"must have at most {CONFIGMAP_MAX_BYTES} bytes"))
+    return errors
+
+
 _VALIDATORS: dict[str, Callable[[dict[str, Any]], list[FieldError]]] = {
+    "ConfigMap": _configmap,
     "PersistentVolumeClaim": _pvc,
     "PersistentVolume": _pv,
     "StorageClass": _storage_class,
