@@ -49,9 +49,15 @@ log = logging.getLogger(__name__)
 # Half of what a ConfigMap may hold (1 MiB), so concurrent writes never hit the limit; about
 # 600 claims in the making at once (an intent is ~0.8 KB), six times the default workers.
 MAX_BYTES = 512 * 1024
-# How long a write waits for others to join it once the first entry is waiting: a claim's
-# provisioning takes seconds, a few ms batch a burst into a handful of writes.
+# How long a write waits for others to join it once the first entry is waiting: a share of
+# how long a claim's provisioning has lately taken (recorded to done with), between a floor
+# that batches a burst and a ceiling no user notices on a volume that takes seconds to make.
+# With a slow cloud claims start one by one as creates finish; waiting a little lets several
+# share a write at the cost of that share of their provisioning time.
 BATCH_LINGER = 0.01
+LINGER_SHARE = 0.05
+LINGER_CEILING = 0.5
+DURATION_WEIGHT = 0.1  # of the newest duration in the moving average
 # A removal waits at most this long for a recording to ride on.
 FLUSH_AFTER = 30.0
 # After a failed write, before the next: the API server may be overloaded.
@@ -121,7 +127,9 @@ class IntentJournal:
         self.rest = rest
         self.namespace = namespace
         self.name = name
-        self.linger = linger
+        self.linger = linger  # the floor; 0 writes at once
+        self._started: dict[str, float] = {}  # key -> when it was recorded (monotonic)
+        self._duration: float | None = None  # moving average, recorded to done with
         self.flush_after = flush_after
         self.max_bytes = max_bytes
         self._cond = threading.Condition()
@@ -221,6 +229,7 @@ class IntentJournal:
             self._entries[key] = entry
             self._pending[key] = value
             self._resize(key, size)
+            self._started.setdefault(key, time.monotonic())
             batch = self._next_batch
             self._ensure_writer()
             self._cond.notify_all()
@@ -247,6 +256,11 @@ class IntentJournal:
         with self._cond:
             if self._entries.pop(key, None) is None and key not in self._unreadable:
                 return
+            started = self._started.pop(key, None)
+            if started is not None:
+                took = time.monotonic() - started
+                self._duration = took if self._duration is None else (
+                    self._duration + DURATION_WEIGHT * (took - self._duration))
             self._unreadable.discard(key)
             self._pending[key] = None
             if self._removal_since is None:
@@ -274,6 +288,12 @@ class IntentJournal:
                                             name="provisioning-journal")
             self._writer.start()
 
+    def linger_now(self) -> float:
+        """How long the next write waits for others to join it."""
+        with self._cond:
+            duration = self._duration or 0.0
+        return min(LINGER_CEILING, max(self.linger, LINGER_SHARE * duration))
+
     def _due(self) -> bool:
         """Something must be written now (called with the lock held)."""
         if any(value is not None for value in self._pending.values()):
@@ -295,7 +315,7 @@ class IntentJournal:
                     self._cond.wait(wait)
                 recording = any(value is not None for value in self._pending.values())
             if recording and self.linger > 0 and not self._stopping:
-                time.sleep(self.linger)  # let the rest of a burst join this write
+                time.sleep(self.linger_now())  # let others join this write
             with self._cond:
                 batch, changes = self._next_batch, self._pending
                 self._next_batch += 1

@@ -243,3 +243,20 @@ def test_in_the_making_reads_the_journal_and_the_claim(server: ConfigMapServer) 
     assert in_the_making(claim, journal)
     assert not in_the_making(claim, None)
     journal.stop()
+
+
+def test_writes_wait_longer_when_provisioning_takes_longer(
+        server: ConfigMapServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    journal = journal_on(server, linger=0.01)
+    assert journal.linger_now() == 0.01  # nothing measured yet: the floor
+    now = [1000.0]
+    monkeypatch.setattr("cinder_csi.loop.journal.time.monotonic", lambda: now[0])
+    assert journal.record(entry("u1"))
+    now[0] += 4.0  # a 4 s provisioning: wait a share of it
+    journal.forget("pvc-u1")
+    assert journal.linger_now() == pytest.approx(0.2)
+    assert journal.record(entry("u2"))
+    now[0] += 600.0  # a very slow one: never more than the ceiling
+    journal.forget("pvc-u2")
+    assert journal.linger_now() == 0.5
+    journal.stop(flush=False)
