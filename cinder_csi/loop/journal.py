@@ -60,6 +60,7 @@ LINGER_CEILING = 0.5
 DURATION_WEIGHT = 0.1  # of the newest duration in the moving average
 # A removal waits at most this long for a recording to ride on.
 FLUSH_AFTER = 30.0
+_ABSENT = object()
 # After a failed write, before the next: the API server may be overloaded.
 RETRY_PAUSE = 1.0
 STOP_TIMEOUT = 5.0
@@ -132,13 +133,17 @@ class IntentJournal:
         self._duration: float | None = None  # moving average, recorded to done with
         self.flush_after = flush_after
         self.max_bytes = max_bytes
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)  # the writer's; nobody else waits on it
+        self._answered: dict[int, threading.Event] = {}  # write number -> set once answered
         self._entries: dict[str, JournalEntry] = {}  # the view: recorded, not forgotten
+        self._by_claim: dict[str, set[str]] = {}  # claim key -> its keys in the view
         self._unreadable: set[str] = set()  # keys on the server this version cannot read
         self._on_server: dict[str, str] = {}  # key -> value, as the last answered writes left it
         self._sizes: dict[str, int] = {}  # bytes of each key that is or will be on the server
         self._total = 0  # their sum
         self._pending: dict[str, str | None] = {}  # to write: key -> value, None = remove
+        self._recordings = 0  # values (not removals) among them
         self._removal_since: float | None = None  # when the oldest unwritten removal came
         self._next_batch = 1  # the number of the write that will carry what is pending now
         self._done = 0  # every write up to this number has been answered
@@ -165,8 +170,9 @@ class IntentJournal:
                 return
             raise
         entries, unreadable = parse(current)
-        with self._cond:
-            self._entries.update(entries)
+        with self._lock:
+            for entry in entries.values():
+                self._add_to_view(entry)
             self._unreadable |= unreadable
             for key, text in ((current or {}).get("data") or {}).items():
                 self._on_server[str(key)] = str(text)
@@ -177,20 +183,20 @@ class IntentJournal:
                      f", {len(unreadable)} entries unreadable" if unreadable else "")
 
     def get(self, key: str) -> JournalEntry | None:
-        with self._cond:
+        with self._lock:
             return self._entries.get(key)
 
     def has(self, key: str) -> bool:
-        with self._cond:
+        with self._lock:
             return key in self._entries
 
     def entries(self) -> list[JournalEntry]:
-        with self._cond:
+        with self._lock:
             return list(self._entries.values())
 
     def entries_of(self, claim_key: str) -> list[JournalEntry]:
-        with self._cond:
-            return [e for e in self._entries.values() if e.claim_key == claim_key]
+        with self._lock:
+            return [self._entries[key] for key in sorted(self._by_claim.get(claim_key, ()))]
 
     def names_on_server(self) -> set[str]:
         """Every key of the ConfigMap as the API server has it now, with the view's (the
@@ -203,7 +209,7 @@ class IntentJournal:
             if exc.status not in (403, 404):
                 raise
             current = {}
-        with self._cond:
+        with self._lock:
             return set((current or {}).get("data") or {}) | set(self._entries) | set(
                 self._unreadable)
 
@@ -214,11 +220,11 @@ class IntentJournal:
         used (record on the claim instead). JournalError when the write failed."""
         value = entry.encode()
         key = entry.key
-        with self._cond:
+        with self._lock:
             if not self._usable:
                 return False
             if self._on_server.get(key) == value and key not in self._pending:
-                self._entries[key] = entry
+                self._add_to_view(entry)
                 return True  # on the server already
             size = len(key) + len(value)
             if self._total - self._sizes.get(key, 0) + size > self.max_bytes:
@@ -226,17 +232,18 @@ class IntentJournal:
                             "claim %s instead", self.namespace, self.name,
                             len(self._entries), entry.claim_key)
                 return False
-            self._entries[key] = entry
-            self._pending[key] = value
+            self._add_to_view(entry)
+            self._set_pending(key, value)
             self._resize(key, size)
             self._started.setdefault(key, time.monotonic())
             batch = self._next_batch
+            answered = self._answered.setdefault(batch, threading.Event())
             self._ensure_writer()
-            self._cond.notify_all()
-            while self._done < batch:
-                if self._stopping:
-                    raise RetryAfter(1.0, "the loop is stopping")
-                self._cond.wait()
+            self._wake.notify()  # only the writer waits on it
+        answered.wait()  # every recorder of this write wakes once, and no other
+        with self._lock:
+            if self._done < batch:
+                raise RetryAfter(1.0, "the loop is stopping")
             why = self._failures.get(batch)
             if why is None:
                 return True
@@ -244,6 +251,28 @@ class IntentJournal:
                 return False
         raise JournalError(f"could not record claim {entry.claim_key} in the provisioning "
                            f"journal {self.namespace}/{self.name}: {why}")
+
+    def _add_to_view(self, entry: JournalEntry) -> None:
+        self._entries[entry.key] = entry
+        self._by_claim.setdefault(entry.claim_key, set()).add(entry.key)
+
+    def _drop_from_view(self, key: str) -> JournalEntry | None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            keys = self._by_claim.get(entry.claim_key, set())
+            keys.discard(key)
+            if not keys:
+                self._by_claim.pop(entry.claim_key, None)
+        return entry
+
+    def _set_pending(self, key: str, value: str | None) -> None:
+        """``key`` goes out with the next write as ``value`` (None: removed). Lock held."""
+        before = self._pending.get(key, _ABSENT)
+        self._recordings += (value is not None) - (before is not _ABSENT and before is not None)
+        self._pending[key] = value
+        if value is None and self._removal_since is None:
+            self._removal_since = time.monotonic()
+            self._wake.notify()  # a flush deadline to wait for
 
     def _resize(self, key: str, size: int) -> None:
         """``key`` takes ``size`` bytes on the server from now on; 0: none (lock held)."""
@@ -253,8 +282,8 @@ class IntentJournal:
 
     def forget(self, key: str) -> None:
         """The entry is done with: out of the view now, off the server with the next write."""
-        with self._cond:
-            if self._entries.pop(key, None) is None and key not in self._unreadable:
+        with self._lock:
+            if self._drop_from_view(key) is None and key not in self._unreadable:
                 return
             started = self._started.pop(key, None)
             if started is not None:
@@ -262,23 +291,25 @@ class IntentJournal:
                 self._duration = took if self._duration is None else (
                     self._duration + DURATION_WEIGHT * (took - self._duration))
             self._unreadable.discard(key)
-            self._pending[key] = None
-            if self._removal_since is None:
-                self._removal_since = time.monotonic()
             if self._usable:
+                self._set_pending(key, None)
                 self._ensure_writer()
-                self._cond.notify_all()
 
     def stop(self, *, flush: bool = True) -> None:
-        """Stop the writer; with ``flush``, after it wrote what is pending (best effort)."""
-        with self._cond:
+        """Stop the writer; with ``flush``, after it wrote what is pending (best effort).
+        Recorders still waiting are answered RetryAfter."""
+        with self._lock:
             self._stopping = True
             if not flush:
                 self._pending.clear()
-            self._cond.notify_all()
+                self._recordings = 0
+            self._wake.notify()
             writer = self._writer
         if writer is not None:
             writer.join(STOP_TIMEOUT)
+        with self._lock:
+            for answered in self._answered.values():
+                answered.set()
 
     # ---- the writer
 
@@ -290,13 +321,13 @@ class IntentJournal:
 
     def linger_now(self) -> float:
         """How long the next write waits for others to join it."""
-        with self._cond:
+        with self._lock:
             duration = self._duration or 0.0
         return min(LINGER_CEILING, max(self.linger, LINGER_SHARE * duration))
 
     def _due(self) -> bool:
         """Something must be written now (called with the lock held)."""
-        if any(value is not None for value in self._pending.values()):
+        if self._recordings:
             return True
         if not self._pending:
             return False
@@ -305,48 +336,52 @@ class IntentJournal:
 
     def _write_loop(self) -> None:
         while True:
-            with self._cond:
+            with self._lock:
                 while not self._due():
                     if self._stopping:
                         return
                     wait = None
                     if self._removal_since is not None:
                         wait = max(0.0, self._removal_since + self.flush_after - time.monotonic())
-                    self._cond.wait(wait)
-                recording = any(value is not None for value in self._pending.values())
+                    self._wake.wait(wait)
+                recording = self._recordings > 0
             if recording and self.linger > 0 and not self._stopping:
                 time.sleep(self.linger_now())  # let others join this write
-            with self._cond:
+            with self._lock:
                 batch, changes = self._next_batch, self._pending
                 self._next_batch += 1
                 self._pending = {}
+                self._recordings = 0
                 self._removal_since = None
             why = self._write(changes)
-            with self._cond:
-                if why is None:
-                    for key, value in changes.items():
-                        if value is None:
-                            self._on_server.pop(key, None)
-                            if key not in self._pending:  # not recorded again meanwhile
-                                self._resize(key, 0)
-                        else:
-                            self._on_server[key] = value
-                else:
-                    for key in changes:  # it may or may not have reached the server
-                        self._on_server.pop(key, None)
-                    self._failures[batch] = why
-                    self._failures.pop(batch - 100, None)
-                    for key, value in changes.items():  # again, unless changed meanwhile
-                        if value is None and self._usable:
-                            self._pending.setdefault(key, None)
-                            if self._removal_since is None:
-                                self._removal_since = time.monotonic()
-                self._done = batch
-                self._cond.notify_all()
-                if self._stopping and why is not None:
-                    return
+            with self._lock:
+                self._settle(batch, changes, why)
+                answered = self._answered.pop(batch, None)
+            if answered is not None:
+                answered.set()
             if why is not None:
+                if self._stopping:
+                    return
                 time.sleep(RETRY_PAUSE)
+
+    def _settle(self, batch: int, changes: Mapping[str, str | None], why: str | None) -> None:
+        """What the write of ``changes`` left on the server (lock held)."""
+        self._done = batch
+        if why is None:
+            for key, value in changes.items():
+                if value is not None:
+                    self._on_server[key] = value
+                    continue
+                self._on_server.pop(key, None)
+                if key not in self._pending:  # not recorded again meanwhile
+                    self._resize(key, 0)
+            return
+        self._failures[batch] = why
+        self._failures.pop(batch - 100, None)
+        for key, value in changes.items():  # it may or may not have reached the server
+            self._on_server.pop(key, None)
+            if value is None and self._usable and key not in self._pending:
+                self._set_pending(key, None)  # again
 
     def _write(self, changes: Mapping[str, str | None]) -> str | None:
         """One merge patch carrying ``changes`` (creating the ConfigMap if needed); None when
@@ -368,7 +403,7 @@ class IntentJournal:
             return None
         except ApiException as exc:
             if exc.status in (403, 422):  # no RBAC; a ConfigMap made immutable or invalid
-                with self._cond:
+                with self._lock:
                     self._unusable(exc)
             return api_error_text(exc)
         except API_ERRORS as exc:
