@@ -146,7 +146,8 @@ class Filesystems:
         self._check_device(device)
         # The zero check comes first and its descriptor stays open during the signature probe:
         # the kernel drops a block device's page cache at its last close, and kept, the probe
-        # reads from memory most of what the zero check has just read.
+        # reads from memory most of what the zero check has just read. (Run at once, the two
+        # queue behind each other's cold reads and take longer.)
         fd = self._open(device)
         try:
             ends_are_zero = self._ends_are_zero(fd, device)
