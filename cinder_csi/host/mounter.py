@@ -24,7 +24,7 @@ from cinder_csi.errors import (
     Timeout,
 )
 from cinder_csi.host.commands import CommandRunner
-from cinder_csi.host.filesystems import Filesystems, check_fstype
+from cinder_csi.host.filesystems import Filesystems, cache_kept, check_fstype
 from cinder_csi.host.mountcall import MountCall, try_mount
 from cinder_csi.host.mountinfo import MountInfo, MountTable, device_number, normalize
 from cinder_csi.host.parallel import all_of
@@ -218,17 +218,18 @@ class Mounter:
                 proof()
             self._check_already_mounted(top, device, target, fstype, mount_options)
             return
-        if proof is None:
-            found = self.filesystems.probe(device, deadline)
-        else:
-            _, found = all_of(proof, lambda: self.filesystems.probe(device, deadline))
-        if found.blank:
-            self.filesystems.make(device, fstype, deadline, probed=found)
-        elif found.fstype != fstype:
-            raise FailedPrecondition(
-                f"device {device} holds {found.describe()}, but {fstype} was requested; "
-                "it will not be reformatted"
-            )
+        with cache_kept(device):
+            if proof is None:
+                found = self.filesystems.probe(device, deadline)
+            else:
+                _, found = all_of(proof, lambda: self.filesystems.probe(device, deadline))
+            if found.blank:
+                self.filesystems.make(device, fstype, deadline, probed=found)
+            elif found.fstype != fstype:
+                raise FailedPrecondition(
+                    f"device {device} holds {found.describe()}, but {fstype} was requested; "
+                    "it will not be reformatted"
+                )
         self._mount_now(device, target, fstype, mount_options, deadline)
 
     # ---- helpers -------------------------------------------------------------------------
