@@ -1,10 +1,11 @@
 """Run independent checks at the same time, and wait for every one of them.
 
-A device's checks before it is formatted (its zero check, its signature probe, the proof that
-it is the volume) only read; most of their time is spent in the kernel or in libblkid, where
-Python releases the GIL, so they overlap. The rule that makes this safe: `all_of` returns or
-raises only once every check has finished, so nothing that acts on their answers (mkfs, mount)
-can start while one still runs, nor after one of them failed.
+A device's checks before it is formatted (the blank check, the proof that it is the volume)
+only read; most of their time is spent in the kernel or in libblkid, where Python releases the
+GIL, so they overlap. (The blank check's own two reads stay one after the other: on the loop
+devices measured, run at once they waited on each other's cold reads.) The rule that makes this
+safe: `all_of` returns or raises only once every check has finished, so nothing that acts on
+their answers (mkfs, mount) can start while one still runs, nor after one of them failed.
 
 Each call starts its own threads (a fraction of a millisecond) instead of sharing a pool: a
 check may itself run checks in parallel, and a pool shared by concurrent calls could then wait
