@@ -10,6 +10,8 @@ Never imports openstack or grpc: errors are the project's own (cinder_csi.errors
     filesystems.py  blank check (signatures + zeroed ends), mkfs, grow, usage
     refusals.py     a mount or grow the OS refuses, as FailedPrecondition saying why
     mounter.py      idempotent mount, bind-mount, remount read-only, unmount
+    mountcall.py    mount(2) through libc for the plain mounts it can express; else `mount`
+    parallel.py     independent read-only checks at once, all finished before anything acts
     mountinfo.py    /proc/self/mountinfo, parsed
     metadata.py     this node's server UUID and zone: flags, config drive, metadata service
 """

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from cinder_csi.deadline import Deadline
@@ -24,8 +24,10 @@ from cinder_csi.errors import (
     Timeout,
 )
 from cinder_csi.host.commands import CommandRunner
-from cinder_csi.host.filesystems import Filesystems, check_fstype
+from cinder_csi.host.filesystems import Filesystems, cache_kept, check_fstype
+from cinder_csi.host.mountcall import MountCall, try_mount
 from cinder_csi.host.mountinfo import MountInfo, MountTable, device_number, normalize
+from cinder_csi.host.parallel import all_of
 from cinder_csi.host.refusals import MOUNT_FAILURE, MOUNT_REASONS, explaining
 
 log = logging.getLogger(__name__)
@@ -45,11 +47,15 @@ class Mounter:
         table: MountTable | None = None,
         filesystems: Filesystems | None = None,
         sys_root: Path = Path("/sys"),
+        *,
+        syscall: bool = True,
     ) -> None:
         self.runner = runner or CommandRunner()
         self.table = table or MountTable()
         self.filesystems = filesystems or Filesystems(self.runner)
         self.sys_root = sys_root
+        # mount(2) for the plain mounts it can express (host/mountcall.py); else the program.
+        self.mount_call = MountCall.load() if syscall else None
 
     # ---- mount ---------------------------------------------------------------------------
 
@@ -86,6 +92,10 @@ class Mounter:
         deadline: Deadline | None,
     ) -> None:
         _check_mount_point(target)
+        if try_mount(self.mount_call, device, target, fstype, options):
+            log.info("mounted %s at %s (%s, %s; mount(2))", device, target, fstype,
+                     ",".join(options) or "-")
+            return
         argv = ["mount", "-t", fstype]
         if options:
             argv += ["-o", ",".join(options)]
@@ -191,23 +201,35 @@ class Mounter:
         fstype: str,
         mount_options: Sequence[str],
         deadline: Deadline,
+        *,
+        proof: Callable[[], object] | None = None,
     ) -> None:
         """Mount `device` at `target`, creating a filesystem first only if the device is blank.
-        Bad input is refused before anything is written; the mount table is read once."""
+        Bad input is refused before anything is written; the mount table is read once.
+
+        `proof` is the caller's proof that `device` is the volume it means, raising if it is
+        not. It runs alongside the blank check, which only reads (host/parallel.py), and
+        nothing is formatted or mounted unless both passed."""
         check_fstype(fstype)
         _check_options(mount_options)
         top = self._top(target)
         if top is not None:
+            if proof is not None:
+                proof()
             self._check_already_mounted(top, device, target, fstype, mount_options)
             return
-        found = self.filesystems.probe(device, deadline)
-        if found.blank:
-            self.filesystems.make(device, fstype, deadline, probed=found)
-        elif found.fstype != fstype:
-            raise FailedPrecondition(
-                f"device {device} holds {found.describe()}, but {fstype} was requested; "
-                "it will not be reformatted"
-            )
+        with cache_kept(device):
+            if proof is None:
+                found = self.filesystems.probe(device, deadline)
+            else:
+                _, found = all_of(proof, lambda: self.filesystems.probe(device, deadline))
+            if found.blank:
+                self.filesystems.make(device, fstype, deadline, probed=found)
+            elif found.fstype != fstype:
+                raise FailedPrecondition(
+                    f"device {device} holds {found.describe()}, but {fstype} was requested; "
+                    "it will not be reformatted"
+                )
         self._mount_now(device, target, fstype, mount_options, deadline)
 
     # ---- helpers -------------------------------------------------------------------------

@@ -55,6 +55,11 @@ def unescape(field: str) -> str:
     return "".join(out).encode("latin-1").decode(errors="surrogateescape")
 
 
+def escape(path: str) -> str:
+    """A path as mountinfo shows it: space, tab, newline and backslash octal-escaped."""
+    return "".join(f"\\{ord(c):03o}" if c in " \t\n\\" else c for c in path)
+
+
 def parse_line(line: str) -> MountInfo:
     fields = line.split(" ")
     try:
@@ -102,16 +107,23 @@ class MountTable:
     def __init__(self, path: Path = DEFAULT_MOUNTINFO) -> None:
         self.path = path
 
-    def all(self) -> list[MountInfo]:
+    def _text(self) -> str:
         try:
-            return parse(self.path.read_text(errors="surrogateescape"))
+            return self.path.read_text(errors="surrogateescape")
         except OSError as exc:
             raise InternalError(f"cannot read the mount table {self.path}: {exc}") from exc
+
+    def all(self) -> list[MountInfo]:
+        return parse(self._text())
 
     def mounts_at(self, path: str | os.PathLike[str]) -> list[MountInfo]:
         """Mounts whose mount point is `path`, bottom first (the last one is visible)."""
         target = normalize(path)
-        return [m for m in self.all() if m.mount_point == target]
+        # Only lines holding the escaped path between spaces can be mounts at it: the others
+        # (hundreds on a busy node) are not parsed.
+        field = f" {escape(target)} "
+        candidates = [parse_line(line) for line in self._text().splitlines() if field in line]
+        return [m for m in candidates if m.mount_point == target]
 
     def is_mounted(self, path: str | os.PathLike[str]) -> bool:
         return bool(self.mounts_at(path))

@@ -186,14 +186,19 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         staging = self._checked_path(request.staging_target_path, "staging_target_path")
         cap = self._capability(request)
         with self._holding(volume_id, "NodeStageVolume", context) as deadline:
-            device = self._device(volume_id, deadline)
             if cap.WhichOneof("access_type") == "block":
+                self._device(volume_id, deadline)
                 return csi_pb2.NodeStageVolumeResponse()  # published straight from the device
             fstype = self._fstype(cap, request.volume_context)
+            device = self.finder.find(volume_id, deadline)
             options = list(cap.mount.mount_flags)
             options += [o for o in FS_MOUNT_OPTIONS.get(fstype, ()) if o not in options]
             _make_mount_point(staging, directory=True)
-            self.mounter.format_and_mount(device, staging, fstype, options, deadline)
+            # The proof that the device is the volume runs alongside the blank check's reads;
+            # nothing is written to the device before it passed.
+            self.mounter.format_and_mount(
+                device, staging, fstype, options, deadline,
+                proof=lambda: self.finder.verify(volume_id, device, deadline))
             if request.volume_context.get(RESIZE_REQUIRED_KEY, "").strip().lower() == "true":
                 self.mounter.filesystems.grow_to_device(
                     device, staging, fstype, self.finder.device_size(device, deadline), deadline

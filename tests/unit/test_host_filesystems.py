@@ -12,7 +12,7 @@ from cinder_csi.errors import (
     InvalidArgument,
     NotFound,
 )
-from cinder_csi.host.filesystems import Filesystems, Probe, stats
+from cinder_csi.host.filesystems import Filesystems, Probe, cache_kept, stats
 from tests.unit.host_fakes import FakeRunner, command_filesystems, write_superblock_magic
 
 MIB = 1024 * 1024
@@ -219,3 +219,32 @@ def test_stats_of_a_directory(tmp_path: Path) -> None:
 def test_stats_of_missing_path(tmp_path: Path) -> None:
     with pytest.raises(NotFound):
         stats(tmp_path / "gone")
+
+
+def test_cache_kept_holds_the_device_open_read_only_for_the_block(tmp_path: Path) -> None:
+    device = tmp_path / "vdb"
+    device.write_bytes(bytes(4096))
+
+    def open_on_device() -> list[str]:
+        fds = Path("/proc/self/fd")
+        found = []
+        for fd in fds.iterdir():
+            try:
+                if os.readlink(fd) == str(device):
+                    found.append(fd.name)
+            except OSError:
+                continue
+        return found
+
+    with cache_kept(device):
+        held = open_on_device()
+        assert len(held) == 1
+        fdinfo = (Path("/proc/self/fdinfo") / held[0]).read_text()
+        flags = int(fdinfo.split("flags:")[1].split()[0], 8)
+        assert flags & os.O_ACCMODE == os.O_RDONLY and not flags & os.O_EXCL
+    assert open_on_device() == []
+
+
+def test_cache_kept_leaves_a_device_it_cannot_open_to_the_checks(tmp_path: Path) -> None:
+    with cache_kept(tmp_path / "missing"):
+        pass  # no error here: the probe inside reports the missing device

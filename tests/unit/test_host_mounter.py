@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -188,3 +190,56 @@ def test_format_and_mount_of_a_blank_device_runs_only_mkfs_and_mount(
 ) -> None:
     kernel.mounter().format_and_mount(kernel.vdb, target, "ext4", [], Deadline.after(5))
     assert [c[0] for c in kernel.runner.calls] == ["blkid", "mkfs.ext4", "mount"]
+
+
+class NotTheVolume(FailedPrecondition):
+    pass
+
+
+def _failing_proof(after: float = 0.0) -> Callable[[], None]:
+    def proof() -> None:
+        time.sleep(after)
+        raise NotTheVolume("device is not volume v-1")
+    return proof
+
+
+@pytest.mark.parametrize("after", [0.0, 0.2])
+def test_format_and_mount_neither_formats_nor_mounts_when_the_proof_fails(
+    kernel: FakeKernel, target: Path, after: float
+) -> None:
+    """The proof runs alongside the blank check; slow or quick, its failure stops everything
+    that would write."""
+    with pytest.raises(NotTheVolume):
+        kernel.mounter().format_and_mount(kernel.vdb, target, "ext4", [], Deadline.after(5),
+                                          proof=_failing_proof(after))
+    assert [c[0] for c in kernel.runner.calls] == ["blkid"]  # the read-only probe, nothing else
+    assert kernel.vdb.read_bytes() == bytes(1024 * 1024)
+    assert not MountTable(kernel.mountinfo).is_mounted(target)
+
+
+def test_format_and_mount_with_a_proof_that_passes(kernel: FakeKernel, target: Path) -> None:
+    proved = []
+    kernel.mounter().format_and_mount(kernel.vdb, target, "ext4", [], Deadline.after(5),
+                                      proof=lambda: proved.append(True))
+    assert proved == [True]
+    assert [c[0] for c in kernel.runner.calls] == ["blkid", "mkfs.ext4", "mount"]
+
+
+def test_format_and_mount_checks_the_proof_when_already_mounted(
+    kernel: FakeKernel, target: Path
+) -> None:
+    kernel.add(str(kernel.vdb), str(target), "ext4")
+    with pytest.raises(NotTheVolume):
+        kernel.mounter().format_and_mount(kernel.vdb, target, "ext4", [], Deadline.after(5),
+                                          proof=_failing_proof())
+    assert kernel.runner.calls == []
+
+
+def test_a_refused_probe_stops_everything_even_when_the_proof_passes(
+    kernel: FakeKernel, target: Path
+) -> None:
+    kernel.vdb.write_bytes(b"\x01" + bytes(1024 * 1024 - 1))  # data no probe knows
+    with pytest.raises(FailedPrecondition, match="non-zero data"):
+        kernel.mounter().format_and_mount(kernel.vdb, target, "ext4", [], Deadline.after(5),
+                                          proof=lambda: None)
+    assert [c[0] for c in kernel.runner.calls] == ["blkid"]

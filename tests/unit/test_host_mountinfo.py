@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from cinder_csi.errors import InternalError
-from cinder_csi.host.mountinfo import MountTable, parse, parse_line, unescape
+from cinder_csi.host.mountinfo import MountTable, escape, parse, parse_line, unescape
 
 SAMPLE = """\
 22 27 0:21 / /proc rw,relatime - proc proc rw
@@ -95,3 +95,21 @@ def test_unreadable_table(tmp_path: Path) -> None:
 def test_real_mount_table_parses() -> None:
     mounts = MountTable().all()
     assert any(m.mount_point == "/" for m in mounts)
+
+
+@pytest.mark.parametrize("path", ["/a/b", "/tmp/with space\ttab\\slash", "/x\ny", "/ä/ö"])
+def test_escape_is_what_unescape_undoes(path: str) -> None:
+    assert unescape(escape(path)) == path
+    assert " " not in escape(path) and "\n" not in escape(path)
+
+
+def test_mounts_at_matches_the_mount_point_only(tmp_path: Path) -> None:
+    """A line naming the path as the root of a bind mount (or anywhere but the mount point)
+    is not a mount at it, and no stacked mount is lost."""
+    path = tmp_path / "mountinfo"
+    path.write_text(SAMPLE + "50 27 253:16 /mnt2 /elsewhere rw - ext4 /dev/vdb rw\n"
+                    "51 36 98:0 / /mnt2 rw - ext3 /dev/root rw\n")
+    table = MountTable(path)
+    assert [m.mount_id for m in table.mounts_at("/mnt2")] == [36, 51]
+    assert table.mounts_at("/mnt") == []
+    assert table.mounts_at("/elsewhere")[0].root == "/mnt2"
