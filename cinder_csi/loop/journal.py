@@ -166,7 +166,8 @@ class IntentJournal:
             if exc.status == 404:
                 return
             if exc.status == 403:
-                self._unusable(exc)
+                with self._lock:
+                    self._unusable(exc)
                 return
             raise
         entries, unreadable = parse(current)

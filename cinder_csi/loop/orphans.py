@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,12 +56,16 @@ from cinder_csi.loop.csi_client import listed_volumes
 from cinder_csi.loop.errors import Fenced, rpc_code, rpc_error_text
 from cinder_csi.loop.journal import IntentJournal
 from cinder_csi.loop.kube.client import API_ERRORS, api_error_text
-from cinder_csi.loop.kube.objects import PV_PATH, annotations_of, list_all
+from cinder_csi.loop.kube.objects import PV_PATH, annotations_of, each_listed
 
 log = logging.getLogger(__name__)
 
 REASON = "OrphanedVolume"
-PAGE_SIZE = 500  # ListVolumes entries and API objects asked for at a time
+PAGE_SIZE = 500  # ListVolumes entries asked for at a time
+# Claims and PVs asked for at a time. A pass keeps one field of each; a page of decoded
+# objects is what it holds meanwhile, and what the allocator keeps after: with 10,000
+# claims and PVs, pages of 500 left the loop 102 MB, pages of 100 97.6 MB (bench memory).
+API_PAGE_SIZE = 100
 CLAIMS_PATH = "/api/v1/persistentvolumeclaims"
 MIN_SIGHTINGS = 2  # whole passes a volume must be seen orphaned in before it may be deleted
 
@@ -225,9 +229,9 @@ class OrphanSweep:
             raise IncompletePass("stopping")
         return found
 
-    def _list_api(self, path: str, what: str) -> Iterable[dict[str, Any]]:
+    def _list_api(self, path: str, what: str) -> Iterator[dict[str, Any]]:
         try:
-            return list_all(self.ctx.rest, path, page_size=self.page_size)
+            yield from each_listed(self.ctx.rest, path, page_size=API_PAGE_SIZE)
         except API_ERRORS as exc:
             raise IncompletePass(f"listing {what} failed: {api_error_text(exc)}") from None
 
