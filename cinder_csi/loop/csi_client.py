@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
 from prometheus_client import CollectorRegistry, Histogram
@@ -127,7 +127,7 @@ class CSIClient:
         started = time.monotonic()
         code = grpc.StatusCode.OK
         try:
-            return stub(request, timeout=timeout or self.timeout)
+            return answer_of(stub, request, timeout or self.timeout)
         except grpc.RpcError as exc:
             code = exc.code()
             raise
@@ -137,6 +137,19 @@ class CSIClient:
                     driver_name=self._driver_name or "", method_name=f"/csi.v1.Controller/{method}",
                     grpc_status_code=go_code_name(code.name),
                 ).observe(time.monotonic() - started)
+
+
+def answer_of(stub: Callable[..., R], request: Any, timeout: float) -> R:
+    """The unary call's answer (or its RpcError), waited for without polling.
+
+    grpc's blocking call wakes every 0.1 s to look for signals; a hundred workers waiting out
+    slow CreateVolumes that way cost the loop ~2 ms of CPU per claim with a 2 s cloud. Here the
+    thread sleeps on an Event that the call's completion sets (cancelled calls complete too)."""
+    future = cast(Any, stub).future(request, timeout=timeout)
+    done = threading.Event()
+    future.add_done_callback(lambda _: done.set())
+    done.wait()
+    return cast(R, future.result())
 
 
 def listed_volumes(csi: CSIClient, *, page_size: int,

@@ -361,7 +361,7 @@ def test_claim_deleted_mid_provisioning_leaks_nothing(env: ClusterEnv, journal: 
         wait_until(lambda: env.claim("short-lived") is None, timeout=30, what="claim gone")
         wait_until(lambda: not live_volumes(env) and not env.kube.store.view(
             "persistentvolumes"), timeout=30, what="volume and PV gone")
-    assert env.journal() == {}
+    assert env.journal() == {}, f"left in the journal: {list(env.journal())}"
 
 
 @RECORDING
@@ -386,7 +386,7 @@ def test_claim_deleted_while_the_loop_is_down_leaks_nothing(env: ClusterEnv,
         wait_until(lambda: not live_volumes(env, name) and env.claim("doomed") is None,
                    timeout=60, what="volume deleted, claim gone")
         env.wait_event("doomed", "ProvisioningCancelled", timeout=10)
-    assert env.journal() == {}
+    assert env.journal() == {}, f"left in the journal: {list(env.journal())}"
     assert env.pv(name) is None
 
 
