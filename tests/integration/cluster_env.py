@@ -76,10 +76,10 @@ class LoopHandle:
 
     def stop(self, timeout: float = 15.0) -> None:
         self.ctx.stop.set()
-        if self.ctx.journal is not None:
-            self.ctx.journal.stop()
         for thread in self.threads:
             thread.join(timeout)
+        if self.ctx.journal is not None:  # after the workers: none forgets anything later
+            self.ctx.journal.stop()
         self.ctx.informers.stop()
         self.ctx.recorder.stop(timeout=2)
         self.ctx.csi.close()
