@@ -18,6 +18,7 @@ Every duty raises these; none of them is ever sent over gRPC, so they stay apart
     ├── NotOurs                 not ours to act on (yet): no Event, no retry
     ├── ProvisionFailed         a provisioning attempt failed and was reported; retried
     ├── AttemptFailed           an attach, detach or resize attempt failed; says how to retry
+    ├── JournalError            (loop/journal.py) the write carrying an intent failed; retried
     └── RegistryInvalid         the registry's input cannot be honoured; nothing was changed
 
 The CSI side: ``IN_PROGRESS_CODES`` are the gRPC codes after which the driver may still be
