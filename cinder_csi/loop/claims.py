@@ -525,7 +525,7 @@ class ClaimController:
                 return None
             return claim
         with self._lock:
-            self._cleared.discard(str(claim["metadata"].get("uid")))
+            self._cleared.discard(uid)
         # A strategic merge patch with a uid precondition: it cannot conflict with the PV
         # controller's writes to the claim, so one request records the whole intent.
         return merge_metadata(self.ctx.rest, claim, add_finalizers=[p.FINALIZER_PROVISIONING],
@@ -536,9 +536,8 @@ class ClaimController:
         the one just provisioned from, which spares reading the recording back."""
         uid = str(claim["metadata"].get("uid"))
         entry = None
-        if self.ctx.journal is not None:
-            entry = self.ctx.journal.get(p.pv_name_for(uid))
-            self.ctx.journal.forget(p.pv_name_for(uid))  # written with the next recording
+        if self.ctx.journal is not None:  # its removal goes with the journal's next write
+            entry = self.ctx.journal.forget(p.pv_name_for(uid))
         with self._lock:
             done = uid in self._cleared  # on the claim already; the cache lags behind
         if in_flight(claim) and not done:

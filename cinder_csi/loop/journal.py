@@ -60,10 +60,10 @@ LINGER_CEILING = 0.5
 DURATION_WEIGHT = 0.1  # of the newest duration in the moving average
 # A removal waits at most this long for a recording to ride on.
 FLUSH_AFTER = 30.0
-_ABSENT = object()
 # After a failed write, before the next: the API server may be overloaded.
 RETRY_PAUSE = 1.0
 STOP_TIMEOUT = 5.0
+_ABSENT = object()  # "no pending change" in _set_pending, where None means a removal
 
 
 class JournalError(LoopError):
@@ -281,11 +281,13 @@ class IntentJournal:
         if size:
             self._sizes[key] = size
 
-    def forget(self, key: str) -> None:
-        """The entry is done with: out of the view now, off the server with the next write."""
+    def forget(self, key: str) -> JournalEntry | None:
+        """The entry is done with: out of the view now, off the server with the next write.
+        Returns the entry that was in the view, if any."""
         with self._lock:
-            if self._drop_from_view(key) is None and key not in self._unreadable:
-                return
+            entry = self._drop_from_view(key)
+            if entry is None and key not in self._unreadable:
+                return None
             started = self._started.pop(key, None)
             if started is not None:
                 took = time.monotonic() - started
@@ -295,6 +297,7 @@ class IntentJournal:
             if self._usable:
                 self._set_pending(key, None)
                 self._ensure_writer()
+            return entry
 
     def stop(self, *, flush: bool = True) -> None:
         """Stop the writer; with ``flush``, after it wrote what is pending (best effort).
@@ -437,7 +440,6 @@ def parse(configmap: Mapping[str, Any] | None) -> tuple[dict[str, JournalEntry],
                         "volume of that name is never taken for an orphan", key, exc)
             unreadable.add(key)
     return entries, unreadable
-
 
 
 def in_the_making(claim: Mapping[str, Any], journal: IntentJournal | None) -> bool:
